@@ -1,0 +1,286 @@
+//! polymur-gateway: HTTP(S) `/ingest` from polymur-proxy → key check → router →
+//! Graphite destinations.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use anyhow::{bail, Context};
+use clap::{ArgAction, Parser};
+
+use crate::admin;
+use crate::config::{parse_bytes, parse_duration};
+use crate::dest::{DestAddr, DestConfig};
+use crate::ingest::{self, Ingest, IngestConfig};
+use crate::keys::{self, KeyCache, KeyStoreConfig};
+use crate::pipeline::{Pipeline, Topology};
+use crate::registry::{Registry, RouterFactory};
+use crate::route::broadcast::Broadcast;
+use crate::shutdown::{self, Shutdown};
+use crate::stats::{self, Stats};
+
+/// Flags of polymur-gateway. Every flag of the Go original keeps its name and
+/// default; each is also read from `POLYMUR_GW_<FLAG>`.
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "polymur-gateway",
+    version,
+    about = "Receives gzip'ed Graphite batches over HTTP(S) from polymur-proxy and forwards them to Graphite",
+    after_help = "Flags may be written Go-style with one dash (-dev-mode, -destinations=a:1,b:2)."
+)]
+pub struct GatewayArgs {
+    /// API listen address ("" disables)
+    #[arg(long, env = "POLYMUR_GW_API_ADDR", default_value = "localhost:2030")]
+    pub api_addr: String,
+    /// TLS Certificate (PEM); HTTPS starts when both -cert and -key are given
+    #[arg(long, env = "POLYMUR_GW_CERT")]
+    pub cert: Option<PathBuf>,
+    /// Dump output to console instead of the destinations
+    #[arg(long, env = "POLYMUR_GW_CONSOLE_OUT", action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_parser = crate::go_bool!())]
+    pub console_out: bool,
+    /// Comma-delimited list of host:port[:instance] destinations
+    #[arg(long, env = "POLYMUR_GW_DESTINATIONS", default_value = "")]
+    pub destinations: String,
+    /// Dev mode: disables the key store; the only key is '123' (name 'dev')
+    #[arg(long, env = "POLYMUR_GW_DEV_MODE", action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_parser = crate::go_bool!())]
+    pub dev_mode: bool,
+    /// Destination distribution methods: broadcast, hash-route
+    #[arg(long, env = "POLYMUR_GW_DISTRIBUTION", default_value = "broadcast", value_parser = ["broadcast", "hash-route"])]
+    pub distribution: String,
+    /// In-flight incoming batch capacity, in units of 100 points (the original's
+    /// batch size): bounds points being decoded and routed at once
+    #[arg(long, env = "POLYMUR_GW_INCOMING_QUEUE_CAP", default_value_t = 32768)]
+    pub incoming_queue_cap: u64,
+    /// TLS Key (PEM)
+    #[arg(long, env = "POLYMUR_GW_KEY")]
+    pub key: Option<PathBuf>,
+    /// Prepend every metric with the origin polymur-proxy API key's name
+    #[arg(long, env = "POLYMUR_GW_KEY_PREFIX", action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_parser = crate::go_bool!())]
+    pub key_prefix: bool,
+    /// Polymur-gateway listen address
+    #[arg(long, env = "POLYMUR_GW_LISTEN_ADDR", default_value = "0.0.0.0")]
+    pub listen_addr: String,
+    /// Polymur-gateway listen port (http) [default: 80]
+    #[arg(long, env = "POLYMUR_GW_LISTEN_HTTP_PORT")]
+    pub listen_http_port: Option<u16>,
+    /// Polymur-gateway listen port (https) [default: 443, when -cert and -key are given]
+    #[arg(long, env = "POLYMUR_GW_LISTEN_HTTPS_PORT")]
+    pub listen_https_port: Option<u16>,
+    /// Graphite flush interval for runtime metrics in seconds (0 is disabled)
+    #[arg(long, env = "POLYMUR_GW_METRICS_FLUSH", default_value_t = 0)]
+    pub metrics_flush: u64,
+    /// In-flight message queue capacity per destination (number of data points)
+    #[arg(long, env = "POLYMUR_GW_OUTGOING_QUEUE_CAP", default_value_t = 4096)]
+    pub outgoing_queue_cap: u64,
+    /// runstats listen address ("" disables)
+    #[arg(long, env = "POLYMUR_GW_STAT_ADDR", default_value = "localhost:2020")]
+    pub stat_addr: String,
+
+    /// API key store: consul, etcd or file (-dev-mode overrides; -keys-file implies file)
+    #[arg(long, env = "POLYMUR_GW_KEY_STORE", value_parser = ["consul", "etcd", "file"])]
+    pub key_store: Option<String>,
+    /// Key file for -key-store file: `<name> <key>` per line, `#` comments; reloaded on change
+    #[arg(long, env = "POLYMUR_GW_KEYS_FILE")]
+    pub keys_file: Option<PathBuf>,
+    /// etcd endpoints for -key-store etcd (comma-separated URLs)
+    #[arg(long, env = "POLYMUR_GW_ETCD_ENDPOINTS", default_value = "http://127.0.0.1:2379")]
+    pub etcd_endpoints: String,
+    /// Full key sync interval (seconds or e.g. 30s); changes also apply sooner where the store notifies
+    #[arg(long, env = "POLYMUR_GW_KEY_SYNC_INTERVAL", default_value = "30", value_parser = parse_duration)]
+    pub key_sync_interval: Duration,
+    /// Largest accepted request body (compressed), bytes or with K/M/G
+    #[arg(long, env = "POLYMUR_GW_MAX_BODY_BYTES", default_value = "32M", value_parser = parse_bytes)]
+    pub max_body_bytes: u64,
+    /// Largest accepted batch after decompression, bytes or with K/M/G
+    #[arg(long, env = "POLYMUR_GW_MAX_BATCH_BYTES", default_value = "256M", value_parser = parse_bytes)]
+    pub max_batch_bytes: u64,
+    /// Time allowed to send request headers and body; idle keep-alive connections close after it
+    #[arg(long, env = "POLYMUR_GW_READ_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub read_timeout: Duration,
+    /// On SIGTERM/SIGINT, how long queues may take to drain to destinations
+    #[arg(long, env = "POLYMUR_GW_DRAIN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
+}
+
+impl GatewayArgs {
+    /// Which key store the flags select.
+    pub fn key_store_config(&self) -> anyhow::Result<KeyStoreConfig> {
+        if self.dev_mode {
+            return Ok(KeyStoreConfig::Dev);
+        }
+        let store = self
+            .key_store
+            .as_deref()
+            .unwrap_or(if self.keys_file.is_some() { "file" } else { "consul" });
+        Ok(match store {
+            "file" => KeyStoreConfig::File {
+                path: self
+                    .keys_file
+                    .clone()
+                    .context("-key-store file needs -keys-file PATH")?,
+            },
+            "etcd" => KeyStoreConfig::Etcd {
+                endpoints: self
+                    .etcd_endpoints
+                    .split(',')
+                    .map(|s| s.trim().to_string())
+                    .filter(|s| !s.is_empty())
+                    .collect(),
+            },
+            _ => KeyStoreConfig::Consul {
+                addr: std::env::var("CONSUL_HTTP_ADDR").unwrap_or_else(|_| "127.0.0.1:8500".into()),
+                token: std::env::var("CONSUL_HTTP_TOKEN").ok().filter(|t| !t.is_empty()),
+            },
+        })
+    }
+
+    /// The router factory for `-distribution`.
+    pub fn router_factory(&self) -> anyhow::Result<RouterFactory> {
+        match self.distribution.as_str() {
+            "broadcast" => Ok(Arc::new(|addrs: &[DestAddr]| {
+                Box::new(Broadcast {
+                    destinations: addrs.len(),
+                }) as Box<dyn crate::route::Router>
+            })),
+            other => bail!("-distribution {other} is not available yet"),
+        }
+    }
+}
+
+/// `host:port` for a listen address, bracketing IPv6 literals.
+fn listen_on(addr: &str, port: u16) -> String {
+    if addr.contains(':') && !addr.starts_with('[') {
+        format!("[{addr}]:{port}")
+    } else {
+        format!("{addr}:{port}")
+    }
+}
+
+/// Runs the gateway until SIGINT/SIGTERM, then drains and returns.
+pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
+    crate::logging::install_tls_provider();
+    tracing::info!("::: Polymur-gateway :::");
+    let started = SystemTime::now();
+    let destinations = DestAddr::parse_list(&args.destinations).context("-destinations")?;
+    let make_router = args.router_factory()?;
+    let tls = match (&args.cert, &args.key) {
+        (Some(c), Some(k)) => Some(ingest::tls::acceptor(c, k)?),
+        (None, None) => None,
+        _ => bail!("HTTPS needs both -cert and -key"),
+    };
+    if destinations.is_empty() && !args.console_out {
+        tracing::warn!("No -destinations and no -console-out: accepted points are discarded");
+    }
+
+    let (listeners_trigger, listeners_shutdown) = Shutdown::new();
+    let (workers_trigger, workers_shutdown) = Shutdown::new();
+
+    // Keys: one sync before listening, so valid proxies are not refused at start.
+    let store = keys::open(&args.key_store_config()?)?;
+    tracing::info!("API key store: {}", store.describe());
+    let cache = Arc::new(KeyCache::new());
+    let _ = tokio::time::timeout(Duration::from_secs(10), keys::sync::sync_once(store.as_ref(), &cache)).await;
+    tokio::spawn(keys::sync::run(
+        store,
+        cache.clone(),
+        args.key_sync_interval,
+        workers_shutdown.clone(),
+    ));
+
+    let stats = Arc::new(Stats::default());
+    let pipeline = Arc::new(Pipeline::new(
+        Topology {
+            dests: Vec::new(),
+            router: Box::new(Broadcast { destinations: 0 }),
+        },
+        stats.clone(),
+    ));
+    let registry = Registry::start(
+        &destinations,
+        args.console_out,
+        pipeline.clone(),
+        make_router,
+        DestConfig {
+            queue_cap: args.outgoing_queue_cap.max(1),
+            drain_timeout: args.drain_timeout,
+        },
+        workers_shutdown.clone(),
+    );
+
+    let state = Arc::new(Ingest {
+        config: IngestConfig {
+            max_body_bytes: args.max_body_bytes as usize,
+            max_batch_bytes: args.max_batch_bytes as usize,
+            key_prefix: args.key_prefix,
+            read_timeout: args.read_timeout,
+        },
+        keys: cache,
+        pipeline: pipeline.clone(),
+    });
+    let mut servers = Vec::new();
+    let http_addr = listen_on(&args.listen_addr, args.listen_http_port.unwrap_or(80));
+    let (l, local) = ingest::bind(&http_addr).await?;
+    tracing::info!("HTTP listening on {local}");
+    servers.push(tokio::spawn(ingest::serve(l, None, state.clone(), listeners_shutdown.clone())));
+    if let Some(tls) = tls {
+        let https_addr = listen_on(&args.listen_addr, args.listen_https_port.unwrap_or(443));
+        let (l, local) = ingest::bind(&https_addr).await?;
+        tracing::info!("HTTPS listening on {local}");
+        servers.push(tokio::spawn(ingest::serve(l, Some(tls), state.clone(), listeners_shutdown.clone())));
+    }
+    if !args.api_addr.is_empty() {
+        let (l, local) = ingest::bind(&args.api_addr).await?;
+        tracing::info!("API started: {local}");
+        tokio::spawn(admin::serve_lines(l, admin::api::handler(registry.clone()), workers_shutdown.clone()));
+    }
+    if !args.stat_addr.is_empty() {
+        let (l, local) = ingest::bind(&args.stat_addr).await?;
+        tracing::info!("Runstats started: {local}");
+        tokio::spawn(admin::serve_lines(l, admin::runstats::handler(started), workers_shutdown.clone()));
+    }
+    tokio::spawn(stats::report(pipeline.clone(), Duration::from_secs(5), workers_shutdown.clone()));
+
+    shutdown::signal().await;
+    tracing::info!("Shutting down: closing listeners, finishing in-flight requests");
+    listeners_trigger.fire();
+    for s in servers {
+        let _ = s.await;
+    }
+    tracing::info!("Draining destination queues (up to {:?})", args.drain_timeout);
+    workers_trigger.fire();
+    drop(state);
+    for t in registry.take_tasks() {
+        let _ = t.await;
+    }
+    let abandoned: u64 = pipeline
+        .destinations()
+        .iter()
+        .map(|d| d.stats.abandoned.load(std::sync::atomic::Ordering::Relaxed))
+        .sum();
+    tracing::info!(
+        "Stopped: {} points received, {abandoned} undelivered",
+        stats.received.load(std::sync::atomic::Ordering::Relaxed)
+    );
+    Ok(())
+}
+
+/// Entry point of the `polymur-gateway` binary.
+pub fn main() -> std::process::ExitCode {
+    let args = GatewayArgs::parse_from(crate::config::normalize_args(std::env::args_os()));
+    crate::logging::init();
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("polymur-gateway: cannot start runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(args)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("polymur-gateway: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

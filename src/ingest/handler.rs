@@ -1,0 +1,148 @@
+//! The `/ping` and `/ingest` routes, with the exact answers of the Go original.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
+use hyper::{Request, Response, StatusCode};
+
+use super::inflate::{gunzip, InflateError};
+use super::Ingest;
+use crate::batch::Batch;
+use crate::keys::fingerprint;
+
+/// Bodies at least this large are decompressed on the blocking pool so a big
+/// batch never stalls other connections on the same runtime thread.
+const BLOCKING_THRESHOLD: usize = 256 * 1024;
+
+type Resp = Response<Full<Bytes>>;
+
+fn reply(status: StatusCode, body: &'static str) -> Resp {
+    let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    r
+}
+
+/// A reply after which the connection is closed (bad key, unread body).
+fn reply_close(status: StatusCode, body: &'static str) -> Resp {
+    let mut r = reply(status, body);
+    r.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+    r
+}
+
+/// The client address for logs: `X-Forwarded-For`'s first entry when present
+/// (a load balancer in front), else the peer. Never used for any decision.
+fn client(req: &Request<Incoming>, peer: SocketAddr) -> String {
+    req.headers()
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(',').next())
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| peer.ip().to_string())
+}
+
+/// Serves one request.
+pub async fn handle(state: Arc<Ingest>, peer: SocketAddr, req: Request<Incoming>) -> Result<Resp, Infallible> {
+    let path = req.uri().path();
+    if path != "/ping" && path != "/ingest" {
+        return Ok(reply(StatusCode::NOT_FOUND, "404 page not found\n"));
+    }
+    let client = client(&req, peer);
+    let presented = req.headers().get("x-polymur-key").map(|v| v.as_bytes().to_vec());
+    let name = presented.as_deref().and_then(|k| state.keys.lookup(k));
+    let Some(name) = name else {
+        state.pipeline.stats().unauthorized.fetch_add(1, Ordering::Relaxed);
+        let fp = presented.as_deref().map(fingerprint).unwrap_or_else(|| "none".into());
+        tracing::warn!("Invalid key from {client} (key fingerprint {fp}) on {path}");
+        return Ok(reply_close(StatusCode::UNAUTHORIZED, "invalid key"));
+    };
+    if path == "/ping" {
+        tracing::info!("Ping from {client} with key {name}: key is valid");
+        return Ok(reply(StatusCode::OK, "key is valid\n"));
+    }
+    Ok(ingest(state, req, &client, &name).await)
+}
+
+async fn ingest(state: Arc<Ingest>, req: Request<Incoming>, client: &str, name: &str) -> Resp {
+    let limits = &state.config;
+    let declared = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limits.max_body_bytes as u64) {
+        state.pipeline.stats().too_large.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!("Batch from {client} (key {name}) refused: body over -max-body-bytes");
+        return reply_close(StatusCode::PAYLOAD_TOO_LARGE, "Batch Too Large\n");
+    }
+    let body = Limited::new(req.into_body(), limits.max_body_bytes);
+    let body = match tokio::time::timeout(limits.read_timeout, body.collect()).await {
+        Ok(Ok(b)) => b.to_bytes(),
+        Ok(Err(e)) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
+            state.pipeline.stats().too_large.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!("Batch from {client} (key {name}) refused: body over -max-body-bytes");
+            return reply_close(StatusCode::PAYLOAD_TOO_LARGE, "Batch Too Large\n");
+        }
+        Ok(Err(e)) => {
+            tracing::warn!("Batch from {client} (key {name}): reading body failed: {e}");
+            return reply_close(StatusCode::BAD_REQUEST, "Batch Malformed\n");
+        }
+        Err(_) => {
+            tracing::warn!("Batch from {client} (key {name}): body not received within the read timeout");
+            return reply_close(StatusCode::REQUEST_TIMEOUT, "Request Timeout\n");
+        }
+    };
+
+    let big = body.len() >= BLOCKING_THRESHOLD;
+    let prefix = limits.key_prefix.then(|| name.to_string());
+    let max = limits.max_batch_bytes;
+    let work = move || -> Result<_, InflateError> {
+        let raw = gunzip(&body, max)?;
+        Ok(Batch::from_plaintext(raw, prefix.as_deref()))
+    };
+    let decoded = if big {
+        match tokio::task::spawn_blocking(work).await {
+            Ok(r) => r,
+            Err(_) => return reply(StatusCode::INTERNAL_SERVER_ERROR, "Internal Error\n"),
+        }
+    } else {
+        work()
+    };
+    let (batch, rejects) = match decoded {
+        Ok(b) => b,
+        Err(InflateError::TooLarge(_)) => {
+            state.pipeline.stats().too_large.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!("Batch from {client} (key {name}) refused: decompresses past -max-batch-bytes");
+            return reply(StatusCode::PAYLOAD_TOO_LARGE, "Batch Too Large\n");
+        }
+        Err(InflateError::Malformed(e)) => {
+            state.pipeline.stats().malformed.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!("Batch from {client} (key {name}) malformed: {e}");
+            return reply(StatusCode::BAD_REQUEST, "Batch Malformed\n");
+        }
+    };
+    state
+        .pipeline
+        .stats()
+        .note_invalid(&format!("key {name} ({client})"), &rejects);
+    match state.pipeline.submit(&batch) {
+        Ok(()) => {
+            tracing::debug!("Batch from {client} (key {name}): {} points", batch.len());
+            reply(StatusCode::OK, "Batch Received\n")
+        }
+        Err(refused) => {
+            tracing::warn!("Batch from {client} (key {name}) refused: {refused}");
+            let mut r = reply(StatusCode::SERVICE_UNAVAILABLE, "Batch Refused: destination queue full, retry later\n");
+            r.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static("1"));
+            r
+        }
+    }
+}

@@ -1,0 +1,164 @@
+//! Size-capped gzip decompression of `/ingest` bodies.
+//!
+//! Fast path: one-shot libdeflate into a buffer sized from the gzip trailer's
+//! ISIZE, about three times zlib's speed. Anything the fast path cannot settle
+//! (several gzip members, a trailer that lies, corrupt data) goes through a
+//! streaming decoder that stops at the cap, so memory stays bounded by
+//! `max` whatever the input claims — a gzip bomb costs at most `max` bytes.
+
+use std::cell::RefCell;
+use std::io::Read;
+use std::ptr::NonNull;
+
+use libdeflate_sys as ld;
+
+/// Why a body was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum InflateError {
+    /// Not a valid gzip stream (answered `400 Batch Malformed`).
+    #[error("body is not valid gzip: {0}")]
+    Malformed(String),
+    /// Decompresses to more than the cap (answered `413`).
+    #[error("body decompresses to more than {0} bytes")]
+    TooLarge(usize),
+}
+
+/// A libdeflate decompressor, kept per thread because allocating one per batch
+/// would cost more than a small batch's inflate.
+struct Decompressor(NonNull<ld::libdeflate_decompressor>);
+
+impl Drop for Decompressor {
+    fn drop(&mut self) {
+        // SAFETY: the pointer came from libdeflate_alloc_decompressor and is freed once.
+        unsafe { ld::libdeflate_free_decompressor(self.0.as_ptr()) }
+    }
+}
+
+thread_local! {
+    static DECOMPRESSOR: RefCell<Option<Decompressor>> = const { RefCell::new(None) };
+}
+
+/// Outcome of the one-shot attempt.
+enum Fast {
+    Done(Vec<u8>),
+    /// Let the streaming decoder decide (it reports the precise error).
+    Fallback,
+}
+
+fn fast_path(body: &[u8], size: usize) -> Fast {
+    DECOMPRESSOR.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.is_none() {
+            // SAFETY: plain allocation call; null means out of memory.
+            let p = unsafe { ld::libdeflate_alloc_decompressor() };
+            *slot = NonNull::new(p).map(Decompressor);
+        }
+        let Some(d) = slot.as_ref() else {
+            return Fast::Fallback;
+        };
+        let mut out: Vec<u8> = Vec::with_capacity(size);
+        let mut used_in = 0usize;
+        let mut used_out = 0usize;
+        // SAFETY: `body` is valid for reads of body.len() bytes and `out` for writes
+        // of `size` bytes (its capacity); libdeflate writes at most `size` bytes and
+        // reports how many in `used_out`, which is all we expose via set_len.
+        let ret = unsafe {
+            ld::libdeflate_gzip_decompress_ex(
+                d.0.as_ptr(),
+                body.as_ptr().cast(),
+                body.len(),
+                out.as_mut_ptr().cast(),
+                size,
+                &mut used_in,
+                &mut used_out,
+            )
+        };
+        if ret == ld::libdeflate_result_LIBDEFLATE_SUCCESS && used_in == body.len() && used_out <= size {
+            // SAFETY: libdeflate initialised the first `used_out` bytes.
+            unsafe { out.set_len(used_out) };
+            Fast::Done(out)
+        } else {
+            Fast::Fallback
+        }
+    })
+}
+
+/// Decompresses a gzip body (one or several members) of at most `max` bytes.
+pub fn gunzip(body: &[u8], max: usize) -> Result<Vec<u8>, InflateError> {
+    if body.len() < 18 || body[0] != 0x1f || body[1] != 0x8b {
+        return Err(InflateError::Malformed("missing gzip header".into()));
+    }
+    // ISIZE: the last member's uncompressed size mod 2^32. The whole stream is at
+    // least that large, so a claim over the cap is refused before any work.
+    let tail: [u8; 4] = body[body.len() - 4..].try_into().expect("4 bytes");
+    let isize_hint = u32::from_le_bytes(tail) as usize;
+    if isize_hint > max {
+        return Err(InflateError::TooLarge(max));
+    }
+    if let Fast::Done(out) = fast_path(body, isize_hint) {
+        return Ok(out);
+    }
+    streaming(body, max, isize_hint)
+}
+
+fn streaming(body: &[u8], max: usize, hint: usize) -> Result<Vec<u8>, InflateError> {
+    let mut out = Vec::with_capacity(hint.min(max));
+    let decoder = flate2::read::MultiGzDecoder::new(body);
+    // Read one byte past the cap to tell "exactly max" from "more than max".
+    decoder
+        .take(max as u64 + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| InflateError::Malformed(e.to_string()))?;
+    if out.len() > max {
+        return Err(InflateError::TooLarge(max));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flate2::write::GzEncoder;
+    use std::io::Write;
+
+    fn gz(data: &[u8]) -> Vec<u8> {
+        let mut e = GzEncoder::new(Vec::new(), flate2::Compression::default());
+        e.write_all(data).unwrap();
+        e.finish().unwrap()
+    }
+
+    #[test]
+    fn single_member() {
+        assert_eq!(gunzip(&gz(b"a 1 2\n"), 1 << 20).unwrap(), b"a 1 2\n");
+    }
+
+    #[test]
+    fn multi_member_streams_are_whole() {
+        let mut body = gz(b"first 1 2\n");
+        body.extend(gz(b"second 3 4\n"));
+        assert_eq!(gunzip(&body, 1 << 20).unwrap(), b"first 1 2\nsecond 3 4\n");
+        // Members of equal size and content must not be mistaken for one.
+        let mut same = gz(b"x 1 2\n");
+        same.extend(gz(b"x 1 2\n"));
+        assert_eq!(gunzip(&same, 1 << 20).unwrap(), b"x 1 2\nx 1 2\n");
+    }
+
+    #[test]
+    fn refuses_garbage_and_truncation() {
+        assert!(matches!(gunzip(b"plain text, not gzip at all", 100), Err(InflateError::Malformed(_))));
+        let body = gz(&vec![b'a'; 10_000]);
+        assert!(matches!(gunzip(&body[..body.len() - 5], 1 << 20), Err(InflateError::Malformed(_))));
+        assert!(matches!(gunzip(&[], 100), Err(InflateError::Malformed(_))));
+    }
+
+    #[test]
+    fn caps_output_even_when_the_trailer_lies() {
+        let data = vec![b'z'; 100_000];
+        assert_eq!(gunzip(&gz(&data), 99_999), Err(InflateError::TooLarge(99_999)));
+        assert_eq!(gunzip(&gz(&data), 100_000).unwrap().len(), 100_000);
+        let mut lying = gz(&data);
+        let n = lying.len();
+        lying[n - 4..].copy_from_slice(&10u32.to_le_bytes());
+        assert!(gunzip(&lying, 50_000).is_err());
+    }
+}

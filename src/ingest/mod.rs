@@ -1,0 +1,110 @@
+//! The HTTP(S) source: `POST /ping` and `POST /ingest` from polymur-proxy.
+
+pub mod handler;
+pub mod inflate;
+pub mod tls;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+use crate::keys::KeyCache;
+use crate::pipeline::Pipeline;
+use crate::shutdown::Shutdown;
+
+/// Limits and options of the ingest listeners.
+#[derive(Clone, Debug)]
+pub struct IngestConfig {
+    /// `-max-body-bytes`: compressed body cap.
+    pub max_body_bytes: usize,
+    /// `-max-batch-bytes`: decompressed batch cap.
+    pub max_batch_bytes: usize,
+    /// `-key-prefix`: prepend the key's name to every metric.
+    pub key_prefix: bool,
+    /// `-read-timeout`: headers and body must arrive within this time, and an
+    /// idle keep-alive connection is closed after it.
+    pub read_timeout: Duration,
+}
+
+/// Everything a request needs.
+pub struct Ingest {
+    /// Listener options.
+    pub config: IngestConfig,
+    /// Registered keys.
+    pub keys: Arc<KeyCache>,
+    /// Where accepted batches go.
+    pub pipeline: Arc<Pipeline>,
+}
+
+/// How long shutdown waits for in-flight requests.
+const GRACE: Duration = Duration::from_secs(10);
+
+/// Accepts connections on `listener` until shutdown, then lets in-flight
+/// requests finish (up to a grace period) before returning.
+pub async fn serve(listener: TcpListener, tls: Option<TlsAcceptor>, state: Arc<Ingest>, mut shutdown: Shutdown) {
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let read_timeout = state.config.read_timeout;
+    loop {
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    // Typically EMFILE: back off briefly instead of spinning.
+                    tracing::error!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.recv() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let state = state.clone();
+        let watcher = graceful.watcher();
+        let tls = tls.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req| handler::handle(state.clone(), peer, req));
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(read_timeout)
+                .keep_alive(true);
+            match tls {
+                None => {
+                    let conn = builder.serve_connection(TokioIo::new(stream), service);
+                    let _ = watcher.watch(conn).await;
+                }
+                Some(acceptor) => {
+                    let handshake = tokio::time::timeout(read_timeout, acceptor.accept(stream)).await;
+                    let stream = match handshake {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => {
+                            tracing::debug!("TLS handshake with {peer} failed: {e}");
+                            return;
+                        }
+                        Err(_) => return,
+                    };
+                    let conn = builder.serve_connection(TokioIo::new(stream), service);
+                    let _ = watcher.watch(conn).await;
+                }
+            }
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(GRACE, graceful.shutdown()).await.is_err() {
+        tracing::warn!("in-flight requests still open after {GRACE:?}; closing them");
+    }
+}
+
+/// Binds a listener, naming the address in the error.
+pub async fn bind(addr: &str) -> std::io::Result<(TcpListener, SocketAddr)> {
+    let l = TcpListener::bind(addr)
+        .await
+        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
+    let local = l.local_addr()?;
+    Ok((l, local))
+}

@@ -1,0 +1,100 @@
+//! The in-memory key cache read by every request.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use ring::digest::{digest, SHA256};
+
+use super::KeySet;
+
+/// SHA-256 digest of an API key; the cache is indexed by it so that a lookup's
+/// timing depends on the digest, never on how many leading bytes of a real key a
+/// guess shares.
+type KeyDigest = [u8; 32];
+
+fn key_digest(key: &[u8]) -> KeyDigest {
+    let d = digest(&SHA256, key);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    out
+}
+
+/// A short, non-reversible name for a key, safe to print in logs (first 8 hex
+/// digits of its SHA-256). Keys themselves never reach a log line.
+pub fn fingerprint(key: &[u8]) -> String {
+    key_digest(key)[..4]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Lock-free map from key digest to key name. Readers take a snapshot pointer
+/// (`ArcSwap::load`), so the sync task swapping in a new set never blocks a batch.
+#[derive(Default)]
+pub struct KeyCache {
+    by_digest: ArcSwap<HashMap<KeyDigest, Arc<str>>>,
+    /// The plain set last applied, kept only by the sync side to compute diffs.
+    current: std::sync::Mutex<KeySet>,
+}
+
+impl KeyCache {
+    /// An empty cache: every key is refused until the first sync.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The name of the key, or `None` when it is not registered.
+    pub fn lookup(&self, key: &[u8]) -> Option<Arc<str>> {
+        self.by_digest.load().get(&key_digest(key)).cloned()
+    }
+
+    /// Number of registered keys.
+    pub fn len(&self) -> usize {
+        self.by_digest.load().len()
+    }
+
+    /// True when no key is registered.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Replaces the whole set; returns `(new, removed)` counted by name, for the
+    /// `API keys refreshed: N new, M removed` log line. A name whose key changed
+    /// counts as neither: the name stays registered.
+    pub fn replace(&self, set: KeySet) -> (usize, usize) {
+        let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        let new = set.keys().filter(|n| !current.contains_key(*n)).count();
+        let removed = current.keys().filter(|n| !set.contains_key(*n)).count();
+        let map = set
+            .iter()
+            .map(|(name, key)| (key_digest(key.as_bytes()), Arc::<str>::from(name.as_str())))
+            .collect();
+        self.by_digest.store(Arc::new(map));
+        *current = set;
+        (new, removed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lookup_and_diff() {
+        let cache = KeyCache::new();
+        assert!(cache.lookup(b"123").is_none());
+        let mut set = KeySet::new();
+        set.insert("dev".into(), "123".into());
+        set.insert("b".into(), "bbb".into());
+        assert_eq!(cache.replace(set.clone()), (2, 0));
+        assert_eq!(cache.lookup(b"123").as_deref(), Some("dev"));
+        assert!(cache.lookup(b"12").is_none());
+        set.remove("b");
+        set.insert("c".into(), "ccc".into());
+        assert_eq!(cache.replace(set), (1, 1));
+        assert!(cache.lookup(b"bbb").is_none());
+        assert_eq!(cache.lookup(b"ccc").as_deref(), Some("c"));
+        assert_eq!(fingerprint(b"123").len(), 8);
+    }
+}

@@ -1,0 +1,184 @@
+//! API keys: where they are stored, and the lock-free cache the request path reads.
+//!
+//! Every store (dev, file, Consul, etcd) uses the same logical layout as the Go
+//! original's Consul KV: `polymur/gateway/keys/<name>` = `<key>`. A store only has to
+//! say what is registered ([`KeyStore::load`]) and when that may have changed
+//! ([`KeyStore::changed`]); the [`sync`] loop turns that into cache swaps, and keeps
+//! the last good set whenever a store fails, so an outage never locks tenants out.
+
+pub mod cache;
+pub mod consul;
+pub mod dev;
+pub mod etcd;
+pub mod file;
+pub mod sync;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use cache::{fingerprint, KeyCache};
+
+/// The KV prefix under which every store keeps keys (PROTOCOL.md: Consul layout).
+pub const KEY_PREFIX: &str = "polymur/gateway/keys/";
+
+/// Registered keys: key name → API key. Ordered so listings are stable.
+pub type KeySet = BTreeMap<String, String>;
+
+/// Boxed future, so that stores can be used as `dyn KeyStore`.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// A failure talking to a key store. The message names the store and address.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyStoreError {
+    #[error("key store {store}: {message}")]
+    Unavailable { store: String, message: String },
+    #[error("key store {store}: invalid data: {message}")]
+    Invalid { store: String, message: String },
+    #[error("key store {0} is read-only")]
+    ReadOnly(String),
+}
+
+/// A source of registered API keys.
+pub trait KeyStore: Send + Sync + 'static {
+    /// Human-readable description for logs, e.g. `consul http://127.0.0.1:8500`.
+    fn describe(&self) -> String;
+
+    /// Reads every registered key. An error must leave callers' caches untouched.
+    fn load(&self) -> BoxFuture<'_, Result<KeySet, KeyStoreError>>;
+
+    /// Returns when the store has (or may have) changed since the last `load`, and at
+    /// the latest after `max_wait`. Stores with change notification (Consul blocking
+    /// queries, etcd watches) return early so that a revoked key stops working within
+    /// about a second; others simply poll.
+    fn changed(&self, max_wait: Duration) -> BoxFuture<'_, Result<(), KeyStoreError>>;
+
+    /// Registers or replaces `name` with `key` (used by `pgw-key`).
+    fn put<'a>(&'a self, name: &'a str, key: &'a str) -> BoxFuture<'a, Result<(), KeyStoreError>>;
+
+    /// Removes `name`; `Ok(false)` when it was not registered.
+    fn delete<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<bool, KeyStoreError>>;
+}
+
+/// Which store to use, as chosen by `-key-store` / `-dev-mode` and friends.
+#[derive(Clone, Debug)]
+pub enum KeyStoreConfig {
+    /// The single key `123`, named `dev`.
+    Dev,
+    /// A text file of `name key` lines.
+    File { path: PathBuf },
+    /// Consul KV; address and token from `CONSUL_HTTP_ADDR` / `CONSUL_HTTP_TOKEN`.
+    Consul { addr: String, token: Option<String> },
+    /// etcd v3 through its JSON gateway.
+    Etcd { endpoints: Vec<String> },
+}
+
+/// Opens the configured store.
+pub fn open(config: &KeyStoreConfig) -> Result<Arc<dyn KeyStore>, KeyStoreError> {
+    Ok(match config {
+        KeyStoreConfig::Dev => Arc::new(dev::DevStore),
+        KeyStoreConfig::File { path } => Arc::new(file::FileStore::new(path.clone())),
+        KeyStoreConfig::Consul { addr, token } => {
+            Arc::new(consul::ConsulStore::new(addr, token.clone())?)
+        }
+        KeyStoreConfig::Etcd { endpoints } => Arc::new(etcd::EtcdStore::new(endpoints.clone())?),
+    })
+}
+
+/// Builds the HTTP client used by the Consul and etcd stores.
+///
+/// reqwest is built without a bundled crypto provider (aws-lc-rs is slow to build),
+/// so it would panic unless given a finished rustls configuration; we hand it one on
+/// the `ring` provider instead of relying on a process-wide default. Roots are the
+/// system CA bundle (as Consul's and etcd's own clients use) plus `extra_ca`, the
+/// operator's private CA (`CONSUL_CACERT`). Proxies are ignored: the key store is a
+/// local agent or an internal cluster, and an `HTTP_PROXY` meant for the outside
+/// world must not intercept (or see the token of) key requests.
+pub(crate) fn http_client(
+    store: &str,
+    extra_ca: Option<&std::path::Path>,
+) -> Result<reqwest::Client, KeyStoreError> {
+    let invalid = |message: String| KeyStoreError::Invalid {
+        store: store.to_string(),
+        message,
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    let mut bundles: Vec<PathBuf> = Vec::new();
+    if let Some(path) = std::env::var_os("SSL_CERT_FILE") {
+        bundles.push(path.into());
+    } else if let Some(path) = SYSTEM_CA_BUNDLES
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
+    {
+        bundles.push(path);
+    }
+    // A missing system bundle only matters for https endpoints, and then the TLS
+    // handshake reports it; a missing operator CA is a configuration error now.
+    for path in &bundles {
+        if let Ok(file) = std::fs::File::open(path) {
+            let mut reader = std::io::BufReader::new(file);
+            roots.add_parsable_certificates(rustls_pemfile::certs(&mut reader).flatten());
+        }
+    }
+    if let Some(path) = extra_ca {
+        let file = std::fs::File::open(path)
+            .map_err(|e| invalid(format!("CA certificate {}: {e}", path.display())))?;
+        let certs: Vec<_> = rustls_pemfile::certs(&mut std::io::BufReader::new(file))
+            .collect::<Result<_, _>>()
+            .map_err(|e| invalid(format!("CA certificate {}: {e}", path.display())))?;
+        let (added, _) = roots.add_parsable_certificates(certs);
+        if added == 0 {
+            return Err(invalid(format!(
+                "CA certificate {}: no usable certificate",
+                path.display()
+            )));
+        }
+    }
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| invalid(e.to_string()))?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    reqwest::Client::builder()
+        .tls_backend_preconfigured(tls)
+        .no_proxy()
+        .connect_timeout(Duration::from_secs(5))
+        .build()
+        .map_err(|e| invalid(format!("HTTP client: {e}")))
+}
+
+/// Where Linux distributions keep the system CA bundle (the list rustls-native-certs
+/// and Go's crypto/x509 search).
+const SYSTEM_CA_BUNDLES: &[&str] = &[
+    "/etc/ssl/certs/ca-certificates.crt",
+    "/etc/pki/tls/certs/ca-bundle.crt",
+    "/etc/ssl/ca-bundle.pem",
+    "/etc/pki/ca-trust/extracted/pem/tls-ca-bundle.pem",
+    "/etc/ssl/cert.pem",
+];
+
+/// Base64 (standard alphabet, padded), the encoding of Consul's `Value` and of every
+/// byte field in etcd's JSON gateway.
+pub(crate) fn b64_encode(data: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(data)
+}
+
+/// Inverse of [`b64_encode`].
+pub(crate) fn b64_decode(text: &str) -> Result<Vec<u8>, base64::DecodeError> {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.decode(text)
+}
+
+/// A key value that can be registered: non-empty (an empty key would match a request
+/// without a key) and free of whitespace and control bytes, which no HTTP header or
+/// key file line could carry intact.
+pub(crate) fn usable_key(key: &str) -> bool {
+    !key.is_empty() && !key.chars().any(|c| c.is_whitespace() || c.is_control())
+}

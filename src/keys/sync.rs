@@ -1,0 +1,52 @@
+//! The loop that keeps a [`KeyCache`] in step with a [`KeyStore`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{KeyCache, KeyStore};
+use crate::shutdown::Shutdown;
+
+/// Reads the store once and swaps the result into the cache. On error the cache
+/// is left as it was (the seed's promise: an outage never drops a key).
+pub async fn sync_once(store: &dyn KeyStore, cache: &KeyCache) -> bool {
+    tracing::info!("Running API key sync");
+    match store.load().await {
+        Ok(set) => {
+            let (new, removed) = cache.replace(set);
+            tracing::info!("API keys refreshed: {new} new, {removed} removed");
+            true
+        }
+        Err(e) => {
+            tracing::error!("API key sync failed, keeping {} cached keys: {e}", cache.len());
+            false
+        }
+    }
+}
+
+/// Runs until shutdown: a full sync every `interval`, and sooner whenever the
+/// store reports a change. Store errors back off from 1 s up to `interval`.
+pub async fn run(
+    store: Arc<dyn KeyStore>,
+    cache: Arc<KeyCache>,
+    interval: Duration,
+    mut shutdown: Shutdown,
+) {
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        let waited = tokio::select! {
+            r = store.changed(interval) => r,
+            _ = shutdown.recv() => return,
+        };
+        if let Err(e) = waited {
+            tracing::warn!("API key store watch failed: {e}; retrying in {backoff:?}");
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {},
+                _ = shutdown.recv() => return,
+            }
+            backoff = (backoff * 2).min(interval.max(Duration::from_secs(1)));
+        }
+        if sync_once(store.as_ref(), &cache).await {
+            backoff = Duration::from_secs(1);
+        }
+    }
+}

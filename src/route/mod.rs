@@ -1,0 +1,29 @@
+//! Routers decide which destinations receive which lines of a batch.
+//!
+//! A router sees the whole batch at once and produces, per destination, one
+//! buffer of whole lines. Broadcast hands every destination the batch's own
+//! buffer (no copy); hashing appends each line to its owners' buffers.
+
+pub mod broadcast;
+
+use bytes::Bytes;
+
+use crate::batch::Batch;
+
+/// The lines of one batch destined for one destination.
+#[derive(Debug)]
+pub struct RoutedPart {
+    /// Index into the destination list the router was built for.
+    pub dest: usize,
+    /// `\n`-terminated lines.
+    pub data: Bytes,
+    /// Number of lines in `data`.
+    pub points: u64,
+}
+
+/// Splits a batch among destinations. Routers are immutable; a change of
+/// destinations builds a new one, swapped in atomically.
+pub trait Router: Send + Sync {
+    /// Appends to `out` the parts of `batch` for each destination that gets any.
+    fn route(&self, batch: &Batch, out: &mut Vec<RoutedPart>);
+}
