@@ -61,7 +61,8 @@ impl Batch {
         let mut spans = Vec::with_capacity(raw.len() / 48 + 1);
         // `None` while every line so far is clean and unprefixed: the batch is then
         // `raw` itself. Becomes the copy buffer at the first line that needs one.
-        let mut out: Option<Vec<u8>> = prefix.map(|_| Vec::with_capacity(raw.len() + raw.len() / 4));
+        let mut out: Option<Vec<u8>> =
+            prefix.map(|_| Vec::with_capacity(raw.len() + raw.len() / 4));
         let mut pos = 0;
         for nl in memchr::memchr_iter(b'\n', &raw) {
             let line = &raw[pos..nl];
@@ -168,7 +169,8 @@ mod tests {
 
     #[test]
     fn invalid_lines_are_dropped_and_sampled() {
-        let raw = b"ok.one 1 100\nbad line\n\n  ok.two\t2 200\r\nx nan 1\nok.three 3 300\n".to_vec();
+        let raw =
+            b"ok.one 1 100\nbad line\n\n  ok.two\t2 200\r\nx nan 1\nok.three 3 300\n".to_vec();
         let (b, r) = Batch::from_plaintext(raw, None);
         assert_eq!(
             lines(&b),
@@ -182,14 +184,20 @@ mod tests {
 
     #[test]
     fn prefix_applies_to_every_line_and_metric() {
-        let (b, r) = Batch::from_plaintext(b"web01.app.rate 5 100\nbad\nx.y 1 2".to_vec(), Some("customer-a"));
+        let (b, r) = Batch::from_plaintext(
+            b"web01.app.rate 5 100\nbad\nx.y 1 2".to_vec(),
+            Some("customer-a"),
+        );
         assert_eq!(r.count, 1);
         assert_eq!(
             lines(&b),
             vec!["customer-a.web01.app.rate 5 100\n", "customer-a.x.y 1 2\n"]
         );
         let metrics: Vec<&[u8]> = b.lines().map(|(_, m)| m).collect();
-        assert_eq!(metrics, vec![&b"customer-a.web01.app.rate"[..], &b"customer-a.x.y"[..]]);
+        assert_eq!(
+            metrics,
+            vec![&b"customer-a.web01.app.rate"[..], &b"customer-a.x.y"[..]]
+        );
     }
 
     #[test]

@@ -41,27 +41,6 @@ pub fn normalize_args<I: IntoIterator<Item = OsString>>(args: I) -> Vec<OsString
     out
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn norm(v: &[&str]) -> Vec<String> {
-        normalize_args(v.iter().map(OsString::from))
-            .into_iter()
-            .map(|s| s.into_string().unwrap())
-            .collect()
-    }
-
-    #[test]
-    fn go_style_flags_become_double_dash() {
-        assert_eq!(
-            norm(&["bin", "-dev-mode", "-destinations=a:1,b:2", "--x", "-h", "-5", "-"]),
-            vec!["bin", "--dev-mode", "--destinations=a:1,b:2", "--x", "-h", "-5", "-"]
-        );
-        assert_eq!(norm(&["bin", "--", "-abc"]), vec!["bin", "--", "-abc"]);
-    }
-}
-
 /// Parses a duration given as bare seconds (`30`, Go-flag style) or with a unit
 /// (`30s`, `500ms`, `2m`).
 pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
@@ -69,7 +48,8 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     if let Ok(secs) = s.parse::<u64>() {
         return Ok(std::time::Duration::from_secs(secs));
     }
-    humantime::parse_duration(s).map_err(|e| format!("{e} (expected seconds, or e.g. 30s, 500ms, 2m)"))
+    humantime::parse_duration(s)
+        .map_err(|e| format!("{e} (expected seconds, or e.g. 30s, 500ms, 2m)"))
 }
 
 /// Parses a byte size: a plain number of bytes, or with a `K`, `M`, `G` (binary) suffix.
@@ -99,4 +79,52 @@ macro_rules! go_bool {
     () => {
         clap::builder::BoolishValueParser::new()
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn norm(v: &[&str]) -> Vec<String> {
+        normalize_args(v.iter().map(OsString::from))
+            .into_iter()
+            .map(|s| s.into_string().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn go_style_flags_become_double_dash() {
+        assert_eq!(
+            norm(&[
+                "bin",
+                "-dev-mode",
+                "-destinations=a:1,b:2",
+                "--x",
+                "-h",
+                "-5",
+                "-"
+            ]),
+            vec![
+                "bin",
+                "--dev-mode",
+                "--destinations=a:1,b:2",
+                "--x",
+                "-h",
+                "-5",
+                "-"
+            ]
+        );
+        assert_eq!(norm(&["bin", "--", "-abc"]), vec!["bin", "--", "-abc"]);
+    }
+
+    #[test]
+    fn durations_and_sizes() {
+        assert_eq!(parse_duration("30").unwrap(), std::time::Duration::from_secs(30));
+        assert_eq!(parse_duration("500ms").unwrap(), std::time::Duration::from_millis(500));
+        assert!(parse_duration("soon").is_err());
+        assert_eq!(parse_bytes("32M").unwrap(), 32 << 20);
+        assert_eq!(parse_bytes("1024").unwrap(), 1024);
+        assert_eq!(parse_bytes("1G").unwrap(), 1 << 30);
+        assert!(parse_bytes("12Q").is_err());
+    }
 }

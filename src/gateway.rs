@@ -83,7 +83,11 @@ pub struct GatewayArgs {
     #[arg(long, env = "POLYMUR_GW_KEYS_FILE")]
     pub keys_file: Option<PathBuf>,
     /// etcd endpoints for -key-store etcd (comma-separated URLs)
-    #[arg(long, env = "POLYMUR_GW_ETCD_ENDPOINTS", default_value = "http://127.0.0.1:2379")]
+    #[arg(
+        long,
+        env = "POLYMUR_GW_ETCD_ENDPOINTS",
+        default_value = "http://127.0.0.1:2379"
+    )]
     pub etcd_endpoints: String,
     /// Full key sync interval (seconds or e.g. 30s); changes also apply sooner where the store notifies
     #[arg(long, env = "POLYMUR_GW_KEY_SYNC_INTERVAL", default_value = "30", value_parser = parse_duration)]
@@ -111,7 +115,11 @@ impl GatewayArgs {
         let store = self
             .key_store
             .as_deref()
-            .unwrap_or(if self.keys_file.is_some() { "file" } else { "consul" });
+            .unwrap_or(if self.keys_file.is_some() {
+                "file"
+            } else {
+                "consul"
+            });
         Ok(match store {
             "file" => KeyStoreConfig::File {
                 path: self
@@ -129,7 +137,9 @@ impl GatewayArgs {
             },
             _ => KeyStoreConfig::Consul {
                 addr: std::env::var("CONSUL_HTTP_ADDR").unwrap_or_else(|_| "127.0.0.1:8500".into()),
-                token: std::env::var("CONSUL_HTTP_TOKEN").ok().filter(|t| !t.is_empty()),
+                token: std::env::var("CONSUL_HTTP_TOKEN")
+                    .ok()
+                    .filter(|t| !t.is_empty()),
             },
         })
     }
@@ -179,7 +189,11 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
     let store = keys::open(&args.key_store_config()?)?;
     tracing::info!("API key store: {}", store.describe());
     let cache = Arc::new(KeyCache::new());
-    let _ = tokio::time::timeout(Duration::from_secs(10), keys::sync::sync_once(store.as_ref(), &cache)).await;
+    let _ = tokio::time::timeout(
+        Duration::from_secs(10),
+        keys::sync::sync_once(store.as_ref(), &cache),
+    )
+    .await;
     tokio::spawn(keys::sync::run(
         store,
         cache.clone(),
@@ -221,24 +235,46 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
     let http_addr = listen_on(&args.listen_addr, args.listen_http_port.unwrap_or(80));
     let (l, local) = ingest::bind(&http_addr).await?;
     tracing::info!("HTTP listening on {local}");
-    servers.push(tokio::spawn(ingest::serve(l, None, state.clone(), listeners_shutdown.clone())));
+    servers.push(tokio::spawn(ingest::serve(
+        l,
+        None,
+        state.clone(),
+        listeners_shutdown.clone(),
+    )));
     if let Some(tls) = tls {
         let https_addr = listen_on(&args.listen_addr, args.listen_https_port.unwrap_or(443));
         let (l, local) = ingest::bind(&https_addr).await?;
         tracing::info!("HTTPS listening on {local}");
-        servers.push(tokio::spawn(ingest::serve(l, Some(tls), state.clone(), listeners_shutdown.clone())));
+        servers.push(tokio::spawn(ingest::serve(
+            l,
+            Some(tls),
+            state.clone(),
+            listeners_shutdown.clone(),
+        )));
     }
     if !args.api_addr.is_empty() {
         let (l, local) = ingest::bind(&args.api_addr).await?;
         tracing::info!("API started: {local}");
-        tokio::spawn(admin::serve_lines(l, admin::api::handler(registry.clone()), workers_shutdown.clone()));
+        tokio::spawn(admin::serve_lines(
+            l,
+            admin::api::handler(registry.clone()),
+            workers_shutdown.clone(),
+        ));
     }
     if !args.stat_addr.is_empty() {
         let (l, local) = ingest::bind(&args.stat_addr).await?;
         tracing::info!("Runstats started: {local}");
-        tokio::spawn(admin::serve_lines(l, admin::runstats::handler(started), workers_shutdown.clone()));
+        tokio::spawn(admin::serve_lines(
+            l,
+            admin::runstats::handler(started),
+            workers_shutdown.clone(),
+        ));
     }
-    tokio::spawn(stats::report(pipeline.clone(), Duration::from_secs(5), workers_shutdown.clone()));
+    tokio::spawn(stats::report(
+        pipeline.clone(),
+        Duration::from_secs(5),
+        workers_shutdown.clone(),
+    ));
 
     shutdown::signal().await;
     tracing::info!("Shutting down: closing listeners, finishing in-flight requests");
@@ -246,7 +282,10 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
     for s in servers {
         let _ = s.await;
     }
-    tracing::info!("Draining destination queues (up to {:?})", args.drain_timeout);
+    tracing::info!(
+        "Draining destination queues (up to {:?})",
+        args.drain_timeout
+    );
     workers_trigger.fire();
     drop(state);
     for t in registry.take_tasks() {

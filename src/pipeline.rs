@@ -90,7 +90,9 @@ impl Pipeline {
                 points: part.points,
             });
         }
-        self.stats.received.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        self.stats
+            .received
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
         self.stats.batches.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }

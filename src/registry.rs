@@ -49,7 +49,8 @@ impl Registry {
             shutdown,
         });
         if console {
-            let (dest, task) = Destination::spawn(SinkKind::Console, &reg.config, reg.shutdown.clone());
+            let (dest, task) =
+                Destination::spawn(SinkKind::Console, &reg.config, reg.shutdown.clone());
             reg.lock_tasks().push(task);
             reg.pipeline.set_topology(Topology {
                 dests: vec![dest],
@@ -80,7 +81,11 @@ impl Registry {
     }
 
     fn spawn_entry(&self, addr: DestAddr) -> Entry {
-        let (dest, task) = Destination::spawn(SinkKind::Tcp(addr.clone()), &self.config, self.shutdown.clone());
+        let (dest, task) = Destination::spawn(
+            SinkKind::Tcp(addr.clone()),
+            &self.config,
+            self.shutdown.clone(),
+        );
         self.lock_tasks().push(task);
         Entry {
             addr,
@@ -112,7 +117,9 @@ impl DestinationControl for Registry {
             .map(|e| {
                 (
                     e.addr.to_string(),
-                    humantime::format_rfc3339_seconds(e.registered).to_string().into(),
+                    humantime::format_rfc3339_seconds(e.registered)
+                        .to_string()
+                        .into(),
                 )
             })
             .collect();

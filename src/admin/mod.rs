@@ -53,5 +53,8 @@ pub async fn serve_lines(listener: TcpListener, handler: Handler, mut shutdown: 
 
 /// `Not a command: <word>\n`, the answer to anything unknown.
 pub fn not_a_command(request: &str) -> String {
-    format!("Not a command: {}\n", request.split_whitespace().next().unwrap_or(""))
+    format!(
+        "Not a command: {}\n",
+        request.split_whitespace().next().unwrap_or("")
+    )
 }

@@ -1,1 +1,3 @@
-fn main() -> std::process::ExitCode { polymur::gateway::main() }
+fn main() -> std::process::ExitCode {
+    polymur::gateway::main()
+}

@@ -56,7 +56,8 @@ impl FromStr for DestAddr {
                 .ok_or_else(|| AddrError::Shape(s.into()))?;
             (&s[..end + 2], rest)
         } else {
-            s.split_once(':').ok_or_else(|| AddrError::Shape(s.into()))?
+            s.split_once(':')
+                .ok_or_else(|| AddrError::Shape(s.into()))?
         };
         if host.is_empty() {
             return Err(AddrError::Shape(s.into()));
@@ -105,10 +106,16 @@ mod tests {
 
     #[test]
     fn refuses_bad_shapes() {
-        assert!(matches!("localhost".parse::<DestAddr>(), Err(AddrError::Shape(_))));
+        assert!(matches!(
+            "localhost".parse::<DestAddr>(),
+            Err(AddrError::Shape(_))
+        ));
         assert!(matches!("h:0".parse::<DestAddr>(), Err(AddrError::Port(_))));
         assert!(matches!("h:x".parse::<DestAddr>(), Err(AddrError::Port(_))));
-        assert!(matches!("h:1:a:b".parse::<DestAddr>(), Err(AddrError::Shape(_))));
+        assert!(matches!(
+            "h:1:a:b".parse::<DestAddr>(),
+            Err(AddrError::Shape(_))
+        ));
         assert_eq!(DestAddr::parse_list("a:1, b:2:x,").unwrap().len(), 2);
     }
 }

@@ -9,7 +9,11 @@ use super::{Chunk, DestShared};
 use crate::shutdown::Shutdown;
 
 /// Writes every chunk to stdout until shutdown, then drains what is queued.
-pub async fn run(dest: Arc<DestShared>, mut rx: mpsc::UnboundedReceiver<Chunk>, mut shutdown: Shutdown) {
+pub async fn run(
+    dest: Arc<DestShared>,
+    mut rx: mpsc::UnboundedReceiver<Chunk>,
+    mut shutdown: Shutdown,
+) {
     let mut out = tokio::io::stdout();
     loop {
         let chunk = tokio::select! {

@@ -106,7 +106,11 @@ impl std::ops::Deref for Destination {
 
 impl Destination {
     /// Creates the destination and starts its writer task.
-    pub fn spawn(kind: SinkKind, config: &DestConfig, shutdown: Shutdown) -> (Arc<Destination>, JoinHandle<()>) {
+    pub fn spawn(
+        kind: SinkKind,
+        config: &DestConfig,
+        shutdown: Shutdown,
+    ) -> (Arc<Destination>, JoinHandle<()>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let name = match &kind {
             SinkKind::Tcp(a) => a.to_string(),
@@ -121,7 +125,13 @@ impl Destination {
         let task = match kind.clone() {
             SinkKind::Tcp(addr) => {
                 tracing::info!("Adding destination to connection pool: {addr}");
-                tokio::spawn(tcp::run(shared.clone(), addr, rx, shutdown, config.drain_timeout))
+                tokio::spawn(tcp::run(
+                    shared.clone(),
+                    addr,
+                    rx,
+                    shutdown,
+                    config.drain_timeout,
+                ))
             }
             SinkKind::Console => tokio::spawn(console::run(shared.clone(), rx, shutdown)),
         };
@@ -169,7 +179,6 @@ impl Destination {
             self.stats.abandoned.fetch_add(points, Ordering::Relaxed);
         }
     }
-
 }
 
 #[cfg(test)]
@@ -184,14 +193,24 @@ mod tests {
             drain_timeout: Duration::from_secs(1),
         };
         // A destination nobody listens on: port 1 on loopback refuses.
-        let (d, _task) = Destination::spawn(SinkKind::Tcp("127.0.0.1:1".parse().unwrap()), &config, shutdown);
-        assert!(d.try_admit(5000), "a batch larger than the cap passes an empty queue");
+        let (d, _task) = Destination::spawn(
+            SinkKind::Tcp("127.0.0.1:1".parse().unwrap()),
+            &config,
+            shutdown,
+        );
+        assert!(
+            d.try_admit(5000),
+            "a batch larger than the cap passes an empty queue"
+        );
         assert!(!d.try_admit(1), "then the queue is over its cap");
         d.release(5000);
         assert!(d.try_admit(1000));
         assert!(d.try_admit(1000));
         assert!(d.try_admit(1000));
-        assert!(!d.try_admit(1000), "three 1000-line batches fill a 3000 cap");
+        assert!(
+            !d.try_admit(1000),
+            "three 1000-line batches fill a 3000 cap"
+        );
         assert_eq!(d.queued(), 3000);
     }
 }

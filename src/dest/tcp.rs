@@ -127,7 +127,12 @@ pub async fn run(
             }
             let written = match deadline {
                 None => write_pending(&mut stream, &mut pending, &dest).await,
-                Some(d) => match tokio::time::timeout_at(d, write_pending(&mut stream, &mut pending, &dest)).await {
+                Some(d) => match tokio::time::timeout_at(
+                    d,
+                    write_pending(&mut stream, &mut pending, &dest),
+                )
+                .await
+                {
                     Ok(r) => r,
                     Err(_) => return abandon(&dest, &mut pending, &mut rx),
                 },
@@ -144,10 +149,15 @@ pub async fn run(
 
 /// Writes every pending chunk, several per syscall, releasing each from the
 /// queue accounting once its last byte is handed to the kernel.
-async fn write_pending(stream: &mut TcpStream, pending: &mut Pending, dest: &DestShared) -> io::Result<()> {
+async fn write_pending(
+    stream: &mut TcpStream,
+    pending: &mut Pending,
+    dest: &DestShared,
+) -> io::Result<()> {
     while !pending.chunks.is_empty() {
         let n = {
-            let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(pending.chunks.len().min(MAX_IOV));
+            let mut slices: Vec<IoSlice<'_>> =
+                Vec::with_capacity(pending.chunks.len().min(MAX_IOV));
             for (i, c) in pending.chunks.iter().take(MAX_IOV).enumerate() {
                 let from = if i == 0 { pending.front_off } else { 0 };
                 slices.push(IoSlice::new(&c.data[from..]));
@@ -185,7 +195,9 @@ async fn peer_closed(stream: &TcpStream) -> io::Error {
             return e;
         }
         match stream.try_read(&mut buf) {
-            Ok(0) => return io::Error::new(io::ErrorKind::ConnectionReset, "connection closed by peer"),
+            Ok(0) => {
+                return io::Error::new(io::ErrorKind::ConnectionReset, "connection closed by peer")
+            }
             Ok(_) => continue, // Graphite receivers send nothing; ignore stray bytes.
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
             Err(e) => return e,

@@ -25,15 +25,18 @@ type Resp = Response<Full<Bytes>>;
 fn reply(status: StatusCode, body: &'static str) -> Resp {
     let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
     *r.status_mut() = status;
-    r.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    r.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     r
 }
 
 /// A reply after which the connection is closed (bad key, unread body).
 fn reply_close(status: StatusCode, body: &'static str) -> Resp {
     let mut r = reply(status, body);
-    r.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+    r.headers_mut()
+        .insert(CONNECTION, HeaderValue::from_static("close"));
     r
 }
 
@@ -50,17 +53,31 @@ fn client(req: &Request<Incoming>, peer: SocketAddr) -> String {
 }
 
 /// Serves one request.
-pub async fn handle(state: Arc<Ingest>, peer: SocketAddr, req: Request<Incoming>) -> Result<Resp, Infallible> {
+pub async fn handle(
+    state: Arc<Ingest>,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+) -> Result<Resp, Infallible> {
     let path = req.uri().path();
     if path != "/ping" && path != "/ingest" {
         return Ok(reply(StatusCode::NOT_FOUND, "404 page not found\n"));
     }
     let client = client(&req, peer);
-    let presented = req.headers().get("x-polymur-key").map(|v| v.as_bytes().to_vec());
+    let presented = req
+        .headers()
+        .get("x-polymur-key")
+        .map(|v| v.as_bytes().to_vec());
     let name = presented.as_deref().and_then(|k| state.keys.lookup(k));
     let Some(name) = name else {
-        state.pipeline.stats().unauthorized.fetch_add(1, Ordering::Relaxed);
-        let fp = presented.as_deref().map(fingerprint).unwrap_or_else(|| "none".into());
+        state
+            .pipeline
+            .stats()
+            .unauthorized
+            .fetch_add(1, Ordering::Relaxed);
+        let fp = presented
+            .as_deref()
+            .map(fingerprint)
+            .unwrap_or_else(|| "none".into());
         tracing::warn!("Invalid key from {client} (key fingerprint {fp}) on {path}");
         return Ok(reply_close(StatusCode::UNAUTHORIZED, "invalid key"));
     };
@@ -79,15 +96,26 @@ async fn ingest(state: Arc<Ingest>, req: Request<Incoming>, client: &str, name: 
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limits.max_body_bytes as u64) {
-        state.pipeline.stats().too_large.fetch_add(1, Ordering::Relaxed);
+        state
+            .pipeline
+            .stats()
+            .too_large
+            .fetch_add(1, Ordering::Relaxed);
         tracing::warn!("Batch from {client} (key {name}) refused: body over -max-body-bytes");
         return reply_close(StatusCode::PAYLOAD_TOO_LARGE, "Batch Too Large\n");
     }
     let body = Limited::new(req.into_body(), limits.max_body_bytes);
     let body = match tokio::time::timeout(limits.read_timeout, body.collect()).await {
         Ok(Ok(b)) => b.to_bytes(),
-        Ok(Err(e)) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
-            state.pipeline.stats().too_large.fetch_add(1, Ordering::Relaxed);
+        Ok(Err(e))
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            state
+                .pipeline
+                .stats()
+                .too_large
+                .fetch_add(1, Ordering::Relaxed);
             tracing::warn!("Batch from {client} (key {name}) refused: body over -max-body-bytes");
             return reply_close(StatusCode::PAYLOAD_TOO_LARGE, "Batch Too Large\n");
         }
@@ -96,7 +124,9 @@ async fn ingest(state: Arc<Ingest>, req: Request<Incoming>, client: &str, name: 
             return reply_close(StatusCode::BAD_REQUEST, "Batch Malformed\n");
         }
         Err(_) => {
-            tracing::warn!("Batch from {client} (key {name}): body not received within the read timeout");
+            tracing::warn!(
+                "Batch from {client} (key {name}): body not received within the read timeout"
+            );
             return reply_close(StatusCode::REQUEST_TIMEOUT, "Request Timeout\n");
         }
     };
@@ -119,12 +149,22 @@ async fn ingest(state: Arc<Ingest>, req: Request<Incoming>, client: &str, name: 
     let (batch, rejects) = match decoded {
         Ok(b) => b,
         Err(InflateError::TooLarge(_)) => {
-            state.pipeline.stats().too_large.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!("Batch from {client} (key {name}) refused: decompresses past -max-batch-bytes");
+            state
+                .pipeline
+                .stats()
+                .too_large
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                "Batch from {client} (key {name}) refused: decompresses past -max-batch-bytes"
+            );
             return reply(StatusCode::PAYLOAD_TOO_LARGE, "Batch Too Large\n");
         }
         Err(InflateError::Malformed(e)) => {
-            state.pipeline.stats().malformed.fetch_add(1, Ordering::Relaxed);
+            state
+                .pipeline
+                .stats()
+                .malformed
+                .fetch_add(1, Ordering::Relaxed);
             tracing::warn!("Batch from {client} (key {name}) malformed: {e}");
             return reply(StatusCode::BAD_REQUEST, "Batch Malformed\n");
         }
@@ -140,8 +180,12 @@ async fn ingest(state: Arc<Ingest>, req: Request<Incoming>, client: &str, name: 
         }
         Err(refused) => {
             tracing::warn!("Batch from {client} (key {name}) refused: {refused}");
-            let mut r = reply(StatusCode::SERVICE_UNAVAILABLE, "Batch Refused: destination queue full, retry later\n");
-            r.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static("1"));
+            let mut r = reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Batch Refused: destination queue full, retry later\n",
+            );
+            r.headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from_static("1"));
             r
         }
     }

@@ -73,7 +73,10 @@ fn fast_path(body: &[u8], size: usize) -> Fast {
                 &mut used_out,
             )
         };
-        if ret == ld::libdeflate_result_LIBDEFLATE_SUCCESS && used_in == body.len() && used_out <= size {
+        if ret == ld::libdeflate_result_LIBDEFLATE_SUCCESS
+            && used_in == body.len()
+            && used_out <= size
+        {
             // SAFETY: libdeflate initialised the first `used_out` bytes.
             unsafe { out.set_len(used_out) };
             Fast::Done(out)
@@ -88,21 +91,24 @@ pub fn gunzip(body: &[u8], max: usize) -> Result<Vec<u8>, InflateError> {
     if body.len() < 18 || body[0] != 0x1f || body[1] != 0x8b {
         return Err(InflateError::Malformed("missing gzip header".into()));
     }
-    // ISIZE: the last member's uncompressed size mod 2^32. The whole stream is at
-    // least that large, so a claim over the cap is refused before any work.
+    // ISIZE: the last member's uncompressed size mod 2^32. Only a hint: a
+    // truncated body ends in arbitrary bytes, so an implausible claim is left to
+    // the streaming decoder (which tells truncation from size) instead of
+    // answering 413 on its word.
     let tail: [u8; 4] = body[body.len() - 4..].try_into().expect("4 bytes");
     let isize_hint = u32::from_le_bytes(tail) as usize;
-    if isize_hint > max {
-        return Err(InflateError::TooLarge(max));
-    }
-    if let Fast::Done(out) = fast_path(body, isize_hint) {
-        return Ok(out);
+    if isize_hint <= max {
+        if let Fast::Done(out) = fast_path(body, isize_hint) {
+            return Ok(out);
+        }
     }
     streaming(body, max, isize_hint)
 }
 
 fn streaming(body: &[u8], max: usize, hint: usize) -> Result<Vec<u8>, InflateError> {
-    let mut out = Vec::with_capacity(hint.min(max));
+    // Reserve from the hint, but never more than deflate's plausible ratio for
+    // this body: a lying trailer must not reserve the cap for a tiny body.
+    let mut out = Vec::with_capacity(hint.min(max).min(body.len().saturating_mul(32)));
     let decoder = flate2::read::MultiGzDecoder::new(body);
     // Read one byte past the cap to tell "exactly max" from "more than max".
     decoder
@@ -145,16 +151,25 @@ mod tests {
 
     #[test]
     fn refuses_garbage_and_truncation() {
-        assert!(matches!(gunzip(b"plain text, not gzip at all", 100), Err(InflateError::Malformed(_))));
+        assert!(matches!(
+            gunzip(b"plain text, not gzip at all", 100),
+            Err(InflateError::Malformed(_))
+        ));
         let body = gz(&vec![b'a'; 10_000]);
-        assert!(matches!(gunzip(&body[..body.len() - 5], 1 << 20), Err(InflateError::Malformed(_))));
+        assert!(matches!(
+            gunzip(&body[..body.len() - 5], 1 << 20),
+            Err(InflateError::Malformed(_))
+        ));
         assert!(matches!(gunzip(&[], 100), Err(InflateError::Malformed(_))));
     }
 
     #[test]
     fn caps_output_even_when_the_trailer_lies() {
         let data = vec![b'z'; 100_000];
-        assert_eq!(gunzip(&gz(&data), 99_999), Err(InflateError::TooLarge(99_999)));
+        assert_eq!(
+            gunzip(&gz(&data), 99_999),
+            Err(InflateError::TooLarge(99_999))
+        );
         assert_eq!(gunzip(&gz(&data), 100_000).unwrap().len(), 100_000);
         let mut lying = gz(&data);
         let n = lying.len();

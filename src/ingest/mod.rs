@@ -46,7 +46,12 @@ const GRACE: Duration = Duration::from_secs(10);
 
 /// Accepts connections on `listener` until shutdown, then lets in-flight
 /// requests finish (up to a grace period) before returning.
-pub async fn serve(listener: TcpListener, tls: Option<TlsAcceptor>, state: Arc<Ingest>, mut shutdown: Shutdown) {
+pub async fn serve(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    state: Arc<Ingest>,
+    mut shutdown: Shutdown,
+) {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let read_timeout = state.config.read_timeout;
     loop {
@@ -79,7 +84,8 @@ pub async fn serve(listener: TcpListener, tls: Option<TlsAcceptor>, state: Arc<I
                     let _ = watcher.watch(conn).await;
                 }
                 Some(acceptor) => {
-                    let handshake = tokio::time::timeout(read_timeout, acceptor.accept(stream)).await;
+                    let handshake =
+                        tokio::time::timeout(read_timeout, acceptor.accept(stream)).await;
                     let stream = match handshake {
                         Ok(Ok(s)) => s,
                         Ok(Err(e)) => {
@@ -95,7 +101,10 @@ pub async fn serve(listener: TcpListener, tls: Option<TlsAcceptor>, state: Arc<I
         });
     }
     drop(listener);
-    if tokio::time::timeout(GRACE, graceful.shutdown()).await.is_err() {
+    if tokio::time::timeout(GRACE, graceful.shutdown())
+        .await
+        .is_err()
+    {
         tracing::warn!("in-flight requests still open after {GRACE:?}; closing them");
     }
 }

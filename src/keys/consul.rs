@@ -111,13 +111,13 @@ impl ConsulStore {
 
     /// Sends a request and maps transport errors and ACL refusals to store errors.
     async fn send(&self, req: reqwest::RequestBuilder) -> Result<reqwest::Response, KeyStoreError> {
-        let resp = req.send().await.map_err(|e| self.unavailable(error_chain(&e)))?;
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| self.unavailable(error_chain(&e)))?;
         if resp.status() == reqwest::StatusCode::FORBIDDEN {
             let body = resp.text().await.unwrap_or_default();
-            return Err(self.unavailable(format!(
-                "403 {} (check CONSUL_HTTP_TOKEN)",
-                body.trim()
-            )));
+            return Err(self.unavailable(format!("403 {} (check CONSUL_HTTP_TOKEN)", body.trim())));
         }
         Ok(resp)
     }
@@ -163,7 +163,10 @@ impl ConsulStore {
         if status == reqwest::StatusCode::NOT_FOUND {
             return Ok((None, index));
         }
-        let body = resp.bytes().await.map_err(|e| self.unavailable(error_chain(&e)))?;
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|e| self.unavailable(error_chain(&e)))?;
         if !status.is_success() {
             return Err(self.unavailable(format!(
                 "GET {url}: {status} {}",
@@ -265,10 +268,9 @@ impl KeyStore for ConsulStore {
             let status = resp.status();
             let body = resp.text().await.unwrap_or_default();
             if !status.is_success() || body.trim() != "true" {
-                return Err(self.unavailable(format!(
-                    "PUT {KEY_PREFIX}{name}: {status} {}",
-                    body.trim()
-                )));
+                return Err(
+                    self.unavailable(format!("PUT {KEY_PREFIX}{name}: {status} {}", body.trim()))
+                );
             }
             Ok(())
         })
@@ -279,7 +281,10 @@ impl KeyStore for ConsulStore {
             let url = self.kv_url(name);
             // Consul's DELETE answers `true` whether or not the key existed, so ask first.
             let resp = self
-                .send(self.request(reqwest::Method::GET, &url).timeout(REQUEST_TIMEOUT))
+                .send(
+                    self.request(reqwest::Method::GET, &url)
+                        .timeout(REQUEST_TIMEOUT),
+                )
                 .await?;
             match resp.status() {
                 reqwest::StatusCode::NOT_FOUND => return Ok(false),
@@ -287,7 +292,10 @@ impl KeyStore for ConsulStore {
                 s => return Err(self.unavailable(format!("GET {KEY_PREFIX}{name}: {s}"))),
             }
             let resp = self
-                .send(self.request(reqwest::Method::DELETE, &url).timeout(REQUEST_TIMEOUT))
+                .send(
+                    self.request(reqwest::Method::DELETE, &url)
+                        .timeout(REQUEST_TIMEOUT),
+                )
                 .await?;
             let status = resp.status();
             let body = resp.text().await.unwrap_or_default();

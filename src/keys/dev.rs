@@ -9,7 +9,7 @@ pub struct DevStore;
 
 impl KeyStore for DevStore {
     fn describe(&self) -> String {
-        "dev mode (key 123, name dev)".into()
+        "dev mode (one fixed key, named dev)".into()
     }
 
     fn load(&self) -> BoxFuture<'_, Result<KeySet, KeyStoreError>> {

@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use super::consul::error_chain;
+use super::KEY_PREFIX;
 use super::{b64_decode, b64_encode, usable_key, BoxFuture, KeySet, KeyStore, KeyStoreError};
-use super::{KEY_PREFIX};
 
 /// Timeout of one unary request to one endpoint.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
@@ -225,7 +225,12 @@ impl KeyStore for EtcdStore {
                 .await?;
             let revision = resp.get("header").map_or(0, |h| int_field(h, "revision"));
             let mut set = KeySet::new();
-            for kv in resp.get("kvs").and_then(Value::as_array).into_iter().flatten() {
+            for kv in resp
+                .get("kvs")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
                 let field = |name: &str| -> Result<Vec<u8>, KeyStoreError> {
                     let text = kv.get(name).and_then(Value::as_str).unwrap_or_default();
                     b64_decode(text).map_err(|e| self.invalid(format!("kvs.{name}: {e}")))
@@ -370,6 +375,9 @@ mod tests {
         assert!(!s.watch_message_says_changed(&msg).unwrap());
         let msg = serde_json::json!({"result": {"events": [{"kv": {}}]}});
         assert!(s.watch_message_says_changed(&msg).unwrap());
-        assert_eq!(int_field(&serde_json::json!({"deleted": "1"}), "deleted"), 1);
+        assert_eq!(
+            int_field(&serde_json::json!({"deleted": "1"}), "deleted"),
+            1
+        );
     }
 }

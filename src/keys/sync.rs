@@ -17,7 +17,10 @@ pub async fn sync_once(store: &dyn KeyStore, cache: &KeyCache) -> bool {
             true
         }
         Err(e) => {
-            tracing::error!("API key sync failed, keeping {} cached keys: {e}", cache.len());
+            tracing::error!(
+                "API key sync failed, keeping {} cached keys: {e}",
+                cache.len()
+            );
             false
         }
     }
