@@ -10,12 +10,15 @@ use clap::{ArgAction, Parser};
 
 use crate::admin;
 use crate::config::{parse_bytes, parse_duration};
-use crate::dest::{DestAddr, DestConfig};
+use crate::dest::{DestAddr, DestConfig, Overflow};
 use crate::ingest::{self, Ingest, IngestConfig};
 use crate::keys::{self, KeyCache, KeyStoreConfig};
 use crate::pipeline::{Pipeline, Topology};
 use crate::registry::{Registry, RouterFactory};
 use crate::route::broadcast::Broadcast;
+use crate::route::dry_run;
+use crate::route::hash::HashKind;
+use crate::route::hashed::HashRouter;
 use crate::shutdown::{self, Shutdown};
 use crate::stats::{self, Stats};
 
@@ -101,6 +104,33 @@ pub struct GatewayArgs {
     /// Time allowed to send request headers and body; idle keep-alive connections close after it
     #[arg(long, env = "POLYMUR_GW_READ_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub read_timeout: Duration,
+    /// Hash for -distribution hash-route: carbon_ch (graphite-carbon), carbon_ch_c_relay,
+    /// fnv1a_ch, jump_fnv1a_ch (carbon-c-relay)
+    #[arg(long, env = "POLYMUR_GW_HASH", default_value = "carbon_ch")]
+    pub hash: HashKind,
+    /// Destinations per metric for hash-route (the next distinct ones on the ring)
+    #[arg(long, env = "POLYMUR_GW_REPLICATION_FACTOR", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    pub replication_factor: u16,
+    /// Routing dry-run: read lines or metric names on stdin, print `metric<TAB>dest[,dest]`, exit
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_parser = crate::go_bool!())]
+    pub route_test: bool,
+    /// hash-route availability mode: a destination failing 3 reconnects leaves the ring and its
+    /// queued lines are re-routed (placement is no longer guaranteed while it is out)
+    #[arg(long, env = "POLYMUR_GW_HASH_FAILOVER", action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_parser = crate::go_bool!())]
+    pub hash_failover: bool,
+    /// Per-destination disk spool for lines the memory queue cannot hold (survives restarts)
+    #[arg(long, env = "POLYMUR_GW_SPOOL_DIR")]
+    pub spool_dir: Option<PathBuf>,
+    /// Spool size limit per destination, bytes or with K/M/G
+    #[arg(long, env = "POLYMUR_GW_SPOOL_MAX_BYTES", default_value = "1G", value_parser = parse_bytes)]
+    pub spool_max_bytes: u64,
+    /// What to do with a batch no queue or spool can hold: refuse (503, the proxy retries) or
+    /// drop (counted and logged; for mirrors you can afford to lose)
+    #[arg(long, env = "POLYMUR_GW_OVERFLOW", default_value = "refuse", value_parser = ["refuse", "drop"])]
+    pub overflow: String,
+    /// Acknowledge a batch only once it is on disk (fsync, group commit); needs -spool-dir
+    #[arg(long, env = "POLYMUR_GW_DURABLE", action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_parser = crate::go_bool!())]
+    pub durable: bool,
     /// On SIGTERM/SIGINT, how long queues may take to drain to destinations
     #[arg(long, env = "POLYMUR_GW_DRAIN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
@@ -152,7 +182,13 @@ impl GatewayArgs {
                     destinations: addrs.len(),
                 }) as Box<dyn crate::route::Router>
             })),
-            other => bail!("-distribution {other} is not available yet"),
+            "hash-route" => {
+                let (kind, rf) = (self.hash, self.replication_factor as usize);
+                Ok(Arc::new(move |addrs: &[DestAddr]| {
+                    Box::new(HashRouter::new(kind, addrs, rf)) as Box<dyn crate::route::Router>
+                }))
+            }
+            other => bail!("-distribution {other}: use broadcast or hash-route"),
         }
     }
 }
@@ -178,6 +214,9 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
         (None, None) => None,
         _ => bail!("HTTPS needs both -cert and -key"),
     };
+    if args.durable && args.spool_dir.is_none() {
+        bail!("-durable needs -spool-dir (acknowledged batches are made durable there)");
+    }
     if destinations.is_empty() && !args.console_out {
         tracing::warn!("No -destinations and no -console-out: accepted points are discarded");
     }
@@ -217,6 +256,14 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
         DestConfig {
             queue_cap: args.outgoing_queue_cap.max(1),
             drain_timeout: args.drain_timeout,
+            spool_dir: args.spool_dir.clone(),
+            spool_max_bytes: args.spool_max_bytes,
+            overflow: if args.overflow == "drop" {
+                Overflow::Drop
+            } else {
+                Overflow::Refuse
+            },
+            durable: args.durable,
         },
         workers_shutdown.clone(),
     );
@@ -303,9 +350,36 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `-route-test`: the routing dry-run over stdin/stdout.
+fn route_test(args: &GatewayArgs) -> std::process::ExitCode {
+    let dests = match DestAddr::parse_list(&args.destinations) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("polymur-gateway: -destinations: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let plan = match args.distribution.as_str() {
+        "hash-route" => dry_run::Plan::Hash(args.hash, args.replication_factor as usize),
+        _ => dry_run::Plan::Broadcast,
+    };
+    let stdin = std::io::stdin().lock();
+    let stdout = std::io::BufWriter::new(std::io::stdout().lock());
+    match dry_run::run(&plan, &dests, stdin, stdout) {
+        Ok(_) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("polymur-gateway: -route-test: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 /// Entry point of the `polymur-gateway` binary.
 pub fn main() -> std::process::ExitCode {
     let args = GatewayArgs::parse_from(crate::config::normalize_args(std::env::args_os()));
+    if args.route_test {
+        return route_test(&args);
+    }
     crate::logging::init();
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,

@@ -61,6 +61,37 @@ pub struct DestConfig {
     pub queue_cap: u64,
     /// How long shutdown waits for queues to drain.
     pub drain_timeout: Duration,
+    /// `-spool-dir`: where each destination spools what its memory queue cannot hold.
+    pub spool_dir: Option<std::path::PathBuf>,
+    /// `-spool-max-bytes`: spool cap per destination.
+    pub spool_max_bytes: u64,
+    /// `-overflow`: what happens to a batch nothing can hold.
+    pub overflow: Overflow,
+    /// `-durable`: acknowledge only after the batch is on disk.
+    pub durable: bool,
+}
+
+/// What happens to a batch that neither the memory queue nor the spool can hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Overflow {
+    /// Refuse the batch (503); the sender retries. Nothing acknowledged is lost.
+    Refuse,
+    /// Drop it for this destination, counted and logged (mirrors an operator can afford to lose).
+    Drop,
+}
+
+impl DestConfig {
+    /// Memory-only settings: no spool, refuse on overflow.
+    pub fn in_memory(queue_cap: u64, drain_timeout: Duration) -> Self {
+        DestConfig {
+            queue_cap,
+            drain_timeout,
+            spool_dir: None,
+            spool_max_bytes: 0,
+            overflow: Overflow::Refuse,
+            durable: false,
+        }
+    }
 }
 
 /// State shared by a destination's producers and its writer task.
@@ -188,10 +219,7 @@ mod tests {
     #[tokio::test]
     async fn admission_follows_the_cap_rule() {
         let (_t, shutdown) = Shutdown::new();
-        let config = DestConfig {
-            queue_cap: 3000,
-            drain_timeout: Duration::from_secs(1),
-        };
+        let config = DestConfig::in_memory(3000, Duration::from_secs(1));
         // A destination nobody listens on: port 1 on loopback refuses.
         let (d, _task) = Destination::spawn(
             SinkKind::Tcp("127.0.0.1:1".parse().unwrap()),

@@ -5,6 +5,9 @@
 //! buffer (no copy); hashing appends each line to its owners' buffers.
 
 pub mod broadcast;
+pub mod dry_run;
+pub mod hash;
+pub mod hashed;
 
 use bytes::Bytes;
 
