@@ -1,0 +1,369 @@
+//! hash-route end to end: the `-route-test` dry run against the golden fixtures,
+//! three real carbon-caches each holding exactly the metrics graphite-carbon's ring
+//! gives them, identical placement across gateway processes, key prefix + hashing,
+//! and runtime destination changes during ingestion.
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use polymur::dest::addr::DestAddr;
+use polymur::route::hash::{HashKind, HashRing};
+use support::*;
+
+const GW: &str = env!("CARGO_BIN_EXE_polymur-gateway");
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/fixtures");
+const KEY: (&str, &str) = ("X-Polymur-Key", "123");
+
+struct Gw {
+    proc: Proc,
+    http: String,
+    api: String,
+}
+
+fn gateway(args: &[&str]) -> Gw {
+    let (http, api) = (free_port(), free_port());
+    let http_port = http.to_string();
+    let api = format!("127.0.0.1:{api}");
+    let mut all = vec![
+        "-dev-mode",
+        "-listen-addr",
+        "127.0.0.1",
+        "-listen-http-port",
+        &http_port,
+        "-api-addr",
+        &api,
+        "-stat-addr=",
+    ];
+    all.extend_from_slice(args);
+    let proc = Proc::spawn(GW, &all, &[]);
+    assert!(
+        proc.wait_log("API started", secs(15)),
+        "{}",
+        proc.all_output()
+    );
+    Gw {
+        proc,
+        http: format!("127.0.0.1:{http}"),
+        api,
+    }
+}
+
+fn post(gw: &Gw, body: &str) -> u16 {
+    http_post(&gw.http, "/ingest", &[KEY], gzip(body.as_bytes())).status
+}
+
+/// Runs `polymur-gateway -route-test` over a fixture and compares every row.
+fn dry_run_matches(file: &str, hash: &str, c_relay: bool) {
+    let text = std::fs::read_to_string(format!("{FIXTURES}/{file}")).unwrap();
+    let header = text.lines().next().unwrap();
+    let field = |k: &str| {
+        let s = &header[header.find(k).unwrap() + k.len()..];
+        s.split_whitespace().next().unwrap().to_string()
+    };
+    let dests = field("destinations=").replace('=', ":");
+    let rf = field("replication=");
+    let rows: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .collect();
+    let metrics: String = rows
+        .iter()
+        .map(|r| format!("{}\n", r.split('\t').next().unwrap()))
+        .collect();
+    let (p, mut stdin) = Proc::spawn_with_stdin(
+        GW,
+        &[
+            "-route-test",
+            "-distribution=hash-route",
+            "-hash",
+            hash,
+            "-replication-factor",
+            &rf,
+            "-destinations",
+            &dests,
+        ],
+        &[],
+    );
+    stdin.write_all(metrics.as_bytes()).unwrap();
+    drop(stdin);
+    let status = p.wait_exit(secs(30)).expect("dry run exits");
+    assert!(status.success(), "{}", p.stderr_text());
+    let out = p.stdout_lines();
+    assert_eq!(
+        out.len(),
+        rows.len(),
+        "{file}: one output line per input line"
+    );
+    for (got, want) in out.iter().zip(&rows) {
+        let got = if c_relay {
+            // carbon-c-relay prints members as host:port; we print them as configured.
+            let (m, d) = got.split_once('\t').unwrap();
+            let d: Vec<String> = d
+                .split(',')
+                .map(|x| x.parse::<DestAddr>().unwrap().host_port())
+                .collect();
+            format!("{m}\t{}", d.join(","))
+        } else {
+            got.clone()
+        };
+        assert_eq!(&got, want, "{file}");
+    }
+}
+
+#[test]
+fn route_test_reproduces_every_graphite_carbon_fixture() {
+    for entry in std::fs::read_dir(format!("{FIXTURES}/carbon_ch")).unwrap() {
+        let name = entry.unwrap().file_name().into_string().unwrap();
+        let hash = name.split('.').next().unwrap();
+        dry_run_matches(&format!("carbon_ch/{name}"), hash, false);
+    }
+}
+
+#[test]
+fn route_test_reproduces_every_carbon_c_relay_fixture() {
+    for entry in std::fs::read_dir(format!("{FIXTURES}/carbon-c-relay")).unwrap() {
+        let name = entry.unwrap().file_name().into_string().unwrap();
+        let hash = match name.split('.').next().unwrap() {
+            "carbon_ch" => "carbon_ch_c_relay",
+            other => other,
+        };
+        let hash = hash.to_string();
+        dry_run_matches(&format!("carbon-c-relay/{name}"), &hash, true);
+    }
+}
+
+#[test]
+fn each_metric_is_stored_on_the_carbon_cache_graphite_carbon_assigns() {
+    let caches = [
+        CarbonCache::start(),
+        CarbonCache::start(),
+        CarbonCache::start(),
+    ];
+    let members: Vec<DestAddr> = caches
+        .iter()
+        .zip(["a", "b", "c"])
+        .map(|(c, i)| format!("{}:{i}", c.line_addr()).parse().unwrap())
+        .collect();
+    let dests = members
+        .iter()
+        .map(|m| m.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    let gw = gateway(&["-distribution", "hash-route", "-destinations", &dests]);
+    let ts = now_ts() - 30;
+    let names: Vec<String> = (0..60)
+        .map(|i| format!("app{}.host{i}.cpu.user", i % 7))
+        .collect();
+    let body: String = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| format!("{n} {i}.5 {ts}\n"))
+        .collect();
+    assert_eq!(post(&gw, &body), 200);
+
+    let ring = HashRing::new(HashKind::CarbonCh, &members);
+    let mut expected: Vec<BTreeSet<String>> = vec![BTreeSet::new(); 3];
+    let mut owner = Vec::new();
+    for n in &names {
+        ring.lookup(n.as_bytes(), 1, &mut owner);
+        expected[owner[0]].insert(n.clone());
+    }
+    assert!(
+        expected.iter().all(|s| !s.is_empty()),
+        "60 metrics spread over all three"
+    );
+    for (i, cache) in caches.iter().enumerate() {
+        let got: BTreeSet<String> = cache
+            .wait_metrics(expected[i].len(), secs(30))
+            .into_iter()
+            .collect();
+        assert_eq!(
+            got, expected[i],
+            "cache {} holds exactly its share",
+            members[i]
+        );
+    }
+    for (i, n) in names.iter().enumerate() {
+        ring.lookup(n.as_bytes(), 1, &mut owner);
+        let points = caches[owner[0]].wait_points(n, ts - 1, 1, secs(10));
+        assert_eq!(points, vec![(ts, i as f64 + 0.5)], "{n}");
+    }
+}
+
+/// Metric names by sink, from lines `name value ts`.
+fn placement(sinks: &[LineSink], value: &str) -> Vec<BTreeSet<String>> {
+    sinks
+        .iter()
+        .map(|s| {
+            s.lines()
+                .iter()
+                .filter(|l| l.split(' ').nth(1) == Some(value))
+                .map(|l| l.split(' ').next().unwrap().to_string())
+                .collect()
+        })
+        .collect()
+}
+
+#[test]
+fn two_gateways_with_the_same_destinations_place_every_metric_identically() {
+    let sinks = [LineSink::start(), LineSink::start(), LineSink::start()];
+    let dests = sinks.iter().map(|s| s.addr()).collect::<Vec<_>>().join(",");
+    let args = [
+        "-distribution",
+        "hash-route",
+        "-replication-factor",
+        "2",
+        "-destinations",
+        &dests,
+    ];
+    let (gw1, gw2) = (gateway(&args), gateway(&args));
+    let ts = now_ts();
+    let names: Vec<String> = (0..500).map(|i| format!("svc.node{i}.latency")).collect();
+    let body = |v: u32| -> String { names.iter().map(|n| format!("{n} {v} {ts}\n")).collect() };
+    assert_eq!(post(&gw1, &body(1)), 200);
+    assert_eq!(post(&gw2, &body(2)), 200);
+    assert!(wait_until(secs(10), || sinks
+        .iter()
+        .map(|s| s.count())
+        .sum::<usize>()
+        == 2000));
+    let (p1, p2) = (placement(&sinks, "1"), placement(&sinks, "2"));
+    assert_eq!(p1, p2);
+    // Replication 2: every metric on exactly two distinct sinks.
+    let mut copies: BTreeMap<&String, usize> = BTreeMap::new();
+    for set in &p1 {
+        for n in set {
+            *copies.entry(n).or_default() += 1;
+        }
+    }
+    assert_eq!(copies.len(), 500);
+    assert!(copies.values().all(|&c| c == 2));
+}
+
+#[test]
+fn key_prefix_is_part_of_the_routing_key() {
+    let sinks = [LineSink::start(), LineSink::start(), LineSink::start()];
+    let members: Vec<DestAddr> = sinks.iter().map(|s| s.addr().parse().unwrap()).collect();
+    let dests = sinks.iter().map(|s| s.addr()).collect::<Vec<_>>().join(",");
+    let gw = gateway(&[
+        "-key-prefix",
+        "-distribution",
+        "hash-route",
+        "-destinations",
+        &dests,
+    ]);
+    let ts = now_ts();
+    let body: String = (0..200).map(|i| format!("m{i}.x 1 {ts}\n")).collect();
+    assert_eq!(post(&gw, &body), 200);
+    assert!(wait_until(secs(10), || sinks
+        .iter()
+        .map(|s| s.count())
+        .sum::<usize>()
+        == 200));
+    let ring = HashRing::new(HashKind::CarbonCh, &members);
+    let mut owner = Vec::new();
+    for (i, sink) in sinks.iter().enumerate() {
+        for line in sink.lines() {
+            let metric = line.split(' ').next().unwrap();
+            assert!(metric.starts_with("dev."), "{line}");
+            ring.lookup(metric.as_bytes(), 1, &mut owner);
+            assert_eq!(
+                owner,
+                vec![i],
+                "{metric} routed by its stored (prefixed) name"
+            );
+        }
+    }
+}
+
+#[test]
+fn putdest_and_deldest_during_ingestion_lose_nothing_and_rebuild_the_ring() {
+    let sinks = [LineSink::start(), LineSink::start(), LineSink::start()];
+    let first_two = format!("{},{}", sinks[0].addr(), sinks[1].addr());
+    let gw = Arc::new(gateway(&[
+        "-distribution",
+        "hash-route",
+        "-destinations",
+        &first_two,
+    ]));
+    let ts = now_ts();
+    let stop = Arc::new(AtomicBool::new(false));
+    let sender = {
+        let (gw, stop) = (gw.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut sent = Vec::new();
+            let mut batch_no = 0;
+            while !stop.load(Ordering::Relaxed) && batch_no < 2000 {
+                let lines: Vec<String> = (0..100)
+                    .map(|i| format!("live.b{batch_no}.m{i} 1 {ts}"))
+                    .collect();
+                let body = lines.join("\n") + "\n";
+                if post(&gw, &body) == 200 {
+                    sent.extend(lines);
+                }
+                batch_no += 1;
+            }
+            sent
+        })
+    };
+    std::thread::sleep(millis(500));
+    assert_eq!(
+        tcp_request(&gw.api, &format!("putdest {}", sinks[2].addr())).unwrap(),
+        format!("Registered destination: {}\n", sinks[2].addr())
+    );
+    std::thread::sleep(millis(500));
+    assert_eq!(
+        tcp_request(&gw.api, &format!("deldest {}", sinks[0].addr())).unwrap(),
+        format!("Unregistered destination: {}\n", sinks[0].addr())
+    );
+    std::thread::sleep(millis(500));
+    stop.store(true, Ordering::Relaxed);
+    let sent = sender.join().unwrap();
+    assert!(
+        sent.len() >= 500,
+        "ingestion kept going: {} lines",
+        sent.len()
+    );
+    assert!(wait_until(secs(15), || sinks
+        .iter()
+        .map(|s| s.count())
+        .sum::<usize>()
+        >= sent.len()));
+    let mut got: Vec<String> = sinks.iter().flat_map(|s| s.lines()).collect();
+    got.sort();
+    let mut want = sent.clone();
+    want.sort();
+    assert_eq!(got, want, "every acknowledged line arrived exactly once");
+    assert!(sinks[2].count() > 0, "the added destination received lines");
+
+    let doc: serde_json::Value =
+        serde_json::from_str(tcp_request(&gw.api, "getdest").unwrap().trim()).unwrap();
+    assert_eq!(
+        doc["active"],
+        serde_json::json!([sinks[1].addr(), sinks[2].addr()])
+    );
+    // After the change, placement follows the ring of the two remaining members.
+    for s in &sinks {
+        s.clear();
+    }
+    let members: Vec<DestAddr> = [&sinks[1], &sinks[2]]
+        .iter()
+        .map(|s| s.addr().parse().unwrap())
+        .collect();
+    let body: String = (0..100).map(|i| format!("after.m{i} 1 {ts}\n")).collect();
+    assert_eq!(post(&gw, &body), 200);
+    assert!(wait_until(secs(10), || sinks[1].count() + sinks[2].count() == 100));
+    assert_eq!(sinks[0].count(), 0);
+    let ring = HashRing::new(HashKind::CarbonCh, &members);
+    let mut owner = Vec::new();
+    for (i, sink) in [&sinks[1], &sinks[2]].iter().enumerate() {
+        for line in sink.lines() {
+            ring.lookup(line.split(' ').next().unwrap().as_bytes(), 1, &mut owner);
+            assert_eq!(owner, vec![i]);
+        }
+    }
+}
