@@ -199,6 +199,7 @@ fn consul_unreachable_at_start_is_logged_with_its_address_and_the_gateway_keeps_
         "the error names the agent: {}",
         gw.all_output()
     );
+    assert!(gw.wait_log("API key sync failed, keeping 0 cached keys", secs(5)), "{}", gw.all_output());
     assert!(gw.is_running());
     let ping = http_post(&http, "/ping", &[("X-Polymur-Key", "key-z")], vec![]);
     assert_eq!((ping.status, ping.body.as_str()), (401, "invalid key"));
