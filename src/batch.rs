@@ -32,6 +32,8 @@ pub struct Batch {
 pub struct Rejects {
     /// Number of invalid lines dropped.
     pub count: u64,
+    /// The same, by reason ([`LineError::index`]).
+    pub by_reason: [u64; 4],
     /// The first refused line (truncated) and why, for the log.
     pub sample: Option<(LineError, String)>,
 }
@@ -42,11 +44,22 @@ const SAMPLE_BYTES: usize = 120;
 impl Rejects {
     fn note(&mut self, err: LineError, line: &[u8]) {
         self.count += 1;
+        self.by_reason[err.index()] += 1;
         if self.sample.is_none() {
             let cut = &line[..line.len().min(SAMPLE_BYTES)];
             self.sample = Some((err, String::from_utf8_lossy(cut).escape_debug().to_string()));
         }
     }
+}
+
+/// Starts the copy buffer with the clean lines before `upto`. Sized for the whole
+/// input (without a prefix the output is never longer), so it never regrows: a
+/// buffer started empty would double its way up, one reallocation and copy per
+/// doubling, which the allocation test caught.
+fn copy_buffer(raw: &[u8], upto: usize) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(raw.len());
+    buf.extend_from_slice(&raw[..upto]);
+    buf
 }
 
 impl Batch {
@@ -77,7 +90,7 @@ impl Batch {
                         rejects.note(e, line);
                     }
                     if out.is_none() {
-                        out = Some(raw[..line_start].to_vec());
+                        out = Some(copy_buffer(&raw, line_start));
                     }
                     continue;
                 }
@@ -90,7 +103,7 @@ impl Batch {
                     });
                 }
                 _ => {
-                    let buf = out.get_or_insert_with(|| raw[..line_start].to_vec());
+                    let buf = out.get_or_insert_with(|| copy_buffer(&raw, line_start));
                     if let Some(p) = prefix {
                         buf.extend_from_slice(p.as_bytes());
                         buf.push(b'.');
@@ -177,6 +190,7 @@ mod tests {
             vec!["ok.one 1 100\n", "ok.two\t2 200\n", "ok.three 3 300\n"]
         );
         assert_eq!(r.count, 2);
+        assert_eq!(r.by_reason, [1, 1, 0, 0]);
         let (err, sample) = r.sample.unwrap();
         assert_eq!(err, LineError::FieldCount);
         assert_eq!(sample, "bad line");

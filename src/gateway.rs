@@ -131,6 +131,12 @@ pub struct GatewayArgs {
     /// Acknowledge a batch only once it is on disk (fsync, group commit); needs -spool-dir
     #[arg(long, env = "POLYMUR_GW_DURABLE", action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_parser = crate::go_bool!())]
     pub durable: bool,
+    /// Admin HTTP address: /metrics, /healthz, /readyz, status page, /api/destinations ("" disables)
+    #[arg(long, env = "POLYMUR_GW_ADMIN_ADDR", default_value = "127.0.0.1:2041")]
+    pub admin_addr: String,
+    /// Log format: text or json
+    #[arg(long, env = "POLYMUR_GW_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
     /// On SIGTERM/SIGINT, how long queues may take to drain to destinations
     #[arg(long, env = "POLYMUR_GW_DRAIN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
@@ -202,6 +208,32 @@ fn listen_on(addr: &str, port: u16) -> String {
     }
 }
 
+/// SIGHUP: re-reads the TLS certificate and key. New connections use the new
+/// pair; a pair that does not load keeps the old one and says why.
+async fn reload_tls_on_hup(
+    slot: ingest::TlsSlot,
+    cert: PathBuf,
+    key: PathBuf,
+    mut shutdown: Shutdown,
+) {
+    let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = hup.recv() => {}
+            _ = shutdown.recv() => return,
+        }
+        match ingest::tls::acceptor(&cert, &key) {
+            Ok(a) => {
+                slot.store(Arc::new(a));
+                tracing::info!("SIGHUP: TLS certificate reloaded from {}", cert.display());
+            }
+            Err(e) => tracing::error!("SIGHUP: keeping the current TLS certificate: {e}"),
+        }
+    }
+}
+
 /// Runs the gateway until SIGINT/SIGTERM, then drains and returns.
 pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
     crate::logging::install_tls_provider();
@@ -226,7 +258,8 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
 
     // Keys: one sync before listening, so valid proxies are not refused at start.
     let store = keys::open(&args.key_store_config()?)?;
-    tracing::info!("API key store: {}", store.describe());
+    let key_store_desc = store.describe();
+    tracing::info!("API key store: {key_store_desc}");
     let cache = Arc::new(KeyCache::new());
     let _ = tokio::time::timeout(
         Duration::from_secs(10),
@@ -292,12 +325,16 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
         let https_addr = listen_on(&args.listen_addr, args.listen_https_port.unwrap_or(443));
         let (l, local) = ingest::bind(&https_addr).await?;
         tracing::info!("HTTPS listening on {local}");
+        let slot: ingest::TlsSlot = Arc::new(arc_swap::ArcSwap::from_pointee(tls));
         servers.push(tokio::spawn(ingest::serve(
             l,
-            Some(tls),
+            Some(slot.clone()),
             state.clone(),
             listeners_shutdown.clone(),
         )));
+        if let (Some(cert), Some(key)) = (args.cert.clone(), args.key.clone()) {
+            tokio::spawn(reload_tls_on_hup(slot, cert, key, workers_shutdown.clone()));
+        }
     }
     if !args.api_addr.is_empty() {
         let (l, local) = ingest::bind(&args.api_addr).await?;
@@ -322,6 +359,32 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
         Duration::from_secs(5),
         workers_shutdown.clone(),
     ));
+    if args.metrics_flush > 0 {
+        tokio::spawn(crate::selfmetrics::run(
+            pipeline.clone(),
+            Duration::from_secs(args.metrics_flush),
+            args.incoming_queue_cap,
+            workers_shutdown.clone(),
+        ));
+    }
+    if !args.admin_addr.is_empty() {
+        // Observability must not stop the data path: a busy admin port is logged, not fatal.
+        match ingest::bind(&args.admin_addr).await {
+            Ok((l, local)) => {
+                tracing::info!("Admin HTTP started: http://{local}/");
+                let admin = Arc::new(admin::http::AdminState {
+                    service: "polymur-gateway",
+                    started,
+                    pipeline: pipeline.clone(),
+                    control: registry.clone(),
+                    keys: Some((state.keys.clone(), key_store_desc.clone())),
+                    listening: Arc::new(std::sync::atomic::AtomicBool::new(true)),
+                });
+                tokio::spawn(admin::http::serve(l, admin, workers_shutdown.clone()));
+            }
+            Err(e) => tracing::warn!("admin endpoint disabled: {e}"),
+        }
+    }
 
     shutdown::signal().await;
     tracing::info!("Shutting down: closing listeners, finishing in-flight requests");
@@ -380,7 +443,7 @@ pub fn main() -> std::process::ExitCode {
     if args.route_test {
         return route_test(&args);
     }
-    crate::logging::init();
+    crate::logging::init_with_format(&args.log_format);
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {

@@ -1,6 +1,7 @@
 //! polymur-rs: Graphite metrics forwarding.
 pub mod admin;
 pub mod batch;
+pub mod bench;
 pub mod config;
 pub mod dest;
 pub mod gateway;
@@ -12,4 +13,11 @@ pub mod pipeline;
 pub mod registry;
 pub mod route;
 pub mod shutdown;
+pub mod selfmetrics;
 pub mod stats;
+pub mod daemon;
+pub mod http_client;
+pub mod plaintext;
+pub mod proxy;
+pub mod relay;
+pub mod self_metrics;

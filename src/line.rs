@@ -20,6 +20,31 @@ pub enum LineError {
     ControlByte,
 }
 
+impl LineError {
+    /// Every reason, in [`index`](Self::index) order.
+    pub const ALL: [LineError; 4] = [
+        LineError::FieldCount,
+        LineError::Value,
+        LineError::Timestamp,
+        LineError::ControlByte,
+    ];
+
+    /// A dense index for per-reason counters.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// Short label for metrics (`polymur_invalid_lines_total{reason=...}`).
+    pub fn label(self) -> &'static str {
+        match self {
+            LineError::FieldCount => "field_count",
+            LineError::Value => "value",
+            LineError::Timestamp => "timestamp",
+            LineError::ControlByte => "control_byte",
+        }
+    }
+}
+
 impl fmt::Display for LineError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {

@@ -1,16 +1,27 @@
 //! Log set-up shared by the daemons: `tracing` to stderr, `RUST_LOG` to filter.
 
-/// Installs the subscriber: `2016-07-29T14:16:13Z INFO message` lines on stderr,
-/// level `info` unless `RUST_LOG` says otherwise.
+/// Installs the text-format subscriber (see [`init_with_format`]).
 pub fn init() {
+    init_with_format("text");
+}
+
+/// Installs the subscriber on stderr, level `info` unless `RUST_LOG` says
+/// otherwise. `json` selects one JSON object per line (`-log-format json`) for log
+/// shippers; anything else is the human text format.
+pub fn init_with_format(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = if format == "json" {
+        builder.json().try_init()
+    } else {
+        builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .try_init()
+    };
 }
 
 /// Installs rustls' ring provider as the process default, once; every TLS user

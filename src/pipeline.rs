@@ -1,5 +1,11 @@
 //! The core shared by every daemon: route a batch and hand it to destinations,
 //! all or nothing.
+//!
+//! [`Pipeline::submit`] decides admission for every destination the batch routes to
+//! (memory queue, spool, or `-overflow drop`; see [`crate::dest`]) before handing any
+//! part over, so a refused batch leaves no trace. Parts that went to a spool come back
+//! as a [`Ticket`]: the caller acknowledges only once the ticket resolves (records
+//! written, and fsynced with `-durable`); [`Pipeline::submit_held`] does both.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -7,7 +13,8 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 
 use crate::batch::Batch;
-use crate::dest::{Chunk, Destination};
+use crate::dest::spool::AppendDone;
+use crate::dest::{Admission, Chunk, Destination};
 use crate::route::{RoutedPart, Router};
 use crate::stats::Stats;
 
@@ -21,7 +28,7 @@ pub struct Topology {
 
 /// A batch that could not be held for every destination it routes to.
 #[derive(Debug, thiserror::Error)]
-#[error("destination {dest} queue is full ({queued} of {cap} points)")]
+#[error("destination {dest}: {reason} (queue {queued} of {cap} points)")]
 pub struct Refused {
     /// The first destination that refused.
     pub dest: String,
@@ -29,6 +36,44 @@ pub struct Refused {
     pub queued: u64,
     /// Its cap.
     pub cap: u64,
+    /// Why: queue (and spool) full, or the spool write failed.
+    pub reason: String,
+}
+
+/// What an admitted batch still waits for before it may be acknowledged: its spool
+/// appends. Dropping it does not undo anything (the appends proceed); it only gives up
+/// knowing when they are on disk.
+#[must_use = "acknowledge only after Ticket::wait resolves"]
+#[derive(Default)]
+pub struct Ticket {
+    waits: Vec<(Arc<Destination>, AppendDone)>,
+}
+
+impl Ticket {
+    /// True when nothing went to a spool (the batch is held already).
+    pub fn is_ready(&self) -> bool {
+        self.waits.is_empty()
+    }
+
+    /// Resolves once every spool append of the batch is written (synced with `-durable`);
+    /// an error means the batch is not held by that destination's spool and must be refused.
+    pub async fn wait(self) -> Result<(), Refused> {
+        let mut failed = None;
+        for (dest, done) in self.waits {
+            let err = match done.await {
+                Ok(Ok(())) => continue,
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => "spool closed".to_string(),
+            };
+            failed.get_or_insert(Refused {
+                dest: dest.name().to_string(),
+                queued: dest.queued(),
+                cap: dest.cap(),
+                reason: format!("spool write failed: {err}"),
+            });
+        }
+        failed.map_or(Ok(()), Err)
+    }
 }
 
 /// Routes batches to destinations. Cheap to share; lock-free on the hot path.
@@ -62,38 +107,63 @@ impl Pipeline {
         self.topology.store(Arc::new(topology));
     }
 
-    /// Admits `batch` to every destination it routes to, or to none.
-    pub fn submit(&self, batch: &Batch) -> Result<(), Refused> {
+    /// Admits `batch` to every destination it routes to, or to none. The batch is held once
+    /// the returned [`Ticket`] resolves (at once when no part went to a spool).
+    pub fn submit(&self, batch: &Batch) -> Result<Ticket, Refused> {
         if batch.is_empty() {
-            return Ok(());
+            return Ok(Ticket::default());
         }
         let topo = self.topology.load();
         let mut parts: Vec<RoutedPart> = Vec::with_capacity(topo.dests.len());
         topo.router.route(batch, &mut parts);
-        for (i, part) in parts.iter().enumerate() {
+        let mut admitted: Vec<Admission> = Vec::with_capacity(parts.len());
+        for part in &parts {
             let dest = &topo.dests[part.dest];
-            if !dest.try_admit(part.points) {
-                for done in &parts[..i] {
-                    topo.dests[done.dest].release(done.points);
+            match dest.admit(part.points, part.data.len()) {
+                Some(a) => admitted.push(a),
+                None => {
+                    for (done, a) in parts.iter().zip(&admitted) {
+                        topo.dests[done.dest].cancel(*a, done.points, done.data.len());
+                    }
+                    self.stats.refused.fetch_add(1, Ordering::Relaxed);
+                    return Err(Refused {
+                        dest: dest.name().to_string(),
+                        queued: dest.queued(),
+                        cap: dest.cap(),
+                        reason: if dest.spool().is_some() {
+                            "queue and spool full".to_string()
+                        } else {
+                            "queue is full".to_string()
+                        },
+                    });
                 }
-                self.stats.refused.fetch_add(1, Ordering::Relaxed);
-                return Err(Refused {
-                    dest: dest.name().to_string(),
-                    queued: dest.queued(),
-                    cap: dest.cap(),
-                });
             }
         }
-        for part in parts {
-            topo.dests[part.dest].push(Chunk {
+        let mut ticket = Ticket::default();
+        for (part, a) in parts.into_iter().zip(admitted) {
+            let dest = &topo.dests[part.dest];
+            let chunk = Chunk {
                 data: part.data,
                 points: part.points,
-            });
+            };
+            if let Some(done) = dest.deliver(chunk, a) {
+                ticket.waits.push((dest.clone(), done));
+            }
         }
         self.stats
             .received
             .fetch_add(batch.len() as u64, Ordering::Relaxed);
         self.stats.batches.fetch_add(1, Ordering::Relaxed);
-        Ok(())
+        Ok(ticket)
+    }
+
+    /// [`submit`](Self::submit), then waits until the batch is held (spool appends written,
+    /// and synced with `-durable`). Acknowledge the batch only after `Ok`.
+    pub async fn submit_held(&self, batch: &Batch) -> Result<(), Refused> {
+        let ticket = self.submit(batch)?;
+        if ticket.is_ready() {
+            return Ok(());
+        }
+        ticket.wait().await
     }
 }

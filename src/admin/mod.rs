@@ -2,6 +2,7 @@
 //! response, then close" over TCP as in the Go original.
 
 pub mod api;
+pub mod http;
 pub mod runstats;
 
 use std::sync::Arc;

@@ -15,6 +15,9 @@ pub async fn run(
     mut shutdown: Shutdown,
 ) {
     let mut out = tokio::io::stdout();
+    dest.stats
+        .connected
+        .store(true, std::sync::atomic::Ordering::Relaxed);
     loop {
         let chunk = tokio::select! {
             c = rx.recv() => c,

@@ -1,25 +1,40 @@
-//! Destinations: a bounded in-memory queue and one writer task each.
+//! Destinations: a bounded in-memory queue, an optional disk spool, and one writer
+//! task each.
 //!
-//! Admission is decided against the queue's point count, before anything is
-//! enqueued, so that the ingest side can refuse a whole batch (503) instead of
-//! acknowledging it and dropping later. A queue admits a batch whenever it holds
-//! fewer points than its cap: it never exceeds cap + one batch, and a batch larger
-//! than the cap still passes an empty queue. Nothing one destination does (slow,
-//! down, reconnecting) blocks another: each has its own task.
+//! Admission is decided before anything is enqueued, so that the ingest side can refuse
+//! a whole batch (503) instead of acknowledging it and dropping later:
+//! 1. while the destination is *spilling* (its spool holds data not yet read back), the
+//!    batch goes to the spool, behind that data, so nothing overtakes it;
+//! 2. else the memory queue takes it if it holds fewer points than its cap (it never
+//!    exceeds cap + one batch, and a batch larger than the cap still passes an empty queue);
+//! 3. else the spool takes it (if configured and below `-spool-max-bytes`) and the
+//!    destination starts spilling;
+//! 4. else `-overflow`: refuse the whole batch (503), or drop this destination's share,
+//!    counted and logged.
+//!
+//! With `-durable` every batch goes to the spool, and its acknowledgement waits for the
+//! group fsync. Nothing one destination does (slow, down, reconnecting) blocks another:
+//! each has its own task and its own spool thread.
+//!
+//! Memory ceiling per destination: the memory queue (at most `-outgoing-queue-cap` + one
+//! batch of points), the writer's resend window ([`tcp::RESEND_WINDOW`] bytes, shared with
+//! the queue's buffers by reference count) and one spool read-back ([`tcp::SPOOL_READ`] bytes).
 
 pub mod addr;
 pub mod console;
+pub mod spool;
 pub mod tcp;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 pub use addr::DestAddr;
+pub use spool::Spool;
 
 use crate::shutdown::Shutdown;
 
@@ -43,6 +58,15 @@ pub struct DestStats {
     pub errors: AtomicU64,
     /// Points still queued when the process gave up draining at shutdown.
     pub abandoned: AtomicU64,
+    /// True while the writer holds an open connection (console: always).
+    pub connected: std::sync::atomic::AtomicBool,
+    /// Failed connection attempts since the last successful connect; hash-route
+    /// failover takes a destination out of the ring at 3.
+    pub consecutive_failures: AtomicU64,
+    /// Points admitted to the spool (including the memory queue moved there at shutdown).
+    pub spooled: AtomicU64,
+    /// Points dropped by `-overflow drop` (nothing could hold them).
+    pub dropped: AtomicU64,
 }
 
 /// Where a destination's writer sends its lines.
@@ -95,21 +119,53 @@ impl DestConfig {
 }
 
 /// State shared by a destination's producers and its writer task.
-#[derive(Debug)]
 pub struct DestShared {
     /// Name shown in logs and APIs: the address as configured, or `console`.
     name: String,
     cap: u64,
-    /// Points admitted and not yet written out.
+    /// Points admitted to the memory queue and not yet written out.
     queued: AtomicU64,
+    /// The disk spool, with `-spool-dir` (TCP destinations only).
+    spool: Option<Arc<Spool>>,
+    /// `-overflow`.
+    overflow: Overflow,
+    /// Unix second of the last drop log line, and drops since then (`-overflow drop`).
+    drop_log: (AtomicU64, AtomicU64),
     /// Per-destination counters.
     pub stats: DestStats,
+}
+
+impl std::fmt::Debug for DestShared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DestShared")
+            .field("name", &self.name)
+            .field("cap", &self.cap)
+            .field("queued", &self.queued)
+            .field("spool", &self.spool.as_ref().map(|s| s.dir().to_path_buf()))
+            .finish()
+    }
+}
+
+/// Where an admitted batch share goes; returned by [`Destination::admit`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Admission {
+    /// The memory queue (points reserved).
+    Memory,
+    /// The spool (bytes reserved).
+    Spool,
+    /// Nothing can hold it and `-overflow drop` is set.
+    Drop,
 }
 
 impl DestShared {
     /// The destination's name as configured.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The spool, when `-spool-dir` is set.
+    pub fn spool(&self) -> Option<&Arc<Spool>> {
+        self.spool.as_ref()
     }
 
     /// Called by the writer once `points` have left the queue.
@@ -147,10 +203,31 @@ impl Destination {
             SinkKind::Tcp(a) => a.to_string(),
             SinkKind::Console => "console".to_string(),
         };
+        let spool = match (&kind, &config.spool_dir) {
+            (SinkKind::Tcp(_), Some(dir)) => {
+                match Spool::open(dir, &name, config.spool_max_bytes, config.durable) {
+                    Ok(s) => Some(s),
+                    Err(e) => {
+                        // Without its spool the destination still works from memory; a batch
+                        // it cannot hold is refused, never acknowledged and lost.
+                        tracing::error!(
+                            "Destination {name}: cannot open its spool under {}: {e}; \
+                             running without a spool (check -spool-dir permissions and space)",
+                            dir.display()
+                        );
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
         let shared = Arc::new(DestShared {
             name,
             cap: config.queue_cap,
             queued: AtomicU64::new(0),
+            spool,
+            overflow: config.overflow,
+            drop_log: (AtomicU64::new(0), AtomicU64::new(0)),
             stats: DestStats::default(),
         });
         let task = match kind.clone() {
@@ -199,6 +276,102 @@ impl Destination {
     /// Returns a reservation that will not be used (the batch was refused elsewhere).
     pub fn release(&self, points: u64) {
         self.queued.fetch_sub(points, Ordering::AcqRel);
+    }
+
+    /// Decides where a share of `points` points and `bytes` bytes goes (see the module
+    /// documentation), reserving room there; `None` means refuse the whole batch. A
+    /// reservation must be followed by [`deliver`](Self::deliver) or [`cancel`](Self::cancel).
+    pub fn admit(&self, points: u64, bytes: usize) -> Option<Admission> {
+        let Some(spool) = &self.spool else {
+            return if self.try_admit(points) {
+                Some(Admission::Memory)
+            } else {
+                self.overflowed()
+            };
+        };
+        let size = spool::record_size(bytes);
+        if spool.durable() {
+            return if spool.reserve(size) {
+                Some(Admission::Spool)
+            } else {
+                self.overflowed()
+            };
+        }
+        match spool.reserve_if_spilling(size) {
+            Some(true) => return Some(Admission::Spool),
+            Some(false) => return self.overflowed(),
+            None => {}
+        }
+        if self.try_admit(points) {
+            return Some(Admission::Memory);
+        }
+        if spool.reserve(size) {
+            return Some(Admission::Spool);
+        }
+        self.overflowed()
+    }
+
+    fn overflowed(&self) -> Option<Admission> {
+        (self.overflow == Overflow::Drop).then_some(Admission::Drop)
+    }
+
+    /// Returns a reservation of [`admit`](Self::admit) that will not be used.
+    pub fn cancel(&self, admission: Admission, points: u64, bytes: usize) {
+        match admission {
+            Admission::Memory => self.release(points),
+            Admission::Spool => {
+                if let Some(s) = &self.spool {
+                    s.unreserve(spool::record_size(bytes));
+                }
+            }
+            Admission::Drop => {}
+        }
+    }
+
+    /// Hands an admitted chunk to where [`admit`](Self::admit) reserved room. For the spool,
+    /// returns what to await before acknowledging (written; synced with `-durable`).
+    pub fn deliver(&self, chunk: Chunk, admission: Admission) -> Option<spool::AppendDone> {
+        match admission {
+            Admission::Memory => {
+                self.push(chunk);
+                None
+            }
+            Admission::Spool => {
+                let spool = self.spool.as_ref().expect("spool admission without a spool");
+                self.stats.spooled.fetch_add(chunk.points, Ordering::Relaxed);
+                Some(spool.append(&chunk))
+            }
+            Admission::Drop => {
+                self.note_drop(chunk.points);
+                None
+            }
+        }
+    }
+
+    /// Counts points dropped by `-overflow drop`, logging at most once per 5 seconds.
+    fn note_drop(&self, points: u64) {
+        self.stats.dropped.fetch_add(points, Ordering::Relaxed);
+        let since = self.drop_log.1.fetch_add(points, Ordering::Relaxed) + points;
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let last = self.drop_log.0.load(Ordering::Relaxed);
+        if now >= last + 5
+            && self
+                .drop_log
+                .0
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            self.drop_log.1.fetch_sub(since, Ordering::Relaxed);
+            tracing::warn!(
+                "Destination {}: queue and spool full, -overflow drop: dropped {since} points \
+                 ({} in total)",
+                self.name,
+                self.stats.dropped.load(Ordering::Relaxed)
+            );
+        }
     }
 
     /// Hands an admitted chunk to the writer.

@@ -14,6 +14,7 @@ use hyper::{Request, Response, StatusCode};
 use super::inflate::{gunzip, InflateError};
 use super::Ingest;
 use crate::batch::Batch;
+use crate::keys::cache::Tenant;
 use crate::keys::fingerprint;
 
 /// Bodies at least this large are decompressed on the blocking pool so a big
@@ -67,8 +68,8 @@ pub async fn handle(
         .headers()
         .get("x-polymur-key")
         .map(|v| v.as_bytes().to_vec());
-    let name = presented.as_deref().and_then(|k| state.keys.lookup(k));
-    let Some(name) = name else {
+    let tenant = presented.as_deref().and_then(|k| state.keys.tenant(k));
+    let Some(tenant) = tenant else {
         state
             .pipeline
             .stats()
@@ -82,13 +83,14 @@ pub async fn handle(
         return Ok(reply_close(StatusCode::UNAUTHORIZED, "invalid key"));
     };
     if path == "/ping" {
-        tracing::info!("Ping from {client} with key {name}: key is valid");
+        tracing::info!("Ping from {client} with key {}: key is valid", tenant.name);
         return Ok(reply(StatusCode::OK, "key is valid\n"));
     }
-    Ok(ingest(state, req, &client, &name).await)
+    Ok(ingest(state, req, &client, &tenant).await)
 }
 
-async fn ingest(state: Arc<Ingest>, req: Request<Incoming>, client: &str, name: &str) -> Resp {
+async fn ingest(state: Arc<Ingest>, req: Request<Incoming>, client: &str, tenant: &Tenant) -> Resp {
+    let name: &str = &tenant.name;
     let limits = &state.config;
     let declared = req
         .headers()
@@ -173,8 +175,11 @@ async fn ingest(state: Arc<Ingest>, req: Request<Incoming>, client: &str, name: 
         .pipeline
         .stats()
         .note_invalid(&format!("key {name} ({client})"), &rejects);
-    match state.pipeline.submit(&batch) {
+    match state.pipeline.submit_held(&batch).await {
         Ok(()) => {
+            tenant
+                .received
+                .fetch_add(batch.len() as u64, Ordering::Relaxed);
             tracing::debug!("Batch from {client} (key {name}): {} points", batch.len());
             reply(StatusCode::OK, "Batch Received\n")
         }

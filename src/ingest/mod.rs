@@ -44,11 +44,15 @@ pub struct Ingest {
 /// How long shutdown waits for in-flight requests.
 const GRACE: Duration = Duration::from_secs(10);
 
+/// The current TLS acceptor; SIGHUP swaps in a new one (certificate rotation)
+/// while existing connections keep the one they were accepted with.
+pub type TlsSlot = Arc<arc_swap::ArcSwap<TlsAcceptor>>;
+
 /// Accepts connections on `listener` until shutdown, then lets in-flight
 /// requests finish (up to a grace period) before returning.
 pub async fn serve(
     listener: TcpListener,
-    tls: Option<TlsAcceptor>,
+    tls: Option<TlsSlot>,
     state: Arc<Ingest>,
     mut shutdown: Shutdown,
 ) {
@@ -70,9 +74,28 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let state = state.clone();
         let watcher = graceful.watcher();
-        let tls = tls.clone();
+        let tls: Option<TlsAcceptor> = tls.as_ref().map(|slot| (**slot.load()).clone());
         tokio::spawn(async move {
-            let service = service_fn(move |req| handler::handle(state.clone(), peer, req));
+            let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                let state = state.clone();
+                async move {
+                    let path = match req.uri().path() {
+                        "/ping" => "/ping",
+                        "/ingest" => "/ingest",
+                        _ => "other",
+                    };
+                    let started = std::time::Instant::now();
+                    let answer = handler::handle(state.clone(), peer, req).await;
+                    if let Ok(resp) = &answer {
+                        let stats = state.pipeline.stats();
+                        stats.count_http(path, resp.status().as_u16());
+                        if path == "/ingest" {
+                            stats.batch_latency.observe(started.elapsed());
+                        }
+                    }
+                    answer
+                }
+            });
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder
                 .timer(TokioTimer::new())

@@ -29,13 +29,27 @@ pub fn fingerprint(key: &[u8]) -> String {
         .collect()
 }
 
-/// Lock-free map from key digest to key name. Readers take a snapshot pointer
+/// One registered key name and what it sent; kept across syncs while the name
+/// stays registered, so per-tenant counters survive key rotation.
+#[derive(Debug)]
+pub struct Tenant {
+    /// The key's name (the tenant namespace with `-key-prefix`).
+    pub name: Arc<str>,
+    /// Points accepted from this key.
+    pub received: std::sync::atomic::AtomicU64,
+}
+
+/// Lock-free map from key digest to tenant. Readers take a snapshot pointer
 /// (`ArcSwap::load`), so the sync task swapping in a new set never blocks a batch.
 #[derive(Default)]
 pub struct KeyCache {
-    by_digest: ArcSwap<HashMap<KeyDigest, Arc<str>>>,
+    by_digest: ArcSwap<HashMap<KeyDigest, Arc<Tenant>>>,
     /// The plain set last applied, kept only by the sync side to compute diffs.
     current: std::sync::Mutex<KeySet>,
+    /// Unix time of the last successful sync (0: never).
+    pub last_sync_ok: std::sync::atomic::AtomicU64,
+    /// Unix time of the last failed sync (0: never).
+    pub last_sync_failed: std::sync::atomic::AtomicU64,
 }
 
 impl KeyCache {
@@ -46,7 +60,34 @@ impl KeyCache {
 
     /// The name of the key, or `None` when it is not registered.
     pub fn lookup(&self, key: &[u8]) -> Option<Arc<str>> {
+        self.tenant(key).map(|t| t.name.clone())
+    }
+
+    /// The tenant the key belongs to, with its counters.
+    pub fn tenant(&self, key: &[u8]) -> Option<Arc<Tenant>> {
         self.by_digest.load().get(&key_digest(key)).cloned()
+    }
+
+    /// Every registered tenant (for metrics and the status page; never keys).
+    pub fn tenants(&self) -> Vec<Arc<Tenant>> {
+        let mut v: Vec<Arc<Tenant>> = self.by_digest.load().values().cloned().collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v.dedup_by(|a, b| Arc::ptr_eq(a, b));
+        v
+    }
+
+    /// Records the outcome of a sync attempt.
+    pub fn note_sync(&self, ok: bool) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let slot = if ok {
+            &self.last_sync_ok
+        } else {
+            &self.last_sync_failed
+        };
+        slot.store(now, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Number of registered keys.
@@ -66,9 +107,23 @@ impl KeyCache {
         let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
         let new = set.keys().filter(|n| !current.contains_key(*n)).count();
         let removed = current.keys().filter(|n| !set.contains_key(*n)).count();
+        let old: HashMap<Arc<str>, Arc<Tenant>> = self
+            .by_digest
+            .load()
+            .values()
+            .map(|t| (t.name.clone(), t.clone()))
+            .collect();
         let map = set
             .iter()
-            .map(|(name, key)| (key_digest(key.as_bytes()), Arc::<str>::from(name.as_str())))
+            .map(|(name, key)| {
+                let tenant = old.get(name.as_str()).cloned().unwrap_or_else(|| {
+                    Arc::new(Tenant {
+                        name: Arc::from(name.as_str()),
+                        received: Default::default(),
+                    })
+                });
+                (key_digest(key.as_bytes()), tenant)
+            })
             .collect();
         self.by_digest.store(Arc::new(map));
         *current = set;

@@ -88,80 +88,17 @@ pub fn open(config: &KeyStoreConfig) -> Result<Arc<dyn KeyStore>, KeyStoreError>
     })
 }
 
-/// Builds the HTTP client used by the Consul and etcd stores.
-///
-/// reqwest is built without a bundled crypto provider (aws-lc-rs is slow to build),
-/// so it would panic unless given a finished rustls configuration; we hand it one on
-/// the `ring` provider instead of relying on a process-wide default. Roots are the
-/// system CA bundle (as Consul's and etcd's own clients use) plus `extra_ca`, the
-/// operator's private CA (`CONSUL_CACERT`). Proxies are ignored: the key store is a
-/// local agent or an internal cluster, and an `HTTP_PROXY` meant for the outside
-/// world must not intercept (or see the token of) key requests.
+/// Builds the HTTP client used by the Consul and etcd stores: system roots plus
+/// `extra_ca`, the operator's private CA (`CONSUL_CACERT`); see [`crate::http_client`].
 pub(crate) fn http_client(
     store: &str,
     extra_ca: Option<&std::path::Path>,
 ) -> Result<reqwest::Client, KeyStoreError> {
-    let invalid = |message: String| KeyStoreError::Invalid {
+    crate::http_client::reqwest_client(extra_ca, |b| b).map_err(|e| KeyStoreError::Invalid {
         store: store.to_string(),
-        message,
-    };
-    let mut roots = rustls::RootCertStore::empty();
-    let mut bundles: Vec<PathBuf> = Vec::new();
-    if let Some(path) = std::env::var_os("SSL_CERT_FILE") {
-        bundles.push(path.into());
-    } else if let Some(path) = SYSTEM_CA_BUNDLES
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.is_file())
-    {
-        bundles.push(path);
-    }
-    // A missing system bundle only matters for https endpoints, and then the TLS
-    // handshake reports it; a missing operator CA is a configuration error now.
-    for path in &bundles {
-        if let Ok(file) = std::fs::File::open(path) {
-            let mut reader = std::io::BufReader::new(file);
-            roots.add_parsable_certificates(rustls_pemfile::certs(&mut reader).flatten());
-        }
-    }
-    if let Some(path) = extra_ca {
-        let file = std::fs::File::open(path)
-            .map_err(|e| invalid(format!("CA certificate {}: {e}", path.display())))?;
-        let certs: Vec<_> = rustls_pemfile::certs(&mut std::io::BufReader::new(file))
-            .collect::<Result<_, _>>()
-            .map_err(|e| invalid(format!("CA certificate {}: {e}", path.display())))?;
-        let (added, _) = roots.add_parsable_certificates(certs);
-        if added == 0 {
-            return Err(invalid(format!(
-                "CA certificate {}: no usable certificate",
-                path.display()
-            )));
-        }
-    }
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| invalid(e.to_string()))?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    reqwest::Client::builder()
-        .tls_backend_preconfigured(tls)
-        .no_proxy()
-        .connect_timeout(Duration::from_secs(5))
-        .build()
-        .map_err(|e| invalid(format!("HTTP client: {e}")))
+        message: e.to_string(),
+    })
 }
-
-/// Where Linux distributions keep the system CA bundle (the list rustls-native-certs
-/// and Go's crypto/x509 search).
-const SYSTEM_CA_BUNDLES: &[&str] = &[
-    "/etc/ssl/certs/ca-certificates.crt",
-    "/etc/pki/tls/certs/ca-bundle.crt",
-    "/etc/ssl/ca-bundle.pem",
-    "/etc/pki/ca-trust/extracted/pem/tls-ca-bundle.pem",
-    "/etc/ssl/cert.pem",
-];
 
 /// Base64 (standard alphabet, padded), the encoding of Consul's `Value` and of every
 /// byte field in etcd's JSON gateway.

@@ -14,6 +14,7 @@ pub async fn sync_once(store: &dyn KeyStore, cache: &KeyCache) -> bool {
         Ok(set) => {
             let (new, removed) = cache.replace(set);
             tracing::info!("API keys refreshed: {new} new, {removed} removed");
+            cache.note_sync(true);
             true
         }
         Err(e) => {
@@ -21,6 +22,7 @@ pub async fn sync_once(store: &dyn KeyStore, cache: &KeyCache) -> bool {
                 "API key sync failed, keeping {} cached keys: {e}",
                 cache.len()
             );
+            cache.note_sync(false);
             false
         }
     }

@@ -1,0 +1,454 @@
+//! The admin HTTP endpoint (`-admin-addr`): Prometheus `/metrics`, `/healthz`,
+//! `/readyz`, an HTML status page at `/`, and `/api/destinations` mirroring the
+//! TCP runtime API. Shared by the gateway and the relay.
+
+use std::convert::Infallible;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+
+use super::api::DestinationControl;
+use crate::keys::KeyCache;
+use crate::line::LineError;
+use crate::pipeline::Pipeline;
+use crate::shutdown::Shutdown;
+use crate::stats::{HTTP_CODES, HTTP_PATHS, LATENCY_BUCKETS};
+
+/// What the admin endpoint reports on.
+pub struct AdminState {
+    /// `polymur-gateway`, `polymur`, ...
+    pub service: &'static str,
+    /// Process start.
+    pub started: SystemTime,
+    /// Counters, destinations, queues.
+    pub pipeline: Arc<Pipeline>,
+    /// Runtime destination changes (`/api/destinations`).
+    pub control: Arc<dyn DestinationControl>,
+    /// Keys (gateway only) and a description of their store.
+    pub keys: Option<(Arc<KeyCache>, String)>,
+    /// Set once every data listener is bound.
+    pub listening: Arc<AtomicBool>,
+}
+
+type Resp = Response<Full<Bytes>>;
+
+fn text(status: StatusCode, content_type: &'static str, body: String) -> Resp {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r
+}
+
+fn unix(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Escapes a Prometheus label value.
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// Escapes text for HTML.
+fn html(v: &str) -> String {
+    v.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// The Prometheus text exposition of every counter.
+pub fn render_metrics(state: &AdminState) -> String {
+    let stats = state.pipeline.stats();
+    let mut out = String::with_capacity(4096);
+    let mut family = |name: &str, kind: &str, help: &str| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        name.to_string()
+    };
+    let mut lines: Vec<String> = Vec::new();
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+
+    let n = family(
+        "polymur_received_points_total",
+        "counter",
+        "Points accepted into the pipeline (held for every destination).",
+    );
+    lines.push(format!("{n} {}", load(&stats.received)));
+    let n = family(
+        "polymur_received_batches_total",
+        "counter",
+        "Batches accepted.",
+    );
+    lines.push(format!("{n} {}", load(&stats.batches)));
+    out.push_str(&lines.join("\n"));
+    out.push('\n');
+    lines.clear();
+
+    let _ = writeln!(out, "# HELP polymur_invalid_lines_total Lines dropped as invalid, by reason.\n# TYPE polymur_invalid_lines_total counter");
+    for e in LineError::ALL {
+        let _ = writeln!(
+            out,
+            "polymur_invalid_lines_total{{reason=\"{}\"}} {}",
+            e.label(),
+            load(&stats.invalid_by_reason[e.index()])
+        );
+    }
+    let _ = writeln!(out, "# HELP polymur_refused_batches_total Batches refused with 503 because a destination could not hold them.\n# TYPE polymur_refused_batches_total counter\npolymur_refused_batches_total {}", load(&stats.refused));
+
+    let dests = state.pipeline.destinations();
+    let per_dest = |out: &mut String,
+                    name: &str,
+                    kind: &str,
+                    help: &str,
+                    f: &dyn Fn(&crate::dest::Destination) -> String| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for d in &dests {
+            let _ = writeln!(
+                out,
+                "{name}{{destination=\"{}\"}} {}",
+                label(d.name()),
+                f(d)
+            );
+        }
+    };
+    per_dest(
+        &mut out,
+        "polymur_forwarded_points_total",
+        "counter",
+        "Points written to each destination.",
+        &|d| load(&d.stats.sent).to_string(),
+    );
+    per_dest(
+        &mut out,
+        "polymur_destination_queue_points",
+        "gauge",
+        "Points queued in memory for each destination.",
+        &|d| d.queued().to_string(),
+    );
+    per_dest(
+        &mut out,
+        "polymur_destination_queue_limit",
+        "gauge",
+        "Queue cap of each destination, in points.",
+        &|d| d.cap().to_string(),
+    );
+    per_dest(
+        &mut out,
+        "polymur_destination_up",
+        "gauge",
+        "1 while the destination's connection is open.",
+        &|d| u8::from(d.stats.connected.load(Ordering::Relaxed)).to_string(),
+    );
+    per_dest(
+        &mut out,
+        "polymur_destination_errors_total",
+        "counter",
+        "Failed connects and broken connections.",
+        &|d| load(&d.stats.errors).to_string(),
+    );
+    per_dest(
+        &mut out,
+        "polymur_resent_points_total",
+        "counter",
+        "Points re-sent after a broken connection (possible duplicates).",
+        &|d| load(&d.stats.resent).to_string(),
+    );
+    let _ = writeln!(out, "# HELP polymur_dropped_points_total Points dropped, by destination and reason.\n# TYPE polymur_dropped_points_total counter");
+    for d in &dests {
+        let _ = writeln!(
+            out,
+            "polymur_dropped_points_total{{destination=\"{}\",reason=\"shutdown\"}} {}",
+            label(d.name()),
+            load(&d.stats.abandoned)
+        );
+    }
+
+    let _ = writeln!(out, "# HELP polymur_http_requests_total HTTP answers by route and status.\n# TYPE polymur_http_requests_total counter");
+    for (p, path) in HTTP_PATHS.iter().enumerate() {
+        for (c, code) in HTTP_CODES.iter().enumerate() {
+            let v = stats.http_count(p, c);
+            if v > 0 {
+                let _ = writeln!(
+                    out,
+                    "polymur_http_requests_total{{path=\"{path}\",code=\"{code}\"}} {v}"
+                );
+            }
+        }
+    }
+    let h = &stats.batch_latency;
+    let _ = writeln!(out, "# HELP polymur_batch_latency_seconds Time from /ingest request to answer.\n# TYPE polymur_batch_latency_seconds histogram");
+    let mut cumulative = 0;
+    for (i, bound) in LATENCY_BUCKETS.iter().enumerate() {
+        cumulative += load(&h.buckets[i]);
+        let _ = writeln!(
+            out,
+            "polymur_batch_latency_seconds_bucket{{le=\"{bound}\"}} {cumulative}"
+        );
+    }
+    cumulative += load(&h.buckets[LATENCY_BUCKETS.len()]);
+    let _ = writeln!(
+        out,
+        "polymur_batch_latency_seconds_bucket{{le=\"+Inf\"}} {cumulative}"
+    );
+    let _ = writeln!(
+        out,
+        "polymur_batch_latency_seconds_sum {}",
+        load(&h.sum_micros) as f64 / 1e6
+    );
+    let _ = writeln!(
+        out,
+        "polymur_batch_latency_seconds_count {}",
+        load(&h.count)
+    );
+
+    if let Some((keys, _)) = &state.keys {
+        let _ = writeln!(out, "# HELP polymur_key_received_points_total Points accepted per API key name.\n# TYPE polymur_key_received_points_total counter");
+        for t in keys.tenants() {
+            let _ = writeln!(
+                out,
+                "polymur_key_received_points_total{{key_name=\"{}\"}} {}",
+                label(&t.name),
+                t.received.load(Ordering::Relaxed)
+            );
+        }
+        let now = unix(SystemTime::now());
+        let ok = keys.last_sync_ok.load(Ordering::Relaxed);
+        let _ = writeln!(out, "# HELP polymur_key_names Registered API key names.\n# TYPE polymur_key_names gauge\npolymur_key_names {}", keys.tenants().len());
+        let _ = writeln!(out, "# HELP polymur_key_sync_last_success_timestamp_seconds Unix time of the last successful key sync (0: never).\n# TYPE polymur_key_sync_last_success_timestamp_seconds gauge\npolymur_key_sync_last_success_timestamp_seconds {ok}");
+        let age = if ok == 0 {
+            -1.0
+        } else {
+            now.saturating_sub(ok) as f64
+        };
+        let _ = writeln!(out, "# HELP polymur_key_sync_age_seconds Seconds since the last successful key sync (-1: never).\n# TYPE polymur_key_sync_age_seconds gauge\npolymur_key_sync_age_seconds {age}");
+        let failed = keys.last_sync_failed.load(Ordering::Relaxed);
+        let _ = writeln!(out, "# HELP polymur_key_sync_up 1 when the last key sync succeeded.\n# TYPE polymur_key_sync_up gauge\npolymur_key_sync_up {}", u8::from(ok >= failed && ok > 0));
+    }
+    let (rss, peak) = super::runstats::memory();
+    let _ = writeln!(out, "# HELP polymur_process_resident_memory_bytes Resident memory.\n# TYPE polymur_process_resident_memory_bytes gauge\npolymur_process_resident_memory_bytes {rss}");
+    let _ = writeln!(out, "# HELP polymur_process_peak_resident_memory_bytes Peak resident memory.\n# TYPE polymur_process_peak_resident_memory_bytes gauge\npolymur_process_peak_resident_memory_bytes {peak}");
+    let _ = writeln!(out, "# HELP polymur_process_start_time_seconds Process start, Unix time.\n# TYPE polymur_process_start_time_seconds gauge\npolymur_process_start_time_seconds {}", unix(state.started));
+    out
+}
+
+/// Why the process is not ready, or `None` when it is.
+pub fn not_ready(state: &AdminState) -> Option<String> {
+    let mut why = Vec::new();
+    if !state.listening.load(Ordering::Relaxed) {
+        why.push("listeners not bound yet".to_string());
+    }
+    if let Some((keys, store)) = &state.keys {
+        if keys.last_sync_ok.load(Ordering::Relaxed) == 0 {
+            why.push(format!("no key sync has succeeded yet ({store})"));
+        }
+    }
+    let dests = state.pipeline.destinations();
+    if !dests.is_empty()
+        && !dests
+            .iter()
+            .any(|d| d.stats.connected.load(Ordering::Relaxed))
+    {
+        why.push("no destination is connected".to_string());
+    }
+    (!why.is_empty()).then(|| why.join("; "))
+}
+
+/// The HTML status page: refreshes itself every 5 s.
+pub fn render_status(state: &AdminState) -> String {
+    let stats = state.pipeline.stats();
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    let uptime = SystemTime::now()
+        .duration_since(state.started)
+        .unwrap_or(Duration::ZERO)
+        .as_secs();
+    let ready = match not_ready(state) {
+        None => "<span class=ok>ready</span>".to_string(),
+        Some(why) => format!("<span class=bad>not ready: {}</span>", html(&why)),
+    };
+    let mut page = String::with_capacity(8192);
+    let _ = write!(
+        page,
+        "<!doctype html><html><head><meta charset=utf-8><meta http-equiv=refresh content=5>\
+<title>{svc} status</title><style>body{{font:14px system-ui,sans-serif;margin:1.5em}}\
+table{{border-collapse:collapse;margin:.5em 0 1.5em}}td,th{{border:1px solid #ccc;padding:.3em .7em;text-align:right}}\
+th{{background:#f3f3f3}}td:first-child,th:first-child{{text-align:left}}.ok{{color:#070}}.bad{{color:#b00;font-weight:bold}}</style></head><body>\
+<h1>{svc}</h1><p>{ready} &middot; up {uptime} s &middot; refreshes every 5 s</p>",
+        svc = state.service
+    );
+    let _ = write!(
+        page,
+        "<h2>Traffic</h2><table><tr><th>counter</th><th>value</th></tr>\
+<tr><td>points received</td><td>{}</td></tr><tr><td>batches received</td><td>{}</td></tr>\
+<tr><td>batches refused (503)</td><td>{}</td></tr><tr><td>bodies malformed (400)</td><td>{}</td></tr>\
+<tr><td>bodies too large (413)</td><td>{}</td></tr><tr><td>unknown keys (401)</td><td>{}</td></tr></table>",
+        load(&stats.received),
+        load(&stats.batches),
+        load(&stats.refused),
+        load(&stats.malformed),
+        load(&stats.too_large),
+        load(&stats.unauthorized),
+    );
+    page.push_str("<h2>Invalid lines</h2><table><tr><th>reason</th><th>lines</th></tr>");
+    for e in LineError::ALL {
+        let _ = write!(
+            page,
+            "<tr><td>{e}</td><td>{}</td></tr>",
+            load(&stats.invalid_by_reason[e.index()])
+        );
+    }
+    page.push_str("</table><h2>Destinations</h2><table><tr><th>destination</th><th>state</th><th>queued</th><th>limit</th><th>forwarded</th><th>errors</th><th>resent</th><th>dropped at shutdown</th></tr>");
+    for d in state.pipeline.destinations() {
+        let up = d.stats.connected.load(Ordering::Relaxed);
+        let _ = write!(
+            page,
+            "<tr><td>{}</td><td class={}>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            html(d.name()),
+            if up { "ok" } else { "bad" },
+            if up { "up" } else { "down" },
+            d.queued(),
+            d.cap(),
+            load(&d.stats.sent),
+            load(&d.stats.errors),
+            load(&d.stats.resent),
+            load(&d.stats.abandoned),
+        );
+    }
+    page.push_str("</table>");
+    if let Some((keys, store)) = &state.keys {
+        let ok = keys.last_sync_ok.load(Ordering::Relaxed);
+        let failed = keys.last_sync_failed.load(Ordering::Relaxed);
+        let tenants = keys.tenants();
+        let _ = write!(
+            page,
+            "<h2>API keys</h2><p>store: {} &middot; {} key names &middot; last good sync: {} &middot; state: {}</p>\
+<table><tr><th>key name</th><th>points received</th></tr>",
+            html(store),
+            tenants.len(),
+            if ok == 0 { "never".to_string() } else { format!("{} s ago", unix(SystemTime::now()).saturating_sub(ok)) },
+            if ok > 0 && ok >= failed { "<span class=ok>in sync</span>" } else { "<span class=bad>failing, serving the cached keys</span>" },
+        );
+        for t in tenants {
+            let _ = write!(
+                page,
+                "<tr><td>{}</td><td>{}</td></tr>",
+                html(&t.name),
+                t.received.load(Ordering::Relaxed)
+            );
+        }
+        page.push_str("</table>");
+    }
+    page.push_str("<p><a href=/metrics>/metrics</a> &middot; <a href=/api/destinations>/api/destinations</a></p></body></html>\n");
+    page
+}
+
+async fn handle(state: Arc<AdminState>, req: Request<Incoming>) -> Result<Resp, Infallible> {
+    let path = req.uri().path().to_string();
+    let method = req.method().clone();
+    let plain = "text/plain; charset=utf-8";
+    Ok(match (method, path.as_str()) {
+        (Method::GET, "/metrics") => text(
+            StatusCode::OK,
+            "text/plain; version=0.0.4; charset=utf-8",
+            render_metrics(&state),
+        ),
+        (Method::GET, "/healthz") => text(StatusCode::OK, plain, "ok\n".into()),
+        (Method::GET, "/readyz") => match not_ready(&state) {
+            None => text(StatusCode::OK, plain, "ready\n".into()),
+            Some(why) => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                plain,
+                format!("not ready: {why}\n"),
+            ),
+        },
+        (Method::GET, "/") => text(
+            StatusCode::OK,
+            "text/html; charset=utf-8",
+            render_status(&state),
+        ),
+        (Method::GET, "/api/destinations") => text(
+            StatusCode::OK,
+            "application/json",
+            format!("{}\n", state.control.getdest()),
+        ),
+        (m @ (Method::PUT | Method::DELETE), p) if p.starts_with("/api/destinations") => {
+            // The destination is the path's last segment or the body.
+            let from_path = p
+                .trim_start_matches("/api/destinations")
+                .trim_start_matches('/')
+                .to_string();
+            let dest = if from_path.is_empty() {
+                match Limited::new(req.into_body(), 4096).collect().await {
+                    Ok(b) => String::from_utf8_lossy(&b.to_bytes()).trim().to_string(),
+                    Err(_) => String::new(),
+                }
+            } else {
+                from_path
+            };
+            if dest.is_empty() {
+                return Ok(text(
+                    StatusCode::BAD_REQUEST,
+                    plain,
+                    "Must provide destination\n".into(),
+                ));
+            }
+            let result = if m == Method::PUT {
+                state.control.putdest(&dest)
+            } else {
+                state.control.deldest(&dest)
+            };
+            match result {
+                Ok(()) if m == Method::PUT => text(
+                    StatusCode::OK,
+                    plain,
+                    format!("Registered destination: {dest}\n"),
+                ),
+                Ok(()) => text(
+                    StatusCode::OK,
+                    plain,
+                    format!("Unregistered destination: {dest}\n"),
+                ),
+                Err(e) => text(StatusCode::BAD_REQUEST, plain, format!("{e}\n")),
+            }
+        }
+        _ => text(StatusCode::NOT_FOUND, plain, "404 page not found\n".into()),
+    })
+}
+
+/// Serves the admin endpoint until shutdown.
+pub async fn serve(listener: TcpListener, state: Arc<AdminState>, mut shutdown: Shutdown) {
+    loop {
+        let (stream, _) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.recv() => return,
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req| handle(state.clone(), req));
+            let _ = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10))
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}

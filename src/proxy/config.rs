@@ -1,0 +1,130 @@
+//! What the operator writes: polymur-proxy's flags and `POLYMUR_PROXY_*` variables.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{ArgAction, Parser};
+
+use crate::config::{parse_bytes, parse_duration};
+
+/// Flags of polymur-proxy. Every flag of the Go original keeps its name and default;
+/// each is also read from `POLYMUR_PROXY_<FLAG>`.
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "polymur-proxy",
+    version,
+    about = "Receives Graphite plaintext metrics over TCP and forwards them in gzip'ed batches to a polymur-gateway over HTTPS",
+    after_help = "Flags may be written Go-style with one dash (-gateway=https://gw.example.com, -verbose)."
+)]
+pub struct ProxyArgs {
+    /// polymur gateway API key
+    #[arg(long, env = "POLYMUR_PROXY_API_KEY", default_value = "", hide_env_values = true)]
+    pub api_key: String,
+    /// Certificate (PEM) to trust for the gateway's TLS: its CA, or its self-signed certificate
+    #[arg(long, env = "POLYMUR_PROXY_CERT")]
+    pub cert: Option<PathBuf>,
+    /// Dump output to console instead of sending it to the gateway
+    #[arg(long, env = "POLYMUR_PROXY_CONSOLE_OUT", action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_parser = crate::go_bool!())]
+    pub console_out: bool,
+    /// polymur gateway address (https://host[:port]; http:// for plain HTTP; https:// when no scheme)
+    #[arg(long, env = "POLYMUR_PROXY_GATEWAY", default_value = "")]
+    pub gateway: String,
+    /// Polymur-proxy listen address
+    #[arg(long, env = "POLYMUR_PROXY_LISTEN_ADDR", default_value = "0.0.0.0:2003")]
+    pub listen_addr: String,
+    /// Graphite flush interval for runtime metrics in seconds (0 is disabled)
+    #[arg(long, env = "POLYMUR_PROXY_METRICS_FLUSH", default_value_t = 0)]
+    pub metrics_flush: u64,
+    /// In-flight message queue capacity, in units of 100 points (the original's batch
+    /// size): points held in memory for the gateway before clients are slowed down
+    /// (or, with -spool-dir, batches go to disk)
+    #[arg(long, env = "POLYMUR_PROXY_QUEUE_CAP", default_value_t = 32768)]
+    pub queue_cap: u64,
+    /// runstats listen address ("" disables)
+    #[arg(long, env = "POLYMUR_PROXY_STAT_ADDR", default_value = "localhost:2020")]
+    pub stat_addr: String,
+    /// Verbose output: log every batch sent
+    #[arg(long, env = "POLYMUR_PROXY_VERBOSE", action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_parser = crate::go_bool!())]
+    pub verbose: bool,
+    /// HTTP output workers (concurrent POSTs to the gateway)
+    #[arg(long, env = "POLYMUR_PROXY_WORKERS", default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..))]
+    pub workers: u16,
+
+    /// Lines per batch: a batch is sent when it holds this many lines...
+    #[arg(long, env = "POLYMUR_PROXY_FLUSH_SIZE", default_value_t = 5000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub flush_size: u32,
+    /// ...or when its first line is this old (seconds or e.g. 15s, 500ms)
+    #[arg(long, env = "POLYMUR_PROXY_FLUSH_INTERVAL", default_value = "15s", value_parser = parse_duration)]
+    pub flush_interval: Duration,
+    /// Disk spool for batches the gateway cannot take now (kept across restarts, sent oldest first)
+    #[arg(long, env = "POLYMUR_PROXY_SPOOL_DIR")]
+    pub spool_dir: Option<PathBuf>,
+    /// Spool size limit, bytes or with K/M/G; when full, clients are slowed down
+    #[arg(long, env = "POLYMUR_PROXY_SPOOL_MAX_BYTES", default_value = "1G", value_parser = parse_bytes)]
+    pub spool_max_bytes: u64,
+    /// Close a client connection that sent nothing for this long (0 never closes)
+    #[arg(long, env = "POLYMUR_PROXY_IDLE_TIMEOUT", default_value = "10m", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
+    /// Time allowed for one POST to the gateway (connect, send, answer)
+    #[arg(long, env = "POLYMUR_PROXY_REQUEST_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub request_timeout: Duration,
+    /// Longest pause between retries of a batch the gateway did not take
+    #[arg(long, env = "POLYMUR_PROXY_MAX_RETRY_DELAY", default_value = "10s", value_parser = parse_duration)]
+    pub max_retry_delay: Duration,
+    /// After the gateway refused the API key (401), how often to ping it again
+    #[arg(long, env = "POLYMUR_PROXY_KEY_RECHECK_INTERVAL", default_value = "30s", value_parser = parse_duration)]
+    pub key_recheck_interval: Duration,
+    /// On SIGTERM/SIGINT, how long queued batches may take to reach the gateway
+    /// (what is left goes to -spool-dir, or is reported lost without one)
+    #[arg(long, env = "POLYMUR_PROXY_DRAIN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
+}
+
+impl ProxyArgs {
+    /// The gateway's base URL: `-gateway` with `https://` added when it has no
+    /// scheme, and without a trailing `/`.
+    pub fn gateway_url(&self) -> String {
+        let g = self.gateway.trim().trim_end_matches('/');
+        if g.contains("://") {
+            g.to_string()
+        } else {
+            format!("https://{g}")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> ProxyArgs {
+        let mut v = vec!["polymur-proxy"];
+        v.extend_from_slice(args);
+        ProxyArgs::parse_from(crate::config::normalize_args(
+            v.into_iter().map(std::ffi::OsString::from),
+        ))
+    }
+
+    #[test]
+    fn defaults_match_the_original() {
+        let a = parse(&[]);
+        assert_eq!(a.listen_addr, "0.0.0.0:2003");
+        assert_eq!(a.workers, 3);
+        assert_eq!(a.queue_cap, 32768);
+        assert_eq!(a.stat_addr, "localhost:2020");
+        assert_eq!(a.metrics_flush, 0);
+        assert!(!a.verbose && !a.console_out);
+        assert_eq!(a.flush_size, 5000);
+        assert_eq!(a.flush_interval, Duration::from_secs(15));
+    }
+
+    #[test]
+    fn go_style_flags_and_gateway_url() {
+        let a = parse(&["-gateway=gw.example.com:8443/", "-verbose", "-workers", "5"]);
+        assert_eq!(a.gateway_url(), "https://gw.example.com:8443");
+        assert!(a.verbose);
+        assert_eq!(a.workers, 5);
+        let a = parse(&["-gateway", "http://127.0.0.1:80"]);
+        assert_eq!(a.gateway_url(), "http://127.0.0.1:80");
+    }
+}

@@ -1,0 +1,347 @@
+//! The HTTPS sink: `-workers` concurrent writers POST gzip'ed batches to
+//! `<gateway>/ingest` with `X-Polymur-Key`, over kept-alive HTTP/1.1 connections.
+//!
+//! The old proxy sent each batch once and forgot it, so every gateway restart lost data
+//! at every site. Here a batch leaves the outbox only when the gateway answered 200
+//! (which our gateway sends once the batch is held for every destination), or when it
+//! answered 400/413 (that batch can never succeed: dropped, counted and logged):
+//! - network errors, 5xx (503 when the gateway's queues are full) and other answers are
+//!   retried with exponential backoff and jitter, waiting at least `Retry-After`;
+//! - 401 (key revoked or mistyped) pauses every worker, keeps the data, logs loudly and
+//!   pings the gateway periodically until the key is accepted again.
+
+use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::watch;
+
+use super::queue::{Job, Outbox};
+use crate::shutdown::Shutdown;
+
+/// The header carrying the API key (the old proxy spelled it `X-polymur-key`; header
+/// names are case-insensitive).
+pub const KEY_HEADER: &str = "X-Polymur-Key";
+/// First retry delay; doubles per attempt up to the configured maximum.
+const MIN_RETRY_DELAY: Duration = Duration::from_millis(250);
+/// The longest `Retry-After` honoured, so a misconfigured gateway cannot park us for hours.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
+
+/// What the gateway said to one POST.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// 2xx: the gateway holds the batch.
+    Delivered,
+    /// 400 or 413: this batch will never be accepted.
+    Rejected(String),
+    /// 401: the key is not (or no longer) valid.
+    Unauthorized(String),
+    /// Anything else: try again later, not before `after` when given.
+    Retry {
+        /// Why, for the log.
+        why: String,
+        /// The gateway's `Retry-After`.
+        after: Option<Duration>,
+    },
+}
+
+/// Counters of the sink, for logs and self-metrics.
+#[derive(Debug, Default)]
+pub struct SinkStats {
+    /// Points the gateway acknowledged.
+    pub sent: AtomicU64,
+    /// Batches acknowledged.
+    pub batches: AtomicU64,
+    /// Points dropped because the gateway refused their batch for good (400/413).
+    pub rejected: AtomicU64,
+    /// POSTs that will be retried.
+    pub retries: AtomicU64,
+}
+
+/// The gateway as seen from the proxy.
+pub struct Gateway {
+    client: reqwest::Client,
+    base: String,
+    key: String,
+    /// `false` while sending is paused after a 401.
+    key_ok: watch::Sender<bool>,
+    /// Counters.
+    pub stats: SinkStats,
+    verbose: bool,
+}
+
+/// Short text of a response body for logs (the gateway's messages are one line).
+fn body_text(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(&body[..body.len().min(200)]);
+    text.trim().to_string()
+}
+
+/// `Retry-After` in seconds (the HTTP-date form is not used by gateways; ignored).
+fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    headers
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .map(|s| Duration::from_secs(s).min(MAX_RETRY_AFTER))
+}
+
+/// A random factor in [0.5, 1.0): spreads the retries of many proxies after a gateway
+/// restart instead of having them all arrive in the same instant.
+fn jitter() -> f64 {
+    let r = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    0.5 + (r >> 11) as f64 / (1u64 << 53) as f64 * 0.5
+}
+
+/// The pause before retry number `attempt` (0-based).
+pub fn retry_delay(attempt: u32, after: Option<Duration>, max: Duration) -> Duration {
+    let exp = MIN_RETRY_DELAY
+        .saturating_mul(1u32 << attempt.min(20))
+        .min(max.max(MIN_RETRY_DELAY));
+    let backoff = exp.mul_f64(jitter());
+    match after {
+        Some(a) => a.max(backoff),
+        None => backoff,
+    }
+}
+
+impl Gateway {
+    /// A gateway client for `base` (`https://host:port`) with `key`.
+    pub fn new(
+        client: reqwest::Client,
+        base: String,
+        key: String,
+        verbose: bool,
+    ) -> Arc<Gateway> {
+        Arc::new(Gateway {
+            client,
+            base,
+            key,
+            key_ok: watch::channel(true).0,
+            stats: SinkStats::default(),
+            verbose,
+        })
+    }
+
+    /// `POST /ping`: the status and body, or the network error.
+    pub async fn ping(&self) -> Result<(u16, String), reqwest::Error> {
+        let resp = self
+            .client
+            .post(format!("{}/ping", self.base))
+            .header(KEY_HEADER, &self.key)
+            .send()
+            .await?;
+        let status = resp.status().as_u16();
+        let body = resp.bytes().await.unwrap_or_default();
+        Ok((status, body_text(&body)))
+    }
+
+    /// `POST /ingest` of one gzip'ed batch.
+    pub async fn post(&self, body: Bytes) -> Outcome {
+        let resp = self
+            .client
+            .post(format!("{}/ingest", self.base))
+            .header(KEY_HEADER, &self.key)
+            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+            .body(body)
+            .send()
+            .await;
+        let resp = match resp {
+            Ok(r) => r,
+            Err(e) => {
+                return Outcome::Retry {
+                    why: error_chain(&e),
+                    after: None,
+                }
+            }
+        };
+        let status = resp.status();
+        let after = retry_after(resp.headers());
+        // Read the body even when it is not needed, so the connection can be reused.
+        let text = match resp.bytes().await {
+            Ok(b) => body_text(&b),
+            Err(e) => {
+                if status.is_success() {
+                    // The answer was 200; a body cut short does not change that.
+                    String::new()
+                } else {
+                    error_chain(&e)
+                }
+            }
+        };
+        match status.as_u16() {
+            200..=299 => Outcome::Delivered,
+            400 | 413 => Outcome::Rejected(format!("{status} {text}")),
+            401 => Outcome::Unauthorized(format!("{status} {text}")),
+            _ => Outcome::Retry {
+                why: format!("{status} {text}"),
+                after,
+            },
+        }
+    }
+
+    /// Waits until sending is allowed (not paused by a 401). False if `stop` fired.
+    async fn wait_key_ok(&self, stop: &mut Shutdown) -> bool {
+        let mut rx = self.key_ok.subscribe();
+        tokio::select! {
+            r = rx.wait_for(|ok| *ok) => r.is_ok(),
+            _ = stop.recv() => false,
+        }
+    }
+
+    /// After a 401: pauses sending, then pings every `every` until the key is valid.
+    /// Runs until `stop`; started once per process.
+    pub async fn watch_key(self: Arc<Self>, every: Duration, pending: impl Fn() -> u64 + Send, mut stop: Shutdown) {
+        let mut rx = self.key_ok.subscribe();
+        loop {
+            tokio::select! {
+                r = rx.wait_for(|ok| !*ok) => if r.is_err() { return },
+                _ = stop.recv() => return,
+            }
+            tracing::error!(
+                "Gateway {} refused the API key (401 invalid key): sending PAUSED, {} points kept; checking the key again every {every:?}",
+                self.base,
+                pending()
+            );
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(every) => {}
+                    _ = stop.recv() => return,
+                }
+                match self.ping().await {
+                    Ok((200, _)) => {
+                        tracing::info!("Gateway {} accepts the API key again: sending resumed", self.base);
+                        let _ = self.key_ok.send(true);
+                        break;
+                    }
+                    Ok((status, text)) => tracing::error!(
+                        "Gateway {} still refuses the API key ({status} {text}): sending paused, {} points kept",
+                        self.base,
+                        pending()
+                    ),
+                    Err(e) => tracing::warn!("Key check against {} failed: {}", self.base, error_chain(&e)),
+                }
+            }
+        }
+    }
+
+    /// Delivers `job` (retrying as the module doc says) and settles it in `outbox`.
+    /// When `stop` fires first, the job is given back to the outbox undelivered.
+    async fn deliver(&self, job: Job, outbox: &Outbox, max_delay: Duration, stop: &mut Shutdown) {
+        let points = job.sealed.points;
+        let mut attempt = 0u32;
+        loop {
+            if !self.wait_key_ok(stop).await {
+                outbox.give_back(job);
+                return;
+            }
+            let outcome = tokio::select! {
+                o = self.post(job.sealed.body.clone()) => o,
+                _ = stop.recv() => {
+                    outbox.give_back(job);
+                    return;
+                }
+            };
+            match outcome {
+                Outcome::Delivered => {
+                    self.stats.sent.fetch_add(points, Ordering::Relaxed);
+                    self.stats.batches.fetch_add(1, Ordering::Relaxed);
+                    if self.verbose {
+                        tracing::info!("Sent batch of {points} points to {}", self.base);
+                    }
+                    if attempt > 0 {
+                        tracing::info!("Gateway {} took the batch after {attempt} retries", self.base);
+                    }
+                    outbox.done(job).await;
+                    return;
+                }
+                Outcome::Rejected(why) => {
+                    self.stats.rejected.fetch_add(points, Ordering::Relaxed);
+                    tracing::error!(
+                        "Gateway {} rejected a batch of {points} points ({why}); it can never be accepted, so it is dropped",
+                        self.base
+                    );
+                    outbox.done(job).await;
+                    return;
+                }
+                Outcome::Unauthorized(_) => {
+                    // Pause everyone; the key watcher logs and re-pings.
+                    let _ = self.key_ok.send(false);
+                }
+                Outcome::Retry { why, after } => {
+                    self.stats.retries.fetch_add(1, Ordering::Relaxed);
+                    let delay = retry_delay(attempt, after, max_delay);
+                    attempt = attempt.saturating_add(1);
+                    tracing::warn!(
+                        "Gateway {} did not take a batch of {points} points ({why}); retry {attempt} in {:.1}s",
+                        self.base,
+                        delay.as_secs_f64()
+                    );
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = stop.recv() => {
+                            outbox.give_back(job);
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// One worker: takes batches from `outbox` and delivers them. After `drain` fires
+    /// it only empties the memory queue (spool files wait for the next start); after
+    /// `stop` fires it returns at once, giving its batch back.
+    pub async fn worker(
+        self: Arc<Self>,
+        outbox: Arc<Outbox>,
+        max_delay: Duration,
+        mut drain: Shutdown,
+        mut stop: Shutdown,
+    ) {
+        loop {
+            // Once draining, `take` returns memory batches only, then `None`.
+            let job = tokio::select! {
+                j = outbox.take(drain.is_shutdown(), &mut drain) => j,
+                _ = stop.recv() => None,
+            };
+            let Some(job) = job else { return };
+            self.deliver(job, &outbox, max_delay, &mut stop).await;
+        }
+    }
+}
+
+/// An error with its causes (reqwest's top-level message alone says little).
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_delay_grows_is_capped_and_honours_retry_after() {
+        let max = Duration::from_secs(10);
+        for attempt in 0..30 {
+            let d = retry_delay(attempt, None, max);
+            assert!(d <= max, "{d:?}");
+            assert!(d >= MIN_RETRY_DELAY / 2, "{d:?}");
+        }
+        assert!(retry_delay(10, None, max) >= Duration::from_secs(5));
+        assert!(retry_delay(0, Some(Duration::from_secs(3)), max) >= Duration::from_secs(3));
+    }
+}

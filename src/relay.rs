@@ -1,0 +1,271 @@
+//! polymur (the relay): Graphite plaintext over TCP → router → Graphite destinations.
+//!
+//! The same pipeline as the gateway with a different source: clients write lines to
+//! `-listen-addr`, batches are routed (broadcast or hash-route) into per-destination
+//! queues, and a full queue slows the clients down through TCP instead of dropping.
+
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context;
+use clap::{ArgAction, Parser};
+
+use crate::config::{parse_bytes, parse_duration};
+use crate::dest::{DestAddr, DestConfig, Overflow};
+use crate::pipeline::{Pipeline, Topology};
+use crate::plaintext::{self, PlaintextConfig, PlaintextSource};
+use crate::registry::Registry;
+use crate::route::broadcast::Broadcast;
+use crate::route::dry_run;
+use crate::route::hash::HashKind;
+use crate::shutdown::{self, Shutdown};
+use crate::stats::{self, Stats};
+
+/// Flags of polymur (the relay). Every flag of the Go original keeps its name and
+/// default; each is also read from `POLYMUR_<FLAG>`.
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "polymur",
+    version,
+    about = "Relays Graphite plaintext metrics from TCP clients to Graphite destinations",
+    after_help = "Flags may be written Go-style with one dash (-listen-addr=0.0.0.0:2003, -console-out)."
+)]
+pub struct RelayArgs {
+    /// API listen address ("" disables)
+    #[arg(long, env = "POLYMUR_API_ADDR", default_value = "localhost:2030")]
+    pub api_addr: String,
+    /// Dump output to console instead of the destinations
+    #[arg(long, env = "POLYMUR_CONSOLE_OUT", action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_parser = crate::go_bool!())]
+    pub console_out: bool,
+    /// Comma-delimited list of host:port[:instance] destinations
+    #[arg(long, env = "POLYMUR_DESTINATIONS", default_value = "")]
+    pub destinations: String,
+    /// Destination distribution methods: broadcast, hash-route
+    #[arg(long, env = "POLYMUR_DISTRIBUTION", default_value = "broadcast", value_parser = ["broadcast", "hash-route"])]
+    pub distribution: String,
+    /// In-flight incoming capacity, in units of 100 points (the original's batch size):
+    /// points read from clients and not yet queued for the destinations
+    #[arg(long, env = "POLYMUR_INCOMING_QUEUE_CAP", default_value_t = 32768)]
+    pub incoming_queue_cap: u64,
+    /// Polymur listen address
+    #[arg(long, env = "POLYMUR_LISTEN_ADDR", default_value = "0.0.0.0:2003")]
+    pub listen_addr: String,
+    /// Graphite flush interval for runtime metrics in seconds (0 is disabled)
+    #[arg(long, env = "POLYMUR_METRICS_FLUSH", default_value_t = 0)]
+    pub metrics_flush: u64,
+    /// In-flight message queue capacity per destination (number of data points)
+    #[arg(long, env = "POLYMUR_OUTGOING_QUEUE_CAP", default_value_t = 4096)]
+    pub outgoing_queue_cap: u64,
+    /// runstats listen address ("" disables)
+    #[arg(long, env = "POLYMUR_STAT_ADDR", default_value = "localhost:2020")]
+    pub stat_addr: String,
+
+    /// Hash for -distribution hash-route: carbon_ch (graphite-carbon), carbon_ch_c_relay,
+    /// fnv1a_ch, jump_fnv1a_ch (carbon-c-relay)
+    #[arg(long, env = "POLYMUR_HASH", default_value = "carbon_ch")]
+    pub hash: HashKind,
+    /// Destinations per metric for hash-route (the next distinct ones on the ring)
+    #[arg(long, env = "POLYMUR_REPLICATION_FACTOR", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    pub replication_factor: u16,
+    /// Close a client connection that sent nothing for this long (0 never closes)
+    #[arg(long, env = "POLYMUR_IDLE_TIMEOUT", default_value = "10m", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
+    /// Per-destination disk spool for lines the memory queue cannot hold (survives restarts)
+    #[arg(long, env = "POLYMUR_SPOOL_DIR")]
+    pub spool_dir: Option<PathBuf>,
+    /// Spool size limit per destination, bytes or with K/M/G
+    #[arg(long, env = "POLYMUR_SPOOL_MAX_BYTES", default_value = "1G", value_parser = parse_bytes)]
+    pub spool_max_bytes: u64,
+    /// What to do with a batch no queue or spool can hold: refuse (clients are slowed
+    /// down until there is room) or drop (counted and logged)
+    #[arg(long, env = "POLYMUR_OVERFLOW", default_value = "refuse", value_parser = ["refuse", "drop"])]
+    pub overflow: String,
+    /// On SIGTERM/SIGINT, how long queues may take to drain to destinations
+    #[arg(long, env = "POLYMUR_DRAIN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
+    /// Routing dry-run: read lines or metric names on stdin, print `metric<TAB>dest[,dest]`, exit
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_parser = crate::go_bool!())]
+    pub route_test: bool,
+}
+
+/// Runs the relay until SIGINT/SIGTERM, then drains and returns.
+pub async fn run(args: RelayArgs) -> anyhow::Result<()> {
+    tracing::info!("::: Polymur :::");
+    let started = SystemTime::now();
+    let destinations = DestAddr::parse_list(&args.destinations).context("-destinations")?;
+    let make_router = crate::daemon::router_factory(
+        &args.distribution,
+        args.hash,
+        args.replication_factor as usize,
+    )?;
+    if destinations.is_empty() && !args.console_out {
+        tracing::warn!("No -destinations and no -console-out: received points are discarded");
+    }
+
+    let (listeners_trigger, listeners_shutdown) = Shutdown::new();
+    let (workers_trigger, workers_shutdown) = Shutdown::new();
+
+    let stats = Arc::new(Stats::default());
+    let pipeline = Arc::new(Pipeline::new(
+        Topology {
+            dests: Vec::new(),
+            router: Box::new(Broadcast { destinations: 0 }),
+        },
+        stats.clone(),
+    ));
+    let registry = Registry::start(
+        &destinations,
+        args.console_out,
+        pipeline.clone(),
+        make_router,
+        DestConfig {
+            queue_cap: args.outgoing_queue_cap.max(1),
+            drain_timeout: args.drain_timeout,
+            spool_dir: args.spool_dir.clone(),
+            spool_max_bytes: args.spool_max_bytes,
+            overflow: if args.overflow == "drop" {
+                Overflow::Drop
+            } else {
+                Overflow::Refuse
+            },
+            // A TCP client gets no acknowledgement to delay.
+            durable: false,
+        },
+        workers_shutdown.clone(),
+    );
+
+    let source = PlaintextSource::new(
+        pipeline.clone(),
+        stats.clone(),
+        PlaintextConfig {
+            idle_timeout: (!args.idle_timeout.is_zero()).then_some(args.idle_timeout),
+            max_inflight_points: args.incoming_queue_cap.max(1).saturating_mul(100),
+        },
+    );
+    let (listener, local) = plaintext::bind(&args.listen_addr).await?;
+    tracing::info!("Listening on {local}");
+    let server = tokio::spawn(source.clone().serve(listener, listeners_shutdown.clone()));
+
+    crate::daemon::start_admin(
+        &args.api_addr,
+        &args.stat_addr,
+        Some(registry.clone()),
+        started,
+        workers_shutdown.clone(),
+    )
+    .await?;
+    tokio::spawn(stats::report(
+        pipeline.clone(),
+        Duration::from_secs(5),
+        workers_shutdown.clone(),
+    ));
+    if args.metrics_flush > 0 {
+        let (p, s) = (pipeline.clone(), source.clone());
+        let mut last = 0u64;
+        let collect = move |secs: f64| {
+            let received = p.stats().received.load(Ordering::Relaxed);
+            let rate = (received - last) as f64 / secs;
+            last = received;
+            let mut figures = vec![
+                ("rate".to_string(), rate),
+                (
+                    "incoming-queue.current-size".to_string(),
+                    s.waiting_points() as f64,
+                ),
+                (
+                    "incoming-queue.limit".to_string(),
+                    s.max_waiting_points() as f64,
+                ),
+            ];
+            for d in p.destinations() {
+                let name = crate::self_metrics::metric_safe(d.name());
+                figures.push((
+                    format!("outgoing-queue.{name}.current-size"),
+                    d.queued() as f64,
+                ));
+                figures.push((format!("outgoing-queue.{name}.limit"), d.cap() as f64));
+            }
+            figures
+        };
+        let collect = std::sync::Mutex::new(collect);
+        tokio::spawn(crate::self_metrics::run(
+            Duration::from_secs(args.metrics_flush),
+            pipeline.clone(),
+            move |secs| (collect.lock().unwrap_or_else(|e| e.into_inner()))(secs),
+            workers_shutdown.clone(),
+        ));
+    }
+
+    shutdown::signal().await;
+    tracing::info!("Shutting down: closing the listener, queueing what clients sent");
+    listeners_trigger.fire();
+    let _ = server.await;
+    tracing::info!(
+        "Draining destination queues (up to {:?})",
+        args.drain_timeout
+    );
+    workers_trigger.fire();
+    for t in registry.take_tasks() {
+        let _ = t.await;
+    }
+    let abandoned: u64 = pipeline
+        .destinations()
+        .iter()
+        .map(|d| d.stats.abandoned.load(Ordering::Relaxed))
+        .sum();
+    tracing::info!(
+        "Stopped: {} points received, {abandoned} undelivered",
+        stats.received.load(Ordering::Relaxed)
+    );
+    Ok(())
+}
+
+/// `-route-test`: the routing dry-run over stdin/stdout.
+fn route_test(args: &RelayArgs) -> std::process::ExitCode {
+    let dests = match DestAddr::parse_list(&args.destinations) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("polymur: -destinations: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let plan = match args.distribution.as_str() {
+        "hash-route" => dry_run::Plan::Hash(args.hash, args.replication_factor as usize),
+        _ => dry_run::Plan::Broadcast,
+    };
+    let stdin = std::io::stdin().lock();
+    let stdout = std::io::BufWriter::new(std::io::stdout().lock());
+    match dry_run::run(&plan, &dests, stdin, stdout) {
+        Ok(_) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("polymur: -route-test: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Entry point of the `polymur` binary.
+pub fn main() -> std::process::ExitCode {
+    let args = RelayArgs::parse_from(crate::config::normalize_args(std::env::args_os()));
+    if args.route_test {
+        return route_test(&args);
+    }
+    crate::logging::init();
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("polymur: cannot start runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(args)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("polymur: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

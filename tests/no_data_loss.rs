@@ -1,0 +1,419 @@
+//! "No data lost": fault injection against the real polymur-gateway binary, with in-test
+//! line sinks as destinations (loopback only, every wait bounded). Each test compares the
+//! lines the gateway acknowledged (`200`) with the lines the destination received.
+
+mod support;
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use support::*;
+
+const GW: &str = env!("CARGO_BIN_EXE_polymur-gateway");
+const KEY: (&str, &str) = ("X-Polymur-Key", "123");
+
+/// A running gateway with its HTTP address.
+struct Gw {
+    proc: Proc,
+    http: String,
+}
+
+/// Starts the gateway on fresh loopback ports; returns once `Runstats started` is logged.
+fn gateway_env(args: &[&str], envs: &[(&str, &str)]) -> Gw {
+    let (http, api, stat) = (free_port(), free_port(), free_port());
+    let api = format!("127.0.0.1:{api}");
+    let stat = format!("127.0.0.1:{stat}");
+    let http_port = http.to_string();
+    let mut all = vec![
+        "-dev-mode",
+        "-listen-addr",
+        "127.0.0.1",
+        "-listen-http-port",
+        &http_port,
+        "-api-addr",
+        &api,
+        "-stat-addr",
+        &stat,
+    ];
+    all.extend_from_slice(args);
+    let proc = Proc::spawn(GW, &all, envs);
+    assert!(
+        proc.wait_log("Runstats started", secs(15)),
+        "gateway did not start: {}",
+        proc.all_output()
+    );
+    Gw {
+        proc,
+        http: format!("127.0.0.1:{http}"),
+    }
+}
+
+fn gateway(args: &[&str]) -> Gw {
+    gateway_env(args, &[])
+}
+
+fn lines(prefix: &str, n: usize) -> Vec<String> {
+    let ts = now_ts();
+    (0..n).map(|i| format!("{prefix}.m{i} {i} {ts}")).collect()
+}
+
+fn batch(lines: &[String]) -> Vec<u8> {
+    let mut s = lines.join("\n");
+    s.push('\n');
+    gzip(s.as_bytes())
+}
+
+/// Posts a batch; the HTTP status, or None when the request failed (gateway gone).
+fn post(gw_http: &str, l: &[String]) -> Option<u16> {
+    try_http_request("POST", gw_http, "/ingest", &[KEY], &batch(l))
+        .ok()
+        .map(|r| r.status)
+}
+
+/// Sent lines missing from `received`, as a short message (empty when none).
+fn missing(sent: &[String], received: &[String]) -> Vec<String> {
+    let got: HashSet<&String> = received.iter().collect();
+    sent.iter().filter(|l| !got.contains(l)).cloned().collect()
+}
+
+/// Waits until every line of `sent` was received (or `timeout`); returns what is missing.
+fn wait_all(sink: &LineSink, sent: &[String], timeout: std::time::Duration) -> Vec<String> {
+    let mut left = Vec::new();
+    wait_until(timeout, || {
+        left = missing(sent, &sink.lines());
+        left.is_empty()
+    });
+    left
+}
+
+/// The spool directory of the destination on `port`.
+fn dest_spool(spool: &Path, port: u16) -> PathBuf {
+    spool.join(format!("127.0.0.1_{port}"))
+}
+
+fn segments(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "spool"))
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// Sum of `N` in log lines `... re-sending N points ...`.
+fn resent_in_log(p: &Proc) -> u64 {
+    let mut total = 0;
+    for l in p.stderr_lines().iter().chain(p.stdout_lines().iter()) {
+        if let Some(rest) = l.split("re-sending ").nth(1) {
+            total += rest
+                .split(' ')
+                .next()
+                .and_then(|n| n.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+    }
+    total
+}
+
+#[test]
+fn destination_down_at_start_spools_then_delivers_every_line_in_order() {
+    let port = free_port();
+    let dest = format!("127.0.0.1:{port}");
+    let spool = tempfile::tempdir().unwrap();
+    let spool_dir = spool.path().to_str().unwrap();
+    let gw = gateway(&[
+        "-destinations",
+        &dest,
+        "-outgoing-queue-cap",
+        "1000",
+        "-spool-dir",
+        spool_dir,
+    ]);
+    let mut sent = Vec::new();
+    for i in 0..40 {
+        let l = lines(&format!("down{i}"), 250);
+        assert_eq!(post(&gw.http, &l), Some(200), "batch {i} must be held");
+        sent.extend(l);
+    }
+    // 1000 points fit the memory queue; the other 9000 are on disk.
+    let on_disk: u64 = segments(&dest_spool(spool.path(), port))
+        .iter()
+        .map(|p| std::fs::metadata(p).unwrap().len())
+        .sum();
+    assert!(on_disk > 9000 * 20, "spool holds the overflow: {on_disk} bytes");
+
+    let sink = LineSink::start_on(port);
+    assert!(
+        wait_all(&sink, &sent, secs(30)).is_empty(),
+        "got {} of {}",
+        sink.count(),
+        sent.len()
+    );
+    assert_eq!(sink.wait_idle(millis(300), secs(5)), sent.len(), "no duplicates");
+    assert_eq!(sink.lines(), sent, "memory queue first, then the spool, in order");
+
+    // The spool drained: new batches flow again, still in order.
+    let mut more = Vec::new();
+    for i in 0..5 {
+        let l = lines(&format!("after{i}"), 100);
+        assert_eq!(post(&gw.http, &l), Some(200));
+        more.extend(l);
+    }
+    assert!(sink.wait_count(sent.len() + more.len(), secs(10)));
+    assert_eq!(sink.lines()[sent.len()..], more[..]);
+}
+
+#[test]
+fn without_spool_a_full_queue_refuses_whole_batches_and_every_acknowledged_line_arrives() {
+    let port = free_port();
+    let dest = format!("127.0.0.1:{port}");
+    let gw = gateway(&["-destinations", &dest, "-outgoing-queue-cap", "500"]);
+    let (mut acked, mut refused_lines) = (Vec::new(), Vec::new());
+    let mut refused = 0;
+    for i in 0..10 {
+        let l = lines(&format!("tiny{i}"), 200);
+        let r = try_http_request("POST", &gw.http, "/ingest", &[KEY], &batch(&l)).unwrap();
+        match r.status {
+            200 => acked.extend(l),
+            503 => {
+                refused += 1;
+                assert_eq!(r.header("Retry-After"), Some("1"));
+                refused_lines.extend(l);
+            }
+            s => panic!("unexpected status {s}: {}", r.body),
+        }
+    }
+    // Admit while fewer than 500 points are queued: 0, 200, 400 → three batches.
+    assert_eq!((acked.len(), refused), (600, 7));
+    let sink = LineSink::start_on(port);
+    assert!(wait_all(&sink, &acked, secs(20)).is_empty());
+    assert_eq!(sink.wait_idle(millis(300), secs(5)), acked.len());
+    assert_eq!(sink.lines(), acked, "exactly the acknowledged lines, no part of a refused batch");
+    assert!(missing(&refused_lines, &sink.lines()).len() == refused_lines.len());
+}
+
+#[test]
+fn sigterm_with_destination_down_then_restart_delivers_everything() {
+    let port = free_port();
+    let dest = format!("127.0.0.1:{port}");
+    let spool = tempfile::tempdir().unwrap();
+    let spool_dir = spool.path().to_str().unwrap();
+    let args = [
+        "-destinations",
+        &dest,
+        "-spool-dir",
+        spool_dir,
+        "-drain-timeout",
+        "1s",
+    ];
+    let gw = gateway(&args);
+    let mut sent = Vec::new();
+    for i in 0..12 {
+        // 12 × 500: the first 9 fit the default 4096-point queue, the rest spill.
+        let l = lines(&format!("term{i}"), 500);
+        assert_eq!(post(&gw.http, &l), Some(200));
+        sent.extend(l);
+    }
+    gw.proc.term();
+    let status = gw.proc.wait_exit(secs(20)).expect("exits after SIGTERM");
+    assert!(status.success(), "{status:?}: {}", gw.proc.all_output());
+    assert!(
+        gw.proc.has_log("points moved to the spool"),
+        "{}",
+        gw.proc.all_output()
+    );
+
+    let sink = LineSink::start_on(port);
+    let gw2 = gateway(&args);
+    let left = wait_all(&sink, &sent, secs(30));
+    assert!(left.is_empty(), "{} lines lost, e.g. {:?}", left.len(), left.first());
+    assert_eq!(sink.wait_idle(millis(300), secs(5)), sent.len(), "no duplicates");
+    let mut got = sink.lines();
+    got.sort();
+    let mut want = sent.clone();
+    want.sort();
+    assert_eq!(got, want);
+    drop(gw2);
+}
+
+#[test]
+fn durable_kill9_mid_load_then_restart_delivers_every_acknowledged_line() {
+    let port = free_port();
+    let dest = format!("127.0.0.1:{port}");
+    let spool = tempfile::tempdir().unwrap();
+    let spool_dir = spool.path().to_str().unwrap().to_string();
+    let args = ["-destinations", &dest, "-spool-dir", &spool_dir, "-durable"];
+    let gw = gateway(&args);
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients: Vec<_> = (0..3)
+        .map(|c| {
+            let (acked, stop, http) = (acked.clone(), stop.clone(), gw.http.clone());
+            std::thread::spawn(move || {
+                for i in 0..10_000 {
+                    if stop.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    let l = lines(&format!("dur{c}.b{i}"), 200);
+                    match post(&http, &l) {
+                        Some(200) => acked.lock().unwrap().extend(l),
+                        Some(_) => std::thread::sleep(millis(20)),
+                        None => break, // the gateway is gone
+                    }
+                }
+            })
+        })
+        .collect();
+    assert!(
+        wait_until(secs(20), || acked.lock().unwrap().len() >= 30 * 200),
+        "load did not start"
+    );
+    gw.proc.kill9(); // mid-load: requests are in flight
+    stop.store(true, Ordering::SeqCst);
+    for c in clients {
+        c.join().unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+
+    let sink = LineSink::start_on(port);
+    let _gw2 = gateway(&args);
+    let left = wait_all(&sink, &acked, secs(60));
+    assert!(
+        left.is_empty(),
+        "{} of {} acknowledged lines lost, e.g. {:?}",
+        left.len(),
+        acked.len(),
+        left.first()
+    );
+}
+
+#[test]
+fn destination_restarted_mid_stream_loses_nothing_and_duplicates_are_counted() {
+    let mut sink = LineSink::start();
+    let gw = gateway(&["-destinations", &sink.addr()]);
+    let sent = Arc::new(Mutex::new(Vec::new()));
+    let client = {
+        let (sent, http) = (sent.clone(), gw.http.clone());
+        std::thread::spawn(move || {
+            for i in 0..120 {
+                let l = lines(&format!("mid{i}"), 500);
+                // Retry a refused batch as polymur-proxy does (bounded).
+                let mut tries = 0;
+                loop {
+                    match post(&http, &l) {
+                        Some(200) => break,
+                        Some(503) if tries < 600 => {
+                            tries += 1;
+                            std::thread::sleep(millis(25));
+                        }
+                        other => panic!("batch {i}: {other:?}"),
+                    }
+                }
+                sent.lock().unwrap().extend(l);
+            }
+        })
+    };
+    assert!(sink.wait_count(15_000, secs(30)), "stream did not start");
+    sink.stop(); // kills the connection and whatever was in its buffers
+    std::thread::sleep(millis(300));
+    sink.restart();
+    client.join().unwrap();
+    let sent = sent.lock().unwrap().clone();
+    assert_eq!(sent.len(), 60_000);
+    let left = wait_all(&sink, &sent, secs(30));
+    assert!(left.is_empty(), "{} lines lost, e.g. {:?}", left.len(), left.first());
+    let received = sink.wait_idle(millis(500), secs(10));
+    let unique: HashSet<String> = sink.lines().into_iter().collect();
+    assert_eq!(unique.len(), sent.len());
+    let duplicates = (received - unique.len()) as u64;
+    let resent = resent_in_log(&gw.proc);
+    assert!(resent > 0, "the break is logged with a count: {}", gw.proc.all_output());
+    assert!(
+        duplicates <= resent,
+        "every duplicate is a counted re-send: {duplicates} duplicates, {resent} re-sent"
+    );
+}
+
+#[test]
+fn corrupt_spool_tail_replays_the_good_part_and_quarantines_the_rest() {
+    let port = free_port();
+    let dest = format!("127.0.0.1:{port}");
+    let spool = tempfile::tempdir().unwrap();
+    let spool_dir = spool.path().to_str().unwrap().to_string();
+    let args = ["-destinations", &dest, "-spool-dir", &spool_dir, "-durable"];
+    let gw = gateway(&args);
+    let batches: Vec<Vec<String>> = (0..10).map(|i| lines(&format!("torn{i}"), 100)).collect();
+    for b in &batches {
+        assert_eq!(post(&gw.http, b), Some(200));
+    }
+    gw.proc.term();
+    assert!(gw.proc.wait_exit(secs(20)).is_some_and(|s| s.success()));
+
+    // A crash mid-write: the last record is cut short.
+    let dir = dest_spool(spool.path(), port);
+    let segs = segments(&dir);
+    let last = segs.last().expect("a segment");
+    let len = std::fs::metadata(last).unwrap().len();
+    let f = std::fs::OpenOptions::new().write(true).open(last).unwrap();
+    f.set_len(len - 50).unwrap();
+    drop(f);
+
+    let sink = LineSink::start_on(port);
+    let gw2 = gateway(&args);
+    let good: Vec<String> = batches[..9].concat();
+    assert!(wait_all(&sink, &good, secs(20)).is_empty());
+    assert_eq!(sink.wait_idle(millis(500), secs(5)), good.len());
+    assert_eq!(sink.lines(), good, "the records before the damage, in order");
+    assert!(
+        gw2.proc.wait_log("quarantined", secs(5)),
+        "the damage is reported: {}",
+        gw2.proc.all_output()
+    );
+    assert!(gw2.proc.is_running(), "no crash");
+    let quarantined: Vec<_> = std::fs::read_dir(dir.join("quarantine"))
+        .unwrap()
+        .collect();
+    assert_eq!(quarantined.len(), 1);
+    // The gateway keeps working, and a restart neither reports the damage again nor
+    // replays what was delivered.
+    let l = lines("torn.after", 10);
+    assert_eq!(post(&gw2.http, &l), Some(200));
+    assert!(sink.wait_count(good.len() + 10, secs(10)));
+    gw2.proc.term();
+    assert!(gw2.proc.wait_exit(secs(20)).is_some_and(|s| s.success()));
+    let gw3 = gateway(&args);
+    assert_eq!(sink.wait_idle(millis(1500), secs(5)), good.len() + 10);
+    assert!(!gw3.proc.has_log("damaged"), "{}", gw3.proc.all_output());
+}
+
+#[test]
+fn overflow_drop_counts_and_logs_what_it_drops_and_acknowledges() {
+    let port = free_port();
+    let dest = format!("127.0.0.1:{port}");
+    let gw = gateway(&[
+        "-destinations",
+        &dest,
+        "-outgoing-queue-cap",
+        "500",
+        "-overflow",
+        "drop",
+    ]);
+    let mut held = Vec::new();
+    for i in 0..6 {
+        let l = lines(&format!("drop{i}"), 200);
+        assert_eq!(post(&gw.http, &l), Some(200), "a drop mirror never refuses");
+        if i < 3 {
+            held.extend(l);
+        }
+    }
+    assert!(gw.proc.wait_log("-overflow drop: dropped", secs(5)));
+    let sink = LineSink::start_on(port);
+    assert!(sink.wait_count(held.len(), secs(20)));
+    assert_eq!(sink.wait_idle(millis(300), secs(5)), held.len());
+    assert_eq!(sink.lines(), held);
+}

@@ -1,0 +1,454 @@
+//! polymur-proxy as a real process: to our gateway over HTTPS (self-signed certificate
+//! made in the test) and on to a real carbon-cache; a gateway outage while clients keep
+//! sending; the disk spool across a proxy restart; a wrong key at start; and the retry
+//! policy for 400, 503 and 401 against a scripted in-test gateway.
+
+mod support;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use support::*;
+
+const PROXY: &str = env!("CARGO_BIN_EXE_polymur-proxy");
+const GW: &str = env!("CARGO_BIN_EXE_polymur-gateway");
+
+/// A running proxy and its plaintext address.
+struct Proxy {
+    proc: Proc,
+    listen: String,
+}
+
+fn proxy(gateway: &str, extra: &[&str]) -> Proxy {
+    let listen = format!("127.0.0.1:{}", free_port());
+    let stat = format!("127.0.0.1:{}", free_port());
+    let mut args = vec![
+        "-gateway",
+        gateway,
+        "-listen-addr",
+        &listen,
+        "-stat-addr",
+        &stat,
+        "-flush-interval",
+        "200ms",
+        "-max-retry-delay",
+        "2s",
+    ];
+    args.extend_from_slice(extra);
+    let proc = Proc::spawn(PROXY, &args, &[]);
+    assert!(
+        proc.wait_log("Listening on", secs(15)),
+        "proxy did not start: {}",
+        proc.all_output()
+    );
+    Proxy { proc, listen }
+}
+
+/// Starts our gateway in dev mode (key `123`) on `http_port`, forwarding to `dest`.
+fn gateway_on(http_port: u16, dest: &str, extra: &[&str]) -> Proc {
+    let port = http_port.to_string();
+    let mut args = vec![
+        "-dev-mode",
+        "-listen-addr=127.0.0.1",
+        "-listen-http-port",
+        &port,
+        "-api-addr=",
+        "-stat-addr=",
+        "-destinations",
+        dest,
+    ];
+    args.extend_from_slice(extra);
+    let gw = Proc::spawn(GW, &args, &[]);
+    assert!(
+        gw.wait_log("HTTP listening on", secs(15)),
+        "{}",
+        gw.all_output()
+    );
+    gw
+}
+
+fn lines(prefix: &str, n: usize) -> Vec<String> {
+    let ts = now_ts();
+    (0..n).map(|i| format!("{prefix}.m{i} {i} {ts}")).collect()
+}
+
+fn body(lines: &[String]) -> String {
+    lines.join("\n") + "\n"
+}
+
+fn sorted(mut v: Vec<String>) -> Vec<String> {
+    v.sort();
+    v
+}
+
+#[test]
+fn proxy_to_gateway_over_https_to_carbon_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    // CA:TRUE self-signed, exactly as operators make it: the proxy's -cert must trust it.
+    let tls = TlsFiles::generate(dir.path());
+    let carbon = CarbonCache::start();
+    let (http, https) = (free_port(), free_port());
+    let https_port = https.to_string();
+    let _gw = gateway_on(
+        http,
+        &carbon.line_addr(),
+        &[
+            "-cert",
+            tls.cert.to_str().unwrap(),
+            "-key",
+            tls.key.to_str().unwrap(),
+            "-listen-https-port",
+            &https_port,
+        ],
+    );
+    let p = proxy(
+        &format!("https://127.0.0.1:{https}"),
+        &["-api-key", "123", "-cert", tls.cert.to_str().unwrap()],
+    );
+    assert!(p.proc.has_log("accepts the API key"), "{}", p.proc.all_output());
+
+    let base = now_ts() - 60;
+    let series = ["site1.web01.cpu", "site1.db01.disk"];
+    let mut text = String::new();
+    let mut expected = vec![Vec::new(), Vec::new()];
+    for i in 0..10 {
+        for (s, name) in series.iter().enumerate() {
+            let v = (s * 100 + i) as f64 + 0.5;
+            text.push_str(&format!("{name} {v} {}\n", base + i as i64));
+            expected[s].push((base + i as i64, v));
+        }
+    }
+    send_lines(&p.listen, &text).unwrap();
+    for (s, name) in series.iter().enumerate() {
+        let got = carbon.wait_points(name, base - 1, 10, secs(30));
+        assert_eq!(got, expected[s], "{name}\n{}", p.proc.all_output());
+    }
+}
+
+#[test]
+fn gateway_down_for_ten_seconds_loses_nothing() {
+    let sink = LineSink::start();
+    let http = free_port();
+    let gw = gateway_on(http, &sink.addr(), &[]);
+    let p = proxy(&format!("http://127.0.0.1:{http}"), &["-api-key", "123"]);
+    let first = lines("outage.before", 100);
+    send_lines(&p.listen, &body(&first)).unwrap();
+    assert!(sink.wait_count(100, secs(15)), "{}", p.proc.all_output());
+
+    gw.term();
+    assert!(gw.wait_exit(secs(15)).is_some());
+    // Clients keep sending for ten seconds while the gateway is away.
+    let mut during = Vec::new();
+    for round in 0..10 {
+        let l = lines(&format!("outage.during{round}"), 200);
+        send_lines(&p.listen, &body(&l)).unwrap();
+        during.extend(l);
+        std::thread::sleep(secs(1));
+    }
+    assert!(
+        p.proc.wait_log("did not take a batch", secs(5)),
+        "{}",
+        p.proc.all_output()
+    );
+    let _gw = gateway_on(http, &sink.addr(), &[]);
+    let expected: Vec<String> = first.into_iter().chain(during).collect();
+    assert!(
+        sink.wait_count(expected.len(), secs(30)),
+        "got {} of {}\n{}",
+        sink.count(),
+        expected.len(),
+        p.proc.all_output()
+    );
+    assert_eq!(sink.wait_idle(millis(500), secs(5)), expected.len());
+    assert_eq!(sorted(sink.lines()), sorted(expected));
+}
+
+#[test]
+fn spooled_batches_survive_a_proxy_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().join("spool");
+    let spool_arg = spool.to_str().unwrap().to_string();
+    let sink = LineSink::start();
+    let http = free_port();
+    let gw_url = format!("http://127.0.0.1:{http}");
+    // The gateway is down from the start: the proxy starts anyway and queues.
+    let p = proxy(
+        &gw_url,
+        &["-api-key", "123", "-spool-dir", &spool_arg, "-queue-cap", "1"],
+    );
+    let sent = lines("spool", 1000);
+    send_lines(&p.listen, &body(&sent)).unwrap();
+    assert!(
+        p.proc.wait_log("did not take a batch", secs(15)),
+        "{}",
+        p.proc.all_output()
+    );
+    p.proc.term();
+    assert!(p.proc.wait_exit(secs(30)).is_some_and(|s| s.success()));
+    assert!(
+        p.proc.has_log("left in the spool"),
+        "{}",
+        p.proc.all_output()
+    );
+    assert!(!p.proc.has_log("are lost"), "{}", p.proc.all_output());
+    let files = std::fs::read_dir(&spool).unwrap().count();
+    assert!(files > 0, "batches are on disk");
+
+    let _gw = gateway_on(http, &sink.addr(), &[]);
+    let p2 = proxy(&gw_url, &["-api-key", "123", "-spool-dir", &spool_arg]);
+    assert!(
+        sink.wait_count(sent.len(), secs(30)),
+        "got {} of {}\n{}",
+        sink.count(),
+        sent.len(),
+        p2.proc.all_output()
+    );
+    assert_eq!(sink.wait_idle(millis(500), secs(5)), sent.len());
+    assert_eq!(sorted(sink.lines()), sorted(sent));
+    assert!(wait_until(secs(10), || std::fs::read_dir(&spool)
+        .unwrap()
+        .count()
+        == 0));
+}
+
+#[test]
+fn wrong_key_at_start_exits_1_with_the_gateways_message() {
+    let sink = LineSink::start();
+    let http = free_port();
+    let _gw = gateway_on(http, &sink.addr(), &[]);
+    let out = Proc::run(
+        PROXY,
+        &[
+            "-gateway",
+            &format!("http://127.0.0.1:{http}"),
+            "-api-key",
+            "not-the-key",
+            "-listen-addr",
+            &format!("127.0.0.1:{}", free_port()),
+            "-stat-addr=",
+        ],
+        &[],
+        secs(20),
+    );
+    assert_eq!(out.status.and_then(|s| s.code()), Some(1), "{out:?}");
+    assert!(out.stderr.contains("invalid key"), "{out:?}");
+}
+
+/// One request the scripted gateway saw.
+#[derive(Clone, Debug)]
+struct Seen {
+    at: Instant,
+    path: String,
+    key: String,
+    /// Decompressed `/ingest` body.
+    body: String,
+}
+
+type Script = dyn Fn(&Seen, &[Seen]) -> (u16, &'static str, Option<&'static str>) + Send + Sync;
+
+/// A tiny HTTP/1.1 server answering what `script` says (status, body, Retry-After),
+/// given the request and every earlier one. Keep-alive is supported.
+struct FakeGateway {
+    addr: String,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl FakeGateway {
+    fn start(script: Arc<Script>) -> FakeGateway {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (s, st) = (seen.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !st.load(Ordering::SeqCst) {
+                match listener.accept() {
+                    Ok((conn, _)) => {
+                        let (s, st, script) = (s.clone(), st.clone(), script.clone());
+                        std::thread::spawn(move || serve_conn(conn, s, st, script));
+                    }
+                    Err(_) => std::thread::sleep(millis(5)),
+                }
+            }
+        });
+        FakeGateway { addr, seen, stop }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn ingests(&self) -> Vec<Seen> {
+        let seen = self.seen.lock().unwrap();
+        seen.iter().filter(|s| s.path == "/ingest").cloned().collect()
+    }
+}
+
+impl Drop for FakeGateway {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+fn serve_conn(conn: TcpStream, seen: Arc<Mutex<Vec<Seen>>>, stop: Arc<AtomicBool>, script: Arc<Script>) {
+    conn.set_nonblocking(false).unwrap();
+    conn.set_read_timeout(Some(secs(30))).unwrap();
+    let mut w = conn.try_clone().unwrap();
+    let mut r = BufReader::new(conn);
+    while !stop.load(Ordering::SeqCst) {
+        let mut request_line = String::new();
+        if r.read_line(&mut request_line).unwrap_or(0) == 0 {
+            return;
+        }
+        let path = request_line.split_whitespace().nth(1).unwrap_or("").to_string();
+        let (mut len, mut key) = (0usize, String::new());
+        loop {
+            let mut h = String::new();
+            if r.read_line(&mut h).unwrap_or(0) == 0 {
+                return;
+            }
+            let h = h.trim_end();
+            if h.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = h.split_once(':') {
+                if k.eq_ignore_ascii_case("content-length") {
+                    len = v.trim().parse().unwrap();
+                }
+                if k.eq_ignore_ascii_case("x-polymur-key") {
+                    key = v.trim().to_string();
+                }
+            }
+        }
+        let mut raw = vec![0u8; len];
+        if r.read_exact(&mut raw).is_err() {
+            return;
+        }
+        let body = if path == "/ingest" {
+            String::from_utf8_lossy(&gunzip(&raw)).into_owned()
+        } else {
+            String::new()
+        };
+        let req = Seen {
+            at: Instant::now(),
+            path,
+            key,
+            body,
+        };
+        let (status, text, retry_after) = {
+            let mut all = seen.lock().unwrap();
+            let answer = script(&req, &all);
+            all.push(req);
+            answer
+        };
+        let mut head = format!(
+            "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nContent-Type: text/plain\r\n",
+            text.len()
+        );
+        if let Some(ra) = retry_after {
+            head.push_str(&format!("Retry-After: {ra}\r\n"));
+        }
+        head.push_str("\r\n");
+        if w.write_all(head.as_bytes()).is_err() || w.write_all(text.as_bytes()).is_err() {
+            return;
+        }
+    }
+}
+
+/// 503 with `Retry-After` is retried no sooner than it says; 400 drops that batch
+/// (never retried) and the others still go through.
+#[test]
+fn retry_after_503_is_honoured_and_400_drops_only_that_batch() {
+    let script: Arc<Script> = Arc::new(|req, earlier| {
+        if req.path == "/ping" {
+            return (200, "key is valid\n", None);
+        }
+        if req.body.contains("poison") {
+            return (400, "Batch Malformed\n", None);
+        }
+        let tries = earlier.iter().filter(|s| s.body == req.body).count();
+        if tries < 2 {
+            (503, "Batch Refused: destination queue full, retry later\n", Some("1"))
+        } else {
+            (200, "Batch Received\n", None)
+        }
+    });
+    let gw = FakeGateway::start(script);
+    let p = proxy(&gw.url(), &["-api-key", "k1", "-flush-size", "1", "-workers", "1"]);
+    let ts = now_ts();
+    send_lines(&p.listen, &format!("good.one 1 {ts}\npoison.line 2 {ts}\n")).unwrap();
+    assert!(
+        wait_until(secs(20), || gw.ingests().len() >= 4),
+        "{:?}\n{}",
+        gw.ingests(),
+        p.proc.all_output()
+    );
+    // Nothing more comes: the good batch was acknowledged, the poison one dropped.
+    std::thread::sleep(secs(2));
+    let ingests = gw.ingests();
+    let good: Vec<&Seen> = ingests.iter().filter(|s| s.body.contains("good.one")).collect();
+    let poison: Vec<&Seen> = ingests.iter().filter(|s| s.body.contains("poison")).collect();
+    assert_eq!(good.len(), 3, "two 503s then 200: {ingests:?}");
+    assert_eq!(poison.len(), 1, "a 400 is never retried: {ingests:?}");
+    for pair in good.windows(2) {
+        assert!(
+            pair[1].at.duration_since(pair[0].at) >= millis(990),
+            "Retry-After: 1 honoured"
+        );
+    }
+    assert!(ingests.iter().all(|s| s.key == "k1"));
+    assert!(p.proc.has_log("rejected a batch of 1 points"), "{}", p.proc.all_output());
+}
+
+/// 401 mid-stream pauses sending without losing data; once the key is valid again
+/// (the proxy re-pings), the kept batches are delivered.
+#[test]
+fn unauthorized_pauses_keeps_data_and_resumes() {
+    let revoked = Arc::new(AtomicBool::new(false));
+    let r = revoked.clone();
+    let script: Arc<Script> = Arc::new(move |req, _| {
+        if r.load(Ordering::SeqCst) {
+            return (401, "invalid key", None);
+        }
+        match req.path.as_str() {
+            "/ping" => (200, "key is valid\n", None),
+            _ => (200, "Batch Received\n", None),
+        }
+    });
+    let gw = FakeGateway::start(script);
+    let p = proxy(
+        &gw.url(),
+        &["-api-key", "k1", "-key-recheck-interval", "300ms"],
+    );
+    revoked.store(true, Ordering::SeqCst);
+    let sent = lines("revoked", 50);
+    send_lines(&p.listen, &body(&sent)).unwrap();
+    assert!(
+        p.proc.wait_log("sending PAUSED", secs(15)),
+        "{}",
+        p.proc.all_output()
+    );
+    revoked.store(false, Ordering::SeqCst);
+    assert!(
+        p.proc.wait_log("sending resumed", secs(15)),
+        "{}",
+        p.proc.all_output()
+    );
+    assert!(wait_until(secs(15), || {
+        gw.ingests().iter().any(|s| s.body.contains("revoked.m0 "))
+            && gw.seen.lock().unwrap().last().is_some_and(|s| s.path == "/ingest")
+    }));
+    let delivered: Vec<String> = gw
+        .ingests()
+        .iter()
+        .rev()
+        .take(1)
+        .flat_map(|s| s.body.lines().map(String::from).collect::<Vec<_>>())
+        .collect();
+    assert_eq!(sorted(delivered), sorted(sent));
+}
