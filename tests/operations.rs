@@ -199,7 +199,7 @@ fn status_page_shows_destinations_keys_and_drops_but_never_keys() {
     assert!(html.contains("customer-a") && html.contains("customer-b"));
     assert!(html.contains("2 key names"));
     assert!(
-        html.contains("expected 3 fields"),
+        html.contains("expected 3 fields `&lt;metric&gt; &lt;value&gt; &lt;timestamp&gt;`"),
         "invalid lines by reason"
     );
     assert!(

@@ -306,7 +306,8 @@ th{{background:#f3f3f3}}td:first-child,th:first-child{{text-align:left}}.ok{{col
     for e in LineError::ALL {
         let _ = write!(
             page,
-            "<tr><td>{e}</td><td>{}</td></tr>",
+            "<tr><td>{}</td><td>{}</td></tr>",
+            html(&e.to_string()),
             load(&stats.invalid_by_reason[e.index()])
         );
     }
