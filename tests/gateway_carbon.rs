@@ -5,34 +5,16 @@ mod support;
 
 use support::*;
 
-const GW: &str = env!("CARGO_BIN_EXE_polymur-gateway");
-
 #[test]
 fn points_posted_to_the_gateway_are_stored_by_carbon_cache() {
     let carbon = CarbonCache::start();
-    let http = free_port();
-    let http_port = http.to_string();
-    let gw = Proc::spawn(
-        GW,
-        &[
-            "-dev-mode",
-            "-key-prefix",
-            "-listen-addr=127.0.0.1",
-            "-listen-http-port",
-            &http_port,
-            "-api-addr=",
-            "-stat-addr=",
-            "-destinations",
-            &carbon.line_addr(),
-        ],
-        &[],
-    );
-    assert!(
-        gw.wait_log("HTTP listening on", secs(15)),
-        "{}",
-        gw.all_output()
-    );
-    let addr = format!("127.0.0.1:{http}");
+    let gw = Gateway::start(&[
+        "-dev-mode",
+        "-key-prefix",
+        "-destinations",
+        &carbon.line_addr(),
+    ]);
+    let addr = gw.http.clone();
 
     // Three series, ten points each, one second apart, ending a minute ago
     // (inside the 1s:1h retention); values chosen to be exact in float64.

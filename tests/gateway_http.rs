@@ -8,48 +8,14 @@ use std::io::Write;
 
 use support::*;
 
-const GW: &str = env!("CARGO_BIN_EXE_polymur-gateway");
+const GW: &str = GATEWAY_BIN;
 
-/// A running gateway with its HTTP address.
-struct Gw {
-    proc: Proc,
-    http: String,
-    api: String,
-    stat: String,
+fn gateway_env(args: &[&str], envs: &[(&str, &str)]) -> Gateway {
+    Gateway::start_env(args, envs)
 }
 
-fn gateway_env(args: &[&str], envs: &[(&str, &str)]) -> Gw {
-    let (http, api, stat) = (free_port(), free_port(), free_port());
-    let api = format!("127.0.0.1:{api}");
-    let stat = format!("127.0.0.1:{stat}");
-    let http_port = http.to_string();
-    let mut all = vec![
-        "-listen-addr",
-        "127.0.0.1",
-        "-listen-http-port",
-        &http_port,
-        "-api-addr",
-        &api,
-        "-stat-addr",
-        &stat,
-    ];
-    all.extend_from_slice(args);
-    let proc = Proc::spawn(GW, &all, envs);
-    assert!(
-        proc.wait_log("Runstats started", secs(15)),
-        "gateway did not start: {}",
-        proc.all_output()
-    );
-    Gw {
-        proc,
-        http: format!("127.0.0.1:{http}"),
-        api,
-        stat,
-    }
-}
-
-fn gateway(args: &[&str]) -> Gw {
-    gateway_env(args, &[])
+fn gateway(args: &[&str]) -> Gateway {
+    Gateway::start(args)
 }
 
 fn batch(lines: &[String]) -> Vec<u8> {

@@ -9,28 +9,11 @@ mod support;
 use consul_server::ConsulServer;
 use support::*;
 
-const GW: &str = env!("CARGO_BIN_EXE_polymur-gateway");
 const P: &str = "polymur/gateway/keys/";
 
 fn gateway(args: &[&str], envs: &[(&str, &str)]) -> (Proc, String) {
-    let http = free_port();
-    let http_port = http.to_string();
-    let mut all = vec![
-        "-listen-addr",
-        "127.0.0.1",
-        "-listen-http-port",
-        &http_port,
-        "-api-addr=",
-        "-stat-addr=",
-    ];
-    all.extend_from_slice(args);
-    let proc = Proc::spawn(GW, &all, envs);
-    assert!(
-        proc.wait_log("HTTP listening on", secs(15)),
-        "{}",
-        proc.all_output()
-    );
-    (proc, format!("127.0.0.1:{http}"))
+    let gw = Gateway::start_env(args, envs);
+    (gw.proc, gw.http)
 }
 
 fn ingest(http: &str, key: &str, body: &str) -> u16 {
@@ -199,7 +182,11 @@ fn consul_unreachable_at_start_is_logged_with_its_address_and_the_gateway_keeps_
         "the error names the agent: {}",
         gw.all_output()
     );
-    assert!(gw.wait_log("API key sync failed, keeping 0 cached keys", secs(5)), "{}", gw.all_output());
+    assert!(
+        gw.wait_log("API key sync failed, keeping 0 cached keys", secs(5)),
+        "{}",
+        gw.all_output()
+    );
     assert!(gw.is_running());
     let ping = http_post(&http, "/ping", &[("X-Polymur-Key", "key-z")], vec![]);
     assert_eq!((ping.status, ping.body.as_str()), (401, "invalid key"));

@@ -14,46 +14,17 @@ use polymur::dest::addr::DestAddr;
 use polymur::route::hash::{HashKind, HashRing};
 use support::*;
 
-const GW: &str = env!("CARGO_BIN_EXE_polymur-gateway");
+const GW: &str = GATEWAY_BIN;
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/fixtures");
-const KEY: (&str, &str) = ("X-Polymur-Key", "123");
 
-struct Gw {
-    proc: Proc,
-    http: String,
-    api: String,
-}
-
-fn gateway(args: &[&str]) -> Gw {
-    let (http, api) = (free_port(), free_port());
-    let http_port = http.to_string();
-    let api = format!("127.0.0.1:{api}");
-    let mut all = vec![
-        "-dev-mode",
-        "-listen-addr",
-        "127.0.0.1",
-        "-listen-http-port",
-        &http_port,
-        "-api-addr",
-        &api,
-        "-stat-addr=",
-    ];
+fn gateway(args: &[&str]) -> Gateway {
+    let mut all = vec!["-dev-mode"];
     all.extend_from_slice(args);
-    let proc = Proc::spawn(GW, &all, &[]);
-    assert!(
-        proc.wait_log("API started", secs(15)),
-        "{}",
-        proc.all_output()
-    );
-    Gw {
-        proc,
-        http: format!("127.0.0.1:{http}"),
-        api,
-    }
+    Gateway::start(&all)
 }
 
-fn post(gw: &Gw, body: &str) -> u16 {
-    http_post(&gw.http, "/ingest", &[KEY], gzip(body.as_bytes())).status
+fn post(gw: &Gateway, body: &str) -> u16 {
+    gw.ingest("123", body).status
 }
 
 /// Runs `polymur-gateway -route-test` over a fixture and compares every row.

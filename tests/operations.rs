@@ -8,41 +8,10 @@ use std::collections::BTreeMap;
 
 use support::*;
 
-const GW: &str = env!("CARGO_BIN_EXE_polymur-gateway");
 const KEY: (&str, &str) = ("X-Polymur-Key", "123");
 
-struct Gw {
-    proc: Proc,
-    http: String,
-    admin: String,
-}
-
-fn gateway(args: &[&str]) -> Gw {
-    let (http, admin) = (free_port(), free_port());
-    let http_port = http.to_string();
-    let admin = format!("127.0.0.1:{admin}");
-    let admin_flag = format!("-admin-addr={admin}");
-    let mut all = vec![
-        "-listen-addr",
-        "127.0.0.1",
-        "-listen-http-port",
-        &http_port,
-        "-api-addr=",
-        "-stat-addr=",
-        &admin_flag,
-    ];
-    all.extend_from_slice(args);
-    let proc = Proc::spawn(GW, &all, &[]);
-    assert!(
-        proc.wait_log("Admin HTTP started", secs(15)),
-        "{}",
-        proc.all_output()
-    );
-    Gw {
-        proc,
-        http: format!("127.0.0.1:{http}"),
-        admin,
-    }
+fn gateway(args: &[&str]) -> Gateway {
+    Gateway::start(args)
 }
 
 /// `/metrics` as a map from series (name + labels) to value.

@@ -13,6 +13,7 @@
 
 mod carbon;
 mod etcd;
+mod gateway;
 mod http;
 mod net;
 mod process;
@@ -21,6 +22,7 @@ mod tls;
 
 pub use carbon::CarbonCache;
 pub use etcd::Etcd;
+pub use gateway::{Gateway, GATEWAY_BIN};
 pub use http::{
     gunzip, gzip, http_get, http_post, https_post, tls_client_config, tls_client_config_strict,
     try_http_request, HttpConn, HttpResponse,
