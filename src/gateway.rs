@@ -18,7 +18,6 @@ use crate::registry::{Registry, RouterFactory};
 use crate::route::broadcast::Broadcast;
 use crate::route::dry_run;
 use crate::route::hash::HashKind;
-use crate::route::hashed::HashRouter;
 use crate::shutdown::{self, Shutdown};
 use crate::stats::{self, Stats};
 
@@ -182,20 +181,11 @@ impl GatewayArgs {
 
     /// The router factory for `-distribution`.
     pub fn router_factory(&self) -> anyhow::Result<RouterFactory> {
-        match self.distribution.as_str() {
-            "broadcast" => Ok(Arc::new(|addrs: &[DestAddr]| {
-                Box::new(Broadcast {
-                    destinations: addrs.len(),
-                }) as Box<dyn crate::route::Router>
-            })),
-            "hash-route" => {
-                let (kind, rf) = (self.hash, self.replication_factor as usize);
-                Ok(Arc::new(move |addrs: &[DestAddr]| {
-                    Box::new(HashRouter::new(kind, addrs, rf)) as Box<dyn crate::route::Router>
-                }))
-            }
-            other => bail!("-distribution {other}: use broadcast or hash-route"),
-        }
+        crate::daemon::router_factory(
+            &self.distribution,
+            self.hash,
+            self.replication_factor as usize,
+        )
     }
 }
 
@@ -336,24 +326,14 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
             tokio::spawn(reload_tls_on_hup(slot, cert, key, workers_shutdown.clone()));
         }
     }
-    if !args.api_addr.is_empty() {
-        let (l, local) = ingest::bind(&args.api_addr).await?;
-        tracing::info!("API started: {local}");
-        tokio::spawn(admin::serve_lines(
-            l,
-            admin::api::handler(registry.clone()),
-            workers_shutdown.clone(),
-        ));
-    }
-    if !args.stat_addr.is_empty() {
-        let (l, local) = ingest::bind(&args.stat_addr).await?;
-        tracing::info!("Runstats started: {local}");
-        tokio::spawn(admin::serve_lines(
-            l,
-            admin::runstats::handler(started),
-            workers_shutdown.clone(),
-        ));
-    }
+    crate::daemon::start_admin(
+        &args.api_addr,
+        &args.stat_addr,
+        Some(registry.clone()),
+        started,
+        workers_shutdown.clone(),
+    )
+    .await?;
     tokio::spawn(stats::report(
         pipeline.clone(),
         Duration::from_secs(5),

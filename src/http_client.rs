@@ -170,7 +170,12 @@ impl ServerCertVerifier for PinnedOrWebPki {
                     | CertificateError::Revoked
             )
         );
-        if date_or_revoked || !self.pinned.iter().any(|c| c.as_ref() == end_entity.as_ref()) {
+        if date_or_revoked
+            || !self
+                .pinned
+                .iter()
+                .any(|c| c.as_ref() == end_entity.as_ref())
+        {
             return Err(err);
         }
         let parsed = rustls::server::ParsedCertificate::try_from(end_entity)?;

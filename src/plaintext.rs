@@ -139,7 +139,10 @@ impl PlaintextSource {
         }
         drop(listener);
         let all_done = async { while conns.join_next().await.is_some() {} };
-        if tokio::time::timeout(SHUTDOWN_GRACE, all_done).await.is_err() {
+        if tokio::time::timeout(SHUTDOWN_GRACE, all_done)
+            .await
+            .is_err()
+        {
             tracing::warn!(
                 "{} client connections still open after {SHUTDOWN_GRACE:?}; closing them",
                 conns.len()
@@ -234,9 +237,7 @@ impl PlaintextSource {
                 }
                 None if buf.len() > MAX_LINE => {
                     self.stats.invalid.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(
-                        "Dropped a line over {MAX_LINE} bytes from {peer} (no newline)"
-                    );
+                    tracing::warn!("Dropped a line over {MAX_LINE} bytes from {peer} (no newline)");
                     buf = Vec::new();
                     skipping = true;
                 }
@@ -275,8 +276,8 @@ impl PlaintextSource {
                 break true;
             }
             if shutdown.is_shutdown() {
-                let at = *give_up_at
-                    .get_or_insert_with(|| tokio::time::Instant::now() + SHUTDOWN_GRACE);
+                let at =
+                    *give_up_at.get_or_insert_with(|| tokio::time::Instant::now() + SHUTDOWN_GRACE);
                 if tokio::time::Instant::now() >= at {
                     break false;
                 }

@@ -151,8 +151,14 @@ fn routing_allocates_per_batch_not_per_line() {
         .map(|s| s.parse().unwrap())
         .collect();
     let routers: Vec<(String, Box<dyn Router>)> = vec![
-        ("broadcast_1".into(), Box::new(Broadcast { destinations: 1 })),
-        ("broadcast_3".into(), Box::new(Broadcast { destinations: 3 })),
+        (
+            "broadcast_1".into(),
+            Box::new(Broadcast { destinations: 1 }),
+        ),
+        (
+            "broadcast_3".into(),
+            Box::new(Broadcast { destinations: 3 }),
+        ),
         (
             "carbon_ch_rf1".into(),
             Box::new(HashRouter::new(HashKind::CarbonCh, &dests, 1)),

@@ -145,7 +145,10 @@ fn destination_down_at_start_spools_then_delivers_every_line_in_order() {
         .iter()
         .map(|p| std::fs::metadata(p).unwrap().len())
         .sum();
-    assert!(on_disk > 9000 * 20, "spool holds the overflow: {on_disk} bytes");
+    assert!(
+        on_disk > 9000 * 20,
+        "spool holds the overflow: {on_disk} bytes"
+    );
 
     let sink = LineSink::start_on(port);
     assert!(
@@ -154,8 +157,16 @@ fn destination_down_at_start_spools_then_delivers_every_line_in_order() {
         sink.count(),
         sent.len()
     );
-    assert_eq!(sink.wait_idle(millis(300), secs(5)), sent.len(), "no duplicates");
-    assert_eq!(sink.lines(), sent, "memory queue first, then the spool, in order");
+    assert_eq!(
+        sink.wait_idle(millis(300), secs(5)),
+        sent.len(),
+        "no duplicates"
+    );
+    assert_eq!(
+        sink.lines(),
+        sent,
+        "memory queue first, then the spool, in order"
+    );
 
     // The spool drained: new batches flow again, still in order.
     let mut more = Vec::new();
@@ -193,7 +204,11 @@ fn without_spool_a_full_queue_refuses_whole_batches_and_every_acknowledged_line_
     let sink = LineSink::start_on(port);
     assert!(wait_all(&sink, &acked, secs(20)).is_empty());
     assert_eq!(sink.wait_idle(millis(300), secs(5)), acked.len());
-    assert_eq!(sink.lines(), acked, "exactly the acknowledged lines, no part of a refused batch");
+    assert_eq!(
+        sink.lines(),
+        acked,
+        "exactly the acknowledged lines, no part of a refused batch"
+    );
     assert!(missing(&refused_lines, &sink.lines()).len() == refused_lines.len());
 }
 
@@ -231,8 +246,17 @@ fn sigterm_with_destination_down_then_restart_delivers_everything() {
     let sink = LineSink::start_on(port);
     let gw2 = gateway(&args);
     let left = wait_all(&sink, &sent, secs(30));
-    assert!(left.is_empty(), "{} lines lost, e.g. {:?}", left.len(), left.first());
-    assert_eq!(sink.wait_idle(millis(300), secs(5)), sent.len(), "no duplicates");
+    assert!(
+        left.is_empty(),
+        "{} lines lost, e.g. {:?}",
+        left.len(),
+        left.first()
+    );
+    assert_eq!(
+        sink.wait_idle(millis(300), secs(5)),
+        sent.len(),
+        "no duplicates"
+    );
     let mut got = sink.lines();
     got.sort();
     let mut want = sent.clone();
@@ -326,13 +350,22 @@ fn destination_restarted_mid_stream_loses_nothing_and_duplicates_are_counted() {
     let sent = sent.lock().unwrap().clone();
     assert_eq!(sent.len(), 60_000);
     let left = wait_all(&sink, &sent, secs(30));
-    assert!(left.is_empty(), "{} lines lost, e.g. {:?}", left.len(), left.first());
+    assert!(
+        left.is_empty(),
+        "{} lines lost, e.g. {:?}",
+        left.len(),
+        left.first()
+    );
     let received = sink.wait_idle(millis(500), secs(10));
     let unique: HashSet<String> = sink.lines().into_iter().collect();
     assert_eq!(unique.len(), sent.len());
     let duplicates = (received - unique.len()) as u64;
     let resent = resent_in_log(&gw.proc);
-    assert!(resent > 0, "the break is logged with a count: {}", gw.proc.all_output());
+    assert!(
+        resent > 0,
+        "the break is logged with a count: {}",
+        gw.proc.all_output()
+    );
     assert!(
         duplicates <= resent,
         "every duplicate is a counted re-send: {duplicates} duplicates, {resent} re-sent"
@@ -368,16 +401,18 @@ fn corrupt_spool_tail_replays_the_good_part_and_quarantines_the_rest() {
     let good: Vec<String> = batches[..9].concat();
     assert!(wait_all(&sink, &good, secs(20)).is_empty());
     assert_eq!(sink.wait_idle(millis(500), secs(5)), good.len());
-    assert_eq!(sink.lines(), good, "the records before the damage, in order");
+    assert_eq!(
+        sink.lines(),
+        good,
+        "the records before the damage, in order"
+    );
     assert!(
         gw2.proc.wait_log("quarantined", secs(5)),
         "the damage is reported: {}",
         gw2.proc.all_output()
     );
     assert!(gw2.proc.is_running(), "no crash");
-    let quarantined: Vec<_> = std::fs::read_dir(dir.join("quarantine"))
-        .unwrap()
-        .collect();
+    let quarantined: Vec<_> = std::fs::read_dir(dir.join("quarantine")).unwrap().collect();
     assert_eq!(quarantined.len(), 1);
     // The gateway keeps working, and a restart neither reports the damage again nor
     // replays what was delivered.

@@ -108,12 +108,16 @@ fn proxy_to_gateway_over_https_to_carbon_cache() {
         &format!("https://127.0.0.1:{https}"),
         &["-api-key", "123", "-cert", tls.cert.to_str().unwrap()],
     );
-    assert!(p.proc.has_log("accepts the API key"), "{}", p.proc.all_output());
+    assert!(
+        p.proc.has_log("accepts the API key"),
+        "{}",
+        p.proc.all_output()
+    );
 
     let base = now_ts() - 60;
     let series = ["site1.web01.cpu", "site1.db01.disk"];
     let mut text = String::new();
-    let mut expected = vec![Vec::new(), Vec::new()];
+    let mut expected = [Vec::new(), Vec::new()];
     for i in 0..10 {
         for (s, name) in series.iter().enumerate() {
             let v = (s * 100 + i) as f64 + 0.5;
@@ -177,7 +181,14 @@ fn spooled_batches_survive_a_proxy_restart() {
     // The gateway is down from the start: the proxy starts anyway and queues.
     let p = proxy(
         &gw_url,
-        &["-api-key", "123", "-spool-dir", &spool_arg, "-queue-cap", "1"],
+        &[
+            "-api-key",
+            "123",
+            "-spool-dir",
+            &spool_arg,
+            "-queue-cap",
+            "1",
+        ],
     );
     let sent = lines("spool", 1000);
     send_lines(&p.listen, &body(&sent)).unwrap();
@@ -285,7 +296,10 @@ impl FakeGateway {
 
     fn ingests(&self) -> Vec<Seen> {
         let seen = self.seen.lock().unwrap();
-        seen.iter().filter(|s| s.path == "/ingest").cloned().collect()
+        seen.iter()
+            .filter(|s| s.path == "/ingest")
+            .cloned()
+            .collect()
     }
 }
 
@@ -295,7 +309,12 @@ impl Drop for FakeGateway {
     }
 }
 
-fn serve_conn(conn: TcpStream, seen: Arc<Mutex<Vec<Seen>>>, stop: Arc<AtomicBool>, script: Arc<Script>) {
+fn serve_conn(
+    conn: TcpStream,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    stop: Arc<AtomicBool>,
+    script: Arc<Script>,
+) {
     conn.set_nonblocking(false).unwrap();
     conn.set_read_timeout(Some(secs(30))).unwrap();
     let mut w = conn.try_clone().unwrap();
@@ -305,7 +324,11 @@ fn serve_conn(conn: TcpStream, seen: Arc<Mutex<Vec<Seen>>>, stop: Arc<AtomicBool
         if r.read_line(&mut request_line).unwrap_or(0) == 0 {
             return;
         }
-        let path = request_line.split_whitespace().nth(1).unwrap_or("").to_string();
+        let path = request_line
+            .split_whitespace()
+            .nth(1)
+            .unwrap_or("")
+            .to_string();
         let (mut len, mut key) = (0usize, String::new());
         loop {
             let mut h = String::new();
@@ -373,13 +396,20 @@ fn retry_after_503_is_honoured_and_400_drops_only_that_batch() {
         }
         let tries = earlier.iter().filter(|s| s.body == req.body).count();
         if tries < 2 {
-            (503, "Batch Refused: destination queue full, retry later\n", Some("1"))
+            (
+                503,
+                "Batch Refused: destination queue full, retry later\n",
+                Some("1"),
+            )
         } else {
             (200, "Batch Received\n", None)
         }
     });
     let gw = FakeGateway::start(script);
-    let p = proxy(&gw.url(), &["-api-key", "k1", "-flush-size", "1", "-workers", "1"]);
+    let p = proxy(
+        &gw.url(),
+        &["-api-key", "k1", "-flush-size", "1", "-workers", "1"],
+    );
     let ts = now_ts();
     send_lines(&p.listen, &format!("good.one 1 {ts}\npoison.line 2 {ts}\n")).unwrap();
     assert!(
@@ -391,8 +421,14 @@ fn retry_after_503_is_honoured_and_400_drops_only_that_batch() {
     // Nothing more comes: the good batch was acknowledged, the poison one dropped.
     std::thread::sleep(secs(2));
     let ingests = gw.ingests();
-    let good: Vec<&Seen> = ingests.iter().filter(|s| s.body.contains("good.one")).collect();
-    let poison: Vec<&Seen> = ingests.iter().filter(|s| s.body.contains("poison")).collect();
+    let good: Vec<&Seen> = ingests
+        .iter()
+        .filter(|s| s.body.contains("good.one"))
+        .collect();
+    let poison: Vec<&Seen> = ingests
+        .iter()
+        .filter(|s| s.body.contains("poison"))
+        .collect();
     assert_eq!(good.len(), 3, "two 503s then 200: {ingests:?}");
     assert_eq!(poison.len(), 1, "a 400 is never retried: {ingests:?}");
     for pair in good.windows(2) {
@@ -402,7 +438,11 @@ fn retry_after_503_is_honoured_and_400_drops_only_that_batch() {
         );
     }
     assert!(ingests.iter().all(|s| s.key == "k1"));
-    assert!(p.proc.has_log("rejected a batch of 1 points"), "{}", p.proc.all_output());
+    assert!(
+        p.proc.has_log("rejected a batch of 1 points"),
+        "{}",
+        p.proc.all_output()
+    );
 }
 
 /// 401 mid-stream pauses sending without losing data; once the key is valid again
@@ -441,7 +481,12 @@ fn unauthorized_pauses_keeps_data_and_resumes() {
     );
     assert!(wait_until(secs(15), || {
         gw.ingests().iter().any(|s| s.body.contains("revoked.m0 "))
-            && gw.seen.lock().unwrap().last().is_some_and(|s| s.path == "/ingest")
+            && gw
+                .seen
+                .lock()
+                .unwrap()
+                .last()
+                .is_some_and(|s| s.path == "/ingest")
     }));
     let delivered: Vec<String> = gw
         .ingests()
@@ -451,4 +496,37 @@ fn unauthorized_pauses_keeps_data_and_resumes() {
         .flat_map(|s| s.body.lines().map(String::from).collect::<Vec<_>>())
         .collect();
     assert_eq!(sorted(delivered), sorted(sent));
+}
+
+/// Without a spool, a full memory queue slows the clients down (the proxy stops
+/// reading) while the gateway is away; nothing is dropped, everything arrives after.
+#[test]
+fn full_queue_without_spool_applies_backpressure_and_loses_nothing() {
+    let sink = LineSink::start();
+    let http = free_port();
+    let p = proxy(
+        &format!("http://127.0.0.1:{http}"),
+        &["-api-key", "123", "-queue-cap", "10", "-flush-size", "1000"],
+    );
+    let sent = lines("bp", 50_000);
+    let text = body(&sent);
+    let listen = p.listen.clone();
+    let client = std::thread::spawn(move || send_lines(&listen, &text));
+    assert!(
+        p.proc.wait_log("did not take a batch", secs(15)),
+        "{}",
+        p.proc.all_output()
+    );
+    std::thread::sleep(secs(2));
+    let _gw = gateway_on(http, &sink.addr(), &[]);
+    assert!(
+        sink.wait_count(sent.len(), secs(60)),
+        "got {} of {}\n{}",
+        sink.count(),
+        sent.len(),
+        p.proc.all_output()
+    );
+    client.join().unwrap().expect("client write completes");
+    assert_eq!(sink.wait_idle(millis(500), secs(5)), sent.len());
+    assert_eq!(sorted(sink.lines()), sorted(sent));
 }

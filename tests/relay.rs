@@ -152,7 +152,11 @@ fn a_full_queue_slows_clients_down_and_loses_nothing() {
 /// names, with the value sent.
 #[test]
 fn hash_route_stores_each_metric_on_its_ring_owner() {
-    let caches = [CarbonCache::start(), CarbonCache::start(), CarbonCache::start()];
+    let caches = [
+        CarbonCache::start(),
+        CarbonCache::start(),
+        CarbonCache::start(),
+    ];
     let dests: Vec<String> = caches
         .iter()
         .enumerate()
@@ -182,7 +186,10 @@ fn hash_route_stores_each_metric_on_its_ring_owner() {
         .iter()
         .map(|l| {
             let (m, d) = l.split_once('\t').expect("metric<TAB>dest");
-            (m.to_string(), dests.iter().position(|x| x == d).expect("known dest"))
+            (
+                m.to_string(),
+                dests.iter().position(|x| x == d).expect("known dest"),
+            )
         })
         .collect();
     assert_eq!(owner.len(), metrics.len());
@@ -239,6 +246,9 @@ fn env_flags_and_runtime_api() {
     let ts = now_ts();
     send_lines(&relay.listen, &format!("api.one 1 {ts}\n")).unwrap();
     assert!(sink.wait_count(1, secs(10)));
-    assert!(other.wait_count(1, secs(10)), "broadcast reaches the added destination");
+    assert!(
+        other.wait_count(1, secs(10)),
+        "broadcast reaches the added destination"
+    );
     assert_eq!(other.lines(), vec![format!("api.one 1 {ts}")]);
 }

@@ -337,8 +337,13 @@ impl Destination {
                 None
             }
             Admission::Spool => {
-                let spool = self.spool.as_ref().expect("spool admission without a spool");
-                self.stats.spooled.fetch_add(chunk.points, Ordering::Relaxed);
+                let spool = self
+                    .spool
+                    .as_ref()
+                    .expect("spool admission without a spool");
+                self.stats
+                    .spooled
+                    .fetch_add(chunk.points, Ordering::Relaxed);
                 Some(spool.append(&chunk))
             }
             Admission::Drop => {

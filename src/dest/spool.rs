@@ -506,10 +506,7 @@ impl Spool {
                     data: buf.freeze(),
                     points: points as u64,
                 },
-                SpoolPos {
-                    seq,
-                    offset: end,
-                },
+                SpoolPos { seq, offset: end },
             ));
         }
         Ok(out)
@@ -548,12 +545,7 @@ impl Spool {
         self.consumed(to.saturating_sub(from.max(SEGMENT_MAGIC.len() as u64)));
         let seg = segment_path(&self.dir, seq);
         let complete = file.metadata().map(|m| m.len() == to).unwrap_or(false)
-            && self
-                .tail
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .live
-                != Some(seq);
+            && self.tail.lock().unwrap_or_else(|e| e.into_inner()).live != Some(seq);
         if saved.is_ok() && complete {
             let cut = if from < SEGMENT_MAGIC.len() as u64 {
                 fs::remove_file(&seg)
@@ -590,12 +582,7 @@ impl Spool {
     /// cursor. Blocking. Appends after this fail (their batches are refused).
     pub fn close(&self) {
         drop(self.tx.lock().unwrap_or_else(|e| e.into_inner()).take());
-        if let Some(t) = self
-            .thread
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-        {
+        if let Some(t) = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take() {
             let _ = t.join();
         }
         let canonical = self.dir.canonicalize().unwrap_or_else(|_| self.dir.clone());
@@ -697,7 +684,9 @@ impl Appender {
             let size = record_size(m.data.len());
             let roll = match &self.file {
                 None => true,
-                Some((_, _, len)) => *len > SEGMENT_MAGIC.len() as u64 && len + size > self.seg_bytes,
+                Some((_, _, len)) => {
+                    *len > SEGMENT_MAGIC.len() as u64 && len + size > self.seg_bytes
+                }
             };
             if roll {
                 self.roll()?;

@@ -324,7 +324,10 @@ impl Writer {
                 false
             }
             Err(e) => {
-                tracing::error!("Destination {}: spool read task failed: {e}", self.dest.name());
+                tracing::error!(
+                    "Destination {}: spool read task failed: {e}",
+                    self.dest.name()
+                );
                 false
             }
         }
@@ -373,14 +376,20 @@ impl Writer {
             if failed == 0 {
                 return;
             }
-            self.dest.stats.abandoned.fetch_add(failed, Ordering::Relaxed);
+            self.dest
+                .stats
+                .abandoned
+                .fetch_add(failed, Ordering::Relaxed);
             tracing::error!(
                 "Destination {}: {failed} points could not be written to the spool at shutdown",
                 self.dest.name()
             );
             return;
         }
-        self.dest.stats.abandoned.fetch_add(points, Ordering::Relaxed);
+        self.dest
+            .stats
+            .abandoned
+            .fetch_add(points, Ordering::Relaxed);
         tracing::error!(
             "Destination {}: drain timeout, {points} points undelivered at shutdown",
             self.dest.name()
@@ -398,8 +407,7 @@ async fn write_pending(
 ) -> io::Result<()> {
     while !pending.items.is_empty() {
         let n = {
-            let mut slices: Vec<IoSlice<'_>> =
-                Vec::with_capacity(pending.items.len().min(MAX_IOV));
+            let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(pending.items.len().min(MAX_IOV));
             for (i, it) in pending.items.iter().take(MAX_IOV).enumerate() {
                 let from = if i == 0 { pending.front_off } else { 0 };
                 slices.push(IoSlice::new(&it.chunk.data[from..]));

@@ -158,7 +158,10 @@ impl Batcher {
 
 /// Gzip as the gateway expects it (one member, default level like Go's gzip.Writer).
 pub fn gzip(data: &[u8]) -> Vec<u8> {
-    let mut enc = GzEncoder::new(Vec::with_capacity(data.len() / 4 + 64), Compression::default());
+    let mut enc = GzEncoder::new(
+        Vec::with_capacity(data.len() / 4 + 64),
+        Compression::default(),
+    );
     // Writing to a Vec cannot fail.
     let _ = enc.write_all(data);
     enc.finish().unwrap_or_default()
@@ -199,7 +202,8 @@ mod tests {
     async fn batches_are_cut_at_flush_size_and_on_time() {
         let outbox = Arc::new(Outbox::new(1_000_000, None));
         let b = Batcher::new(3, outbox.clone(), Arc::new(Stats::default()), false);
-        let (batch, _) = Batch::from_plaintext(b"a 1 1\nb 2 2\nc 3 3\nd 4 4\ne 5 5\n".to_vec(), None);
+        let (batch, _) =
+            Batch::from_plaintext(b"a 1 1\nb 2 2\nc 3 3\nd 4 4\ne 5 5\n".to_vec(), None);
         b.offer(&batch).await.unwrap();
         assert_eq!(outbox.queued_batches(), 1);
         b.flush_if_due(Duration::from_secs(3600), false).await;

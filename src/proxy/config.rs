@@ -18,7 +18,12 @@ use crate::config::{parse_bytes, parse_duration};
 )]
 pub struct ProxyArgs {
     /// polymur gateway API key
-    #[arg(long, env = "POLYMUR_PROXY_API_KEY", default_value = "", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "POLYMUR_PROXY_API_KEY",
+        default_value = "",
+        hide_env_values = true
+    )]
     pub api_key: String,
     /// Certificate (PEM) to trust for the gateway's TLS: its CA, or its self-signed certificate
     #[arg(long, env = "POLYMUR_PROXY_CERT")]
@@ -30,7 +35,11 @@ pub struct ProxyArgs {
     #[arg(long, env = "POLYMUR_PROXY_GATEWAY", default_value = "")]
     pub gateway: String,
     /// Polymur-proxy listen address
-    #[arg(long, env = "POLYMUR_PROXY_LISTEN_ADDR", default_value = "0.0.0.0:2003")]
+    #[arg(
+        long,
+        env = "POLYMUR_PROXY_LISTEN_ADDR",
+        default_value = "0.0.0.0:2003"
+    )]
     pub listen_addr: String,
     /// Graphite flush interval for runtime metrics in seconds (0 is disabled)
     #[arg(long, env = "POLYMUR_PROXY_METRICS_FLUSH", default_value_t = 0)]
@@ -41,7 +50,11 @@ pub struct ProxyArgs {
     #[arg(long, env = "POLYMUR_PROXY_QUEUE_CAP", default_value_t = 32768)]
     pub queue_cap: u64,
     /// runstats listen address ("" disables)
-    #[arg(long, env = "POLYMUR_PROXY_STAT_ADDR", default_value = "localhost:2020")]
+    #[arg(
+        long,
+        env = "POLYMUR_PROXY_STAT_ADDR",
+        default_value = "localhost:2020"
+    )]
     pub stat_addr: String,
     /// Verbose output: log every batch sent
     #[arg(long, env = "POLYMUR_PROXY_VERBOSE", action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_parser = crate::go_bool!())]

@@ -172,15 +172,19 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
             "Sending queued batches to the gateway (up to {:?})",
             args.drain_timeout
         );
-        let deadline = Instant::now() + args.drain_timeout;
-        for t in &mut worker_tasks {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let _ = tokio::time::timeout(left, t).await;
-        }
+        let all = async {
+            for t in worker_tasks.iter_mut() {
+                let _ = t.await;
+            }
+        };
+        let _ = tokio::time::timeout(args.drain_timeout, all).await;
     }
     stop_trigger.fire();
     for t in worker_tasks {
-        let _ = t.await;
+        // A handle awaited to completion above must not be polled again.
+        if !t.is_finished() {
+            let _ = t.await;
+        }
     }
     let lost = outbox.spill().await;
     let spooled = outbox.spool().map(|s| s.size());
@@ -188,7 +192,9 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
         tracing::error!("Stopped: {lost} points could not be delivered or spooled and are lost");
     }
     if let Some((batches, points, _)) = spooled {
-        tracing::info!("Stopped: {batches} batches ({points} points) left in the spool for the next start");
+        tracing::info!(
+            "Stopped: {batches} batches ({points} points) left in the spool for the next start"
+        );
     }
     tracing::info!(
         "Stopped: {} points received, {} sent",

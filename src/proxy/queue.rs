@@ -107,8 +107,7 @@ impl Outbox {
         if let Some(spool) = &self.spool {
             if self.mem_points() >= self.cap || !spool.is_empty() {
                 let (spool, body, points) = (spool.clone(), sealed.body.clone(), sealed.points);
-                let written =
-                    tokio::task::spawn_blocking(move || spool.write(&body, points)).await;
+                let written = tokio::task::spawn_blocking(move || spool.write(&body, points)).await;
                 match written {
                     Ok(Ok(())) => {
                         self.ready.notify_one();
@@ -203,8 +202,7 @@ impl Outbox {
             };
             let points = sealed.points;
             let written =
-                tokio::task::spawn_blocking(move || spool.write(&sealed.body, sealed.points))
-                    .await;
+                tokio::task::spawn_blocking(move || spool.write(&sealed.body, sealed.points)).await;
             match written {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => {

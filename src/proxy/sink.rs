@@ -113,12 +113,7 @@ pub fn retry_delay(attempt: u32, after: Option<Duration>, max: Duration) -> Dura
 
 impl Gateway {
     /// A gateway client for `base` (`https://host:port`) with `key`.
-    pub fn new(
-        client: reqwest::Client,
-        base: String,
-        key: String,
-        verbose: bool,
-    ) -> Arc<Gateway> {
+    pub fn new(client: reqwest::Client, base: String, key: String, verbose: bool) -> Arc<Gateway> {
         Arc::new(Gateway {
             client,
             base,
@@ -197,7 +192,12 @@ impl Gateway {
 
     /// After a 401: pauses sending, then pings every `every` until the key is valid.
     /// Runs until `stop`; started once per process.
-    pub async fn watch_key(self: Arc<Self>, every: Duration, pending: impl Fn() -> u64 + Send, mut stop: Shutdown) {
+    pub async fn watch_key(
+        self: Arc<Self>,
+        every: Duration,
+        pending: impl Fn() -> u64 + Send,
+        mut stop: Shutdown,
+    ) {
         let mut rx = self.key_ok.subscribe();
         loop {
             tokio::select! {
@@ -231,21 +231,32 @@ impl Gateway {
         }
     }
 
-    /// Delivers `job` (retrying as the module doc says) and settles it in `outbox`.
-    /// When `stop` fires first, the job is given back to the outbox undelivered.
-    async fn deliver(&self, job: Job, outbox: &Outbox, max_delay: Duration, stop: &mut Shutdown) {
+    /// Delivers `job` (retrying as the module doc says) and settles it in `outbox`;
+    /// true once settled. When `stop` fires first, the job is given back to the
+    /// outbox undelivered (false).
+    ///
+    /// During the shutdown drain (`drain` fired), a batch that fails goes straight back
+    /// to the outbox when there is a spool: it is safer on disk than in a retry loop.
+    async fn deliver(
+        &self,
+        job: Job,
+        outbox: &Outbox,
+        max_delay: Duration,
+        drain: &Shutdown,
+        stop: &mut Shutdown,
+    ) -> bool {
         let points = job.sealed.points;
         let mut attempt = 0u32;
         loop {
             if !self.wait_key_ok(stop).await {
                 outbox.give_back(job);
-                return;
+                return false;
             }
             let outcome = tokio::select! {
                 o = self.post(job.sealed.body.clone()) => o,
                 _ = stop.recv() => {
                     outbox.give_back(job);
-                    return;
+                    return false;
                 }
             };
             match outcome {
@@ -256,10 +267,13 @@ impl Gateway {
                         tracing::info!("Sent batch of {points} points to {}", self.base);
                     }
                     if attempt > 0 {
-                        tracing::info!("Gateway {} took the batch after {attempt} retries", self.base);
+                        tracing::info!(
+                            "Gateway {} took the batch after {attempt} retries",
+                            self.base
+                        );
                     }
                     outbox.done(job).await;
-                    return;
+                    return true;
                 }
                 Outcome::Rejected(why) => {
                     self.stats.rejected.fetch_add(points, Ordering::Relaxed);
@@ -268,7 +282,7 @@ impl Gateway {
                         self.base
                     );
                     outbox.done(job).await;
-                    return;
+                    return true;
                 }
                 Outcome::Unauthorized(_) => {
                     // Pause everyone; the key watcher logs and re-pings.
@@ -276,6 +290,14 @@ impl Gateway {
                 }
                 Outcome::Retry { why, after } => {
                     self.stats.retries.fetch_add(1, Ordering::Relaxed);
+                    if drain.is_shutdown() && outbox.spool().is_some() {
+                        tracing::warn!(
+                            "Gateway {} did not take a batch of {points} points ({why}); it goes to the spool",
+                            self.base
+                        );
+                        outbox.give_back(job);
+                        return false;
+                    }
                     let delay = retry_delay(attempt, after, max_delay);
                     attempt = attempt.saturating_add(1);
                     tracing::warn!(
@@ -287,7 +309,7 @@ impl Gateway {
                         _ = tokio::time::sleep(delay) => {}
                         _ = stop.recv() => {
                             outbox.give_back(job);
-                            return;
+                            return false;
                         }
                     }
                 }
@@ -312,7 +334,12 @@ impl Gateway {
                 _ = stop.recv() => None,
             };
             let Some(job) = job else { return };
-            self.deliver(job, &outbox, max_delay, &mut stop).await;
+            if !self
+                .deliver(job, &outbox, max_delay, &drain, &mut stop)
+                .await
+            {
+                return;
+            }
         }
     }
 }

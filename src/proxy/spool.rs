@@ -66,7 +66,8 @@ impl Spool {
     /// Opens (creating) `dir`, removes temporary files a crash left behind, and
     /// indexes the batches waiting there.
     pub fn open(dir: &Path, max_bytes: u64) -> io::Result<Spool> {
-        let ctx = |e: io::Error| io::Error::new(e.kind(), format!("-spool-dir {}: {e}", dir.display()));
+        let ctx =
+            |e: io::Error| io::Error::new(e.kind(), format!("-spool-dir {}: {e}", dir.display()));
         fs::create_dir_all(dir).map_err(ctx)?;
         let mut state = State::default();
         for entry in fs::read_dir(dir).map_err(ctx)? {
