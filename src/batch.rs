@@ -77,11 +77,14 @@ impl Batch {
         let mut out: Option<Vec<u8>> =
             prefix.map(|_| Vec::with_capacity(raw.len() + raw.len() / 4));
         let mut pos = 0;
-        for nl in memchr::memchr_iter(b'\n', &raw) {
+        // `raw` ends with '\n' here, so every line has one; `parse_next` finds it
+        // while validating (no separate memchr per line on clean lines).
+        while pos < raw.len() {
+            let (result, nl) = line::parse_next(&raw, pos);
             let line = &raw[pos..nl];
             let line_start = pos;
             pos = nl + 1;
-            let parsed = match line::parse(line) {
+            let parsed = match result {
                 Ok(l) => l,
                 Err(e) => {
                     if line.iter().all(|&b| b == b' ' || b == b'\t' || b == b'\r') {

@@ -67,3 +67,18 @@ pub async fn start_admin(
     }
     Ok(())
 }
+
+/// Starts the admin HTTP endpoint (`-admin-addr`; empty disables). Observability
+/// must not stop the data path, so a port that cannot be bound is logged, not fatal.
+pub async fn start_admin_http(addr: &str, state: admin::http::AdminState, shutdown: Shutdown) {
+    if addr.is_empty() {
+        return;
+    }
+    match crate::ingest::bind(addr).await {
+        Ok((l, local)) => {
+            tracing::info!("Admin HTTP started: http://{local}/");
+            tokio::spawn(admin::http::serve(l, Arc::new(state), shutdown));
+        }
+        Err(e) => tracing::warn!("admin endpoint disabled: {e}"),
+    }
+}

@@ -340,31 +340,29 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
         workers_shutdown.clone(),
     ));
     if args.metrics_flush > 0 {
-        tokio::spawn(crate::selfmetrics::run(
+        // Batches are routed into destination queues on arrival: nothing waits in an
+        // incoming queue, so its size is truthfully 0.
+        let limit = (args.incoming_queue_cap * 100) as f64;
+        tokio::spawn(crate::self_metrics::run_for_pipeline(
             pipeline.clone(),
             Duration::from_secs(args.metrics_flush),
-            args.incoming_queue_cap,
+            move || (0.0, limit),
             workers_shutdown.clone(),
         ));
     }
-    if !args.admin_addr.is_empty() {
-        // Observability must not stop the data path: a busy admin port is logged, not fatal.
-        match ingest::bind(&args.admin_addr).await {
-            Ok((l, local)) => {
-                tracing::info!("Admin HTTP started: http://{local}/");
-                let admin = Arc::new(admin::http::AdminState {
-                    service: "polymur-gateway",
-                    started,
-                    pipeline: pipeline.clone(),
-                    control: registry.clone(),
-                    keys: Some((state.keys.clone(), key_store_desc.clone())),
-                    listening: Arc::new(std::sync::atomic::AtomicBool::new(true)),
-                });
-                tokio::spawn(admin::http::serve(l, admin, workers_shutdown.clone()));
-            }
-            Err(e) => tracing::warn!("admin endpoint disabled: {e}"),
-        }
-    }
+    crate::daemon::start_admin_http(
+        &args.admin_addr,
+        admin::http::AdminState {
+            service: "polymur-gateway",
+            started,
+            pipeline: pipeline.clone(),
+            control: registry.clone(),
+            keys: Some((state.keys.clone(), key_store_desc.clone())),
+            listening: Arc::new(std::sync::atomic::AtomicBool::new(true)),
+        },
+        workers_shutdown.clone(),
+    )
+    .await;
 
     shutdown::signal().await;
     tracing::info!("Shutting down: closing listeners, finishing in-flight requests");

@@ -13,7 +13,6 @@ pub mod pipeline;
 pub mod registry;
 pub mod route;
 pub mod shutdown;
-pub mod selfmetrics;
 pub mod stats;
 pub mod daemon;
 pub mod http_client;

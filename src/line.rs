@@ -74,75 +74,150 @@ fn is_blank(b: u8) -> bool {
 
 /// Validates one line (without its `\n`). Leading blanks and trailing blanks or
 /// `\r` (CRLF senders) are tolerated and excluded from the returned range.
+///
+/// Runs once per point, so it is written for speed: the metric path (most of
+/// the line's bytes) is scanned eight bytes at a time by [`first_special`], the
+/// short value and timestamp byte by byte, and common numbers are checked
+/// without `f64` parsing. It reports the same error as a left-to-right scan
+/// would: the first control byte or the start of a fourth field, whichever
+/// comes first, then a missing field, then the value, then the timestamp.
 #[inline]
 pub fn parse(line: &[u8]) -> Result<Line, LineError> {
     let mut end = line.len();
     while end > 0 && (is_blank(line[end - 1]) || line[end - 1] == b'\r') {
         end -= 1;
     }
+    let line = &line[..end];
     let mut start = 0;
     while start < end && is_blank(line[start]) {
         start += 1;
     }
-    // Field boundaries: [start, a) metric, [b, c) value, [d, end) timestamp.
-    let mut bounds = [0usize; 6];
-    let mut n = 0;
-    let mut in_field = false;
-    for (i, &byte) in line[..end].iter().enumerate().skip(start) {
-        if is_blank(byte) {
-            if in_field {
-                if n >= 6 {
-                    return Err(LineError::FieldCount);
-                }
-                bounds[n] = i;
-                n += 1;
-                in_field = false;
-            }
-        } else {
-            if byte < 0x20 || byte == 0x7f {
-                return Err(LineError::ControlByte);
-            }
-            if !in_field {
-                if n >= 6 {
-                    return Err(LineError::FieldCount);
-                }
-                bounds[n] = i;
-                n += 1;
-                in_field = true;
-            }
-        }
-    }
-    if in_field {
-        if n >= 6 {
-            return Err(LineError::FieldCount);
-        }
-        bounds[n] = end;
-        n += 1;
-    }
-    if n != 6 {
+    if start == end {
         return Err(LineError::FieldCount);
     }
-    if !is_number(&line[bounds[2]..bounds[3]]) {
+    let metric_end = start + first_special(&line[start..]);
+    if metric_end < end && !is_blank(line[metric_end]) {
+        return Err(LineError::ControlByte);
+    }
+    let (value_start, value_end) = field(line, metric_end)?;
+    let (ts_start, ts_end) = field(line, value_end)?;
+    if ts_end < end {
+        // Blanks then a fourth field (trailing blanks were trimmed above); a
+        // scan from the left would meet a control byte there first.
+        let fourth = line[ts_end..].iter().find(|&&b| !is_blank(b));
+        return Err(match fourth {
+            Some(&b) if b < 0x20 || b == 0x7f => LineError::ControlByte,
+            _ => LineError::FieldCount,
+        });
+    }
+    if value_start == value_end || ts_start == ts_end {
+        return Err(LineError::FieldCount);
+    }
+    if !is_number(&line[value_start..value_end]) {
         return Err(LineError::Value);
     }
-    if !is_number(&line[bounds[4]..bounds[5]]) {
+    if !is_number(&line[ts_start..ts_end]) {
         return Err(LineError::Timestamp);
     }
     Ok(Line {
         start,
-        metric_end: bounds[1],
+        metric_end,
         end,
     })
+}
+
+/// Skips the blanks at `from`, then returns the bounds of the field that
+/// follows (empty at the end of the line). Fields after the metric are short,
+/// so this goes byte by byte.
+#[inline]
+fn field(line: &[u8], mut from: usize) -> Result<(usize, usize), LineError> {
+    while from < line.len() && is_blank(line[from]) {
+        from += 1;
+    }
+    let start = from;
+    while from < line.len() {
+        let b = line[from];
+        if is_blank(b) {
+            break;
+        }
+        if b < 0x20 || b == 0x7f {
+            return Err(LineError::ControlByte);
+        }
+        from += 1;
+    }
+    Ok((start, from))
+}
+
+/// Index of the first byte that is a blank, a control byte or DEL (any byte
+/// `<= 0x20`, or `0x7f`), or `bytes.len()` if there is none.
+///
+/// Eight bytes per step (SWAR): `w - 0x21..` borrows into bit 7 of exactly the
+/// bytes below 0x21 (masked with `!w` to exclude bytes >= 0x80, which UTF-8
+/// names may contain), and a byte equal to 0x7f is a zero byte of `w ^ 0x7f..`.
+/// A borrow can only flag a byte *above* a truly flagged one, so the lowest
+/// flagged byte is exact.
+#[inline]
+fn first_special(bytes: &[u8]) -> usize {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let mut i = 0;
+    while i + 8 <= bytes.len() {
+        let w = u64::from_le_bytes(bytes[i..i + 8].try_into().expect("8 bytes"));
+        let low = w.wrapping_sub(ONES * 0x21) & !w & HIGH;
+        let x = w ^ (ONES * 0x7f);
+        let del = x.wrapping_sub(ONES) & !x & HIGH;
+        let hits = low | del;
+        if hits != 0 {
+            return i + (hits.trailing_zeros() / 8) as usize;
+        }
+        i += 8;
+    }
+    while i < bytes.len() {
+        let b = bytes[i];
+        if b <= 0x20 || b == 0x7f {
+            return i;
+        }
+        i += 1;
+    }
+    bytes.len()
 }
 
 /// A finite decimal number as carbon's `float()` accepts it (`1`, `-2.5`, `1e3`).
 /// Words such as `nan` or `inf` are refused: whisper would store them as holes.
 #[inline]
 fn is_number(field: &[u8]) -> bool {
-    // Fast path: plain digits, the overwhelmingly common timestamp shape.
-    if field.len() <= 18 && field.iter().all(u8::is_ascii_digit) {
-        return true;
+    // Fast path, no float parsing: `-?digits(.digits)?`, the shape of nearly
+    // every value and timestamp. Fewer than 300 digits can never overflow f64,
+    // so such a number is always finite; anything else takes the exact path.
+    let n = field.len();
+    let mut i = usize::from(n > 0 && field[0] == b'-');
+    let int_start = i;
+    while i < n && field[i].is_ascii_digit() {
+        i += 1;
     }
+    let int = i - int_start;
+    if int > 0 && int < 300 {
+        if i == n {
+            return true;
+        }
+        if field[i] == b'.' {
+            i += 1;
+            let frac_start = i;
+            while i < n && field[i].is_ascii_digit() {
+                i += 1;
+            }
+            if i == n && i > frac_start {
+                return true;
+            }
+        }
+    }
+    is_number_exact(field)
+}
+
+/// The exact rule, via `f64` parsing: exponents, signs, leading dots, overflow.
+#[cold]
+#[inline(never)]
+fn is_number_exact(field: &[u8]) -> bool {
     if !field
         .iter()
         .all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'+' | b'e' | b'E'))
@@ -154,6 +229,72 @@ fn is_number(field: &[u8]) -> bool {
         .ok()
         .and_then(|s| s.parse::<f64>().ok())
         .is_some_and(f64::is_finite)
+}
+
+/// Validates the line that starts at `buf[start]` and ends at the next `\n`
+/// (`buf` must contain one at or after `start`). Returns what [`parse`] would
+/// return for that line, and the index of its `\n`.
+///
+/// This is the batch loop's entry point: for the common clean line
+/// (`metric SEP value SEP timestamp\n`) it finds the newline as a by-product
+/// of validating, instead of a separate `memchr` per line (about 7% of the
+/// gateway's CPU in a profile). Anything unusual — leading or trailing blanks,
+/// `\r`, a control byte, a number that needs the exact check — is handed to
+/// [`parse`] on the line found by `memchr`, so results are identical.
+#[inline]
+pub fn parse_next(buf: &[u8], start: usize) -> (Result<Line, LineError>, usize) {
+    if let Some(fast) = parse_clean(buf, start) {
+        return fast;
+    }
+    let nl = start + memchr::memchr(b'\n', &buf[start..]).expect("buffer ends with a newline");
+    (parse(&buf[start..nl]), nl)
+}
+
+/// The fast path of [`parse_next`]: `None` unless the line is clean.
+#[inline]
+fn parse_clean(buf: &[u8], start: usize) -> Option<(Result<Line, LineError>, usize)> {
+    let rest = &buf[start..];
+    match rest.first() {
+        Some(&b) if !is_blank(b) => {}
+        _ => return None,
+    }
+    let metric_end = first_special(rest);
+    if !is_blank(*rest.get(metric_end)?) {
+        return None;
+    }
+    let mut i = metric_end;
+    while is_blank(*rest.get(i)?) {
+        i += 1;
+    }
+    let value_start = i;
+    while *rest.get(i)? > 0x20 && rest[i] != 0x7f {
+        i += 1;
+    }
+    if i == value_start || !is_blank(rest[i]) {
+        return None;
+    }
+    let value_end = i;
+    while is_blank(*rest.get(i)?) {
+        i += 1;
+    }
+    let ts_start = i;
+    while *rest.get(i)? > 0x20 && rest[i] != 0x7f {
+        i += 1;
+    }
+    if i == ts_start || rest[i] != b'\n' {
+        return None;
+    }
+    if !is_number(&rest[value_start..value_end]) || !is_number(&rest[ts_start..i]) {
+        return None;
+    }
+    Some((
+        Ok(Line {
+            start: 0,
+            metric_end,
+            end: i,
+        }),
+        start + i,
+    ))
 }
 
 #[cfg(test)]
@@ -179,5 +320,175 @@ mod tests {
         assert_eq!(parse(b"a.b 1 now"), Err(LineError::Timestamp));
         assert_eq!(parse(b"a\x01b 1 2"), Err(LineError::ControlByte));
         assert_eq!(parse(b"a.b 1 2\x00"), Err(LineError::ControlByte));
+    }
+
+    /// The byte-at-a-time validator this module used before `first_special`;
+    /// the fast one must agree with it on every input, error kind included.
+    fn reference_parse(line: &[u8]) -> Result<Line, LineError> {
+        let mut end = line.len();
+        while end > 0 && (is_blank(line[end - 1]) || line[end - 1] == b'\r') {
+            end -= 1;
+        }
+        let mut start = 0;
+        while start < end && is_blank(line[start]) {
+            start += 1;
+        }
+        let mut bounds = [0usize; 6];
+        let mut n = 0;
+        let mut in_field = false;
+        for (i, &byte) in line[..end].iter().enumerate().skip(start) {
+            if is_blank(byte) {
+                if in_field {
+                    bounds[n] = i;
+                    n += 1;
+                    in_field = false;
+                }
+            } else {
+                if byte < 0x20 || byte == 0x7f {
+                    return Err(LineError::ControlByte);
+                }
+                if !in_field {
+                    if n >= 6 {
+                        return Err(LineError::FieldCount);
+                    }
+                    bounds[n] = i;
+                    n += 1;
+                    in_field = true;
+                }
+            }
+        }
+        if in_field {
+            bounds[n] = end;
+            n += 1;
+        }
+        if n != 6 {
+            return Err(LineError::FieldCount);
+        }
+        let number = |f: &[u8]| {
+            f.iter()
+                .all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'+' | b'e' | b'E'))
+                && std::str::from_utf8(f)
+                    .ok()
+                    .and_then(|s| s.parse::<f64>().ok())
+                    .is_some_and(f64::is_finite)
+        };
+        if !number(&line[bounds[2]..bounds[3]]) {
+            return Err(LineError::Value);
+        }
+        if !number(&line[bounds[4]..bounds[5]]) {
+            return Err(LineError::Timestamp);
+        }
+        Ok(Line {
+            start,
+            metric_end: bounds[1],
+            end,
+        })
+    }
+
+    #[test]
+    fn fast_parser_agrees_with_the_reference_on_generated_lines() {
+        // Lines built from an alphabet rich in separators, control bytes, number
+        // characters and UTF-8, by a small deterministic generator (xorshift).
+        let alphabet: &[u8] = b"ab.Z09 \t\t  \r\x00\x01\x1f\x7f\x80\xc3\xa9-+eE.5_nN";
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let mut line = Vec::new();
+        for _ in 0..200_000 {
+            line.clear();
+            let len = (next() % 40) as usize;
+            for _ in 0..len {
+                line.push(alphabet[(next() % alphabet.len() as u64) as usize]);
+            }
+            assert_eq!(parse(&line), reference_parse(&line), "{:?}", line);
+        }
+        // And well-formed lines with one byte changed anywhere.
+        let good = b"  servers.dc1.host0042.cpu.core5.user\t-12.75   1700000000 \r".to_vec();
+        for i in 0..good.len() {
+            for b in [0u8, 0x01, 0x09, 0x0d, 0x1f, b' ', b'x', b'.', b'-', b'e', 0x7f, 0x80, 0xff] {
+                let mut l = good.clone();
+                l[i] = b;
+                assert_eq!(parse(&l), reference_parse(&l), "{:?}", l);
+            }
+        }
+    }
+
+    #[test]
+    fn first_special_finds_the_first_separator_or_control_byte() {
+        for len in 0..40usize {
+            for pos in 0..=len {
+                for special in [b' ', b'\t', 0x00, 0x1f, 0x20, 0x7f] {
+                    let mut v = vec![b'a'; len];
+                    // Bytes >= 0x80 (UTF-8) and 0x21 around the special one are not special.
+                    for (k, b) in v.iter_mut().enumerate() {
+                        *b = [b'a', 0x80, 0xff, 0x21, 0x7e][k % 5];
+                    }
+                    if pos < len {
+                        v[pos] = special;
+                    }
+                    assert_eq!(first_special(&v), pos, "len {len} pos {pos} byte {special}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn numbers_take_the_fast_or_exact_path_alike() {
+        for (s, ok) in [
+            ("0", true),
+            ("-0", true),
+            ("12.5", true),
+            ("-12.50", true),
+            ("1.", true),
+            (".5", true),
+            ("+1", true),
+            ("1e3", true),
+            ("-", false),
+            ("1.2.3", false),
+            ("--1", false),
+            ("1e999", false),
+            ("", false),
+        ] {
+            assert_eq!(is_number(s.as_bytes()), ok, "{s}");
+        }
+        let huge = "9".repeat(400);
+        assert!(!is_number(huge.as_bytes()), "overflows to inf");
+        let big = "9".repeat(299);
+        assert!(is_number(big.as_bytes()));
+    }
+
+    #[test]
+    fn parse_next_agrees_with_parse_and_memchr() {
+        let alphabet: &[u8] = b"ab.Z09 \t\t  \r\x00\x01\x7f\xc3-+e.5nnnnnn111 ";
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let mut buf = Vec::new();
+        for _ in 0..20_000 {
+            buf.clear();
+            for _ in 0..(next() % 8) {
+                let len = (next() % 30) as usize;
+                for _ in 0..len {
+                    buf.push(alphabet[(next() % alphabet.len() as u64) as usize]);
+                }
+                buf.push(b'\n');
+            }
+            buf.extend_from_slice(b"good.metric 1.5 1700000000\n");
+            let mut pos = 0;
+            while pos < buf.len() {
+                let nl = pos + memchr::memchr(b'\n', &buf[pos..]).unwrap();
+                let (got, got_nl) = parse_next(&buf, pos);
+                assert_eq!((got, got_nl), (parse(&buf[pos..nl]), nl), "{:?}", &buf[pos..nl]);
+                pos = nl + 1;
+            }
+        }
     }
 }

@@ -38,10 +38,17 @@ pub trait Intake: Send + Sync + 'static {
     fn offer<'a>(&'a self, batch: &'a Batch) -> BoxFuture<'a, Result<(), Full>>;
 }
 
-/// The relay's intake: the routing pipeline, all-or-nothing per batch.
+/// The relay's intake: the routing pipeline, all-or-nothing per batch. It waits until
+/// the batch is held (spool appends written), so a slow disk slows the clients down
+/// like a full queue does; a failed spool append is offered again (at least once).
 impl Intake for Pipeline {
     fn offer<'a>(&'a self, batch: &'a Batch) -> BoxFuture<'a, Result<(), Full>> {
-        Box::pin(async move { self.submit(batch).map(|_| ()).map_err(|_| Full) })
+        Box::pin(async move {
+            self.submit_held(batch).await.map_err(|refused| {
+                tracing::debug!("Batch of {} points not queued: {refused}", batch.len());
+                Full
+            })
+        })
     }
 }
 

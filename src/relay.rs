@@ -61,6 +61,9 @@ pub struct RelayArgs {
     /// runstats listen address ("" disables)
     #[arg(long, env = "POLYMUR_STAT_ADDR", default_value = "localhost:2020")]
     pub stat_addr: String,
+    /// Admin HTTP address: /metrics, /healthz, /readyz, status page, /api/destinations ("" disables)
+    #[arg(long, env = "POLYMUR_ADMIN_ADDR", default_value = "127.0.0.1:2042")]
+    pub admin_addr: String,
 
     /// Hash for -distribution hash-route: carbon_ch (graphite-carbon), carbon_ch_c_relay,
     /// fnv1a_ch, jump_fnv1a_ch (carbon-c-relay)
@@ -156,44 +159,30 @@ pub async fn run(args: RelayArgs) -> anyhow::Result<()> {
         workers_shutdown.clone(),
     )
     .await?;
+    crate::daemon::start_admin_http(
+        &args.admin_addr,
+        crate::admin::http::AdminState {
+            service: "polymur",
+            started,
+            pipeline: pipeline.clone(),
+            control: registry.clone(),
+            keys: None,
+            listening: Arc::new(std::sync::atomic::AtomicBool::new(true)),
+        },
+        workers_shutdown.clone(),
+    )
+    .await;
     tokio::spawn(stats::report(
         pipeline.clone(),
         Duration::from_secs(5),
         workers_shutdown.clone(),
     ));
     if args.metrics_flush > 0 {
-        let (p, s) = (pipeline.clone(), source.clone());
-        let mut last = 0u64;
-        let collect = move |secs: f64| {
-            let received = p.stats().received.load(Ordering::Relaxed);
-            let rate = (received - last) as f64 / secs;
-            last = received;
-            let mut figures = vec![
-                ("rate".to_string(), rate),
-                (
-                    "incoming-queue.current-size".to_string(),
-                    s.waiting_points() as f64,
-                ),
-                (
-                    "incoming-queue.limit".to_string(),
-                    s.max_waiting_points() as f64,
-                ),
-            ];
-            for d in p.destinations() {
-                let name = crate::self_metrics::metric_safe(d.name());
-                figures.push((
-                    format!("outgoing-queue.{name}.current-size"),
-                    d.queued() as f64,
-                ));
-                figures.push((format!("outgoing-queue.{name}.limit"), d.cap() as f64));
-            }
-            figures
-        };
-        let collect = std::sync::Mutex::new(collect);
-        tokio::spawn(crate::self_metrics::run(
-            Duration::from_secs(args.metrics_flush),
+        let s = source.clone();
+        tokio::spawn(crate::self_metrics::run_for_pipeline(
             pipeline.clone(),
-            move |secs| (collect.lock().unwrap_or_else(|e| e.into_inner()))(secs),
+            Duration::from_secs(args.metrics_flush),
+            move || (s.waiting_points() as f64, s.max_waiting_points() as f64),
             workers_shutdown.clone(),
         ));
     }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::batch::Batch;
+use crate::pipeline::Pipeline;
 use crate::plaintext::Intake;
 use crate::shutdown::Shutdown;
 
@@ -63,8 +64,56 @@ pub async fn run(
     }
 }
 
-/// `-` and `.` free form of a destination name for a metric path (`host:port` →
-/// `host:port` with dots as `_`).
+/// A destination name as one metric path node: its dots become `_`
+/// (`127.0.0.1:2003` → `127_0_0_1:2003`), as PROTOCOL.md specifies.
 pub fn metric_safe(name: &str) -> String {
     name.replace('.', "_")
+}
+
+/// The self-metrics of a routing daemon (gateway, relay): the original's rate and
+/// queue figures plus the new counters, for [`run`] over the pipeline.
+/// `incoming` returns the incoming queue's current size and limit, in points.
+pub fn run_for_pipeline(
+    pipeline: Arc<Pipeline>,
+    interval: Duration,
+    incoming: impl Fn() -> (f64, f64) + Send + Sync + 'static,
+    shutdown: Shutdown,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let p = pipeline.clone();
+    let last = AtomicU64::new(p.stats().received.load(Ordering::Relaxed));
+    let collect = move |secs: f64| {
+        let stats = p.stats();
+        let received = stats.received.load(Ordering::Relaxed);
+        let rate = received.saturating_sub(last.swap(received, Ordering::Relaxed)) as f64 / secs;
+        let (current, limit) = incoming();
+        let mut figures = vec![
+            ("rate".to_string(), rate),
+            ("incoming-queue.current-size".to_string(), current),
+            ("incoming-queue.limit".to_string(), limit),
+            ("received-points".to_string(), received as f64),
+            (
+                "invalid-lines".to_string(),
+                stats.invalid.load(Ordering::Relaxed) as f64,
+            ),
+            (
+                "refused-batches".to_string(),
+                stats.refused.load(Ordering::Relaxed) as f64,
+            ),
+        ];
+        for d in p.destinations() {
+            let name = metric_safe(d.name());
+            figures.push((
+                format!("outgoing-queue.{name}.current-size"),
+                d.queued() as f64,
+            ));
+            figures.push((format!("outgoing-queue.{name}.limit"), d.cap() as f64));
+            figures.push((
+                format!("forwarded.{name}"),
+                d.stats.sent.load(Ordering::Relaxed) as f64,
+            ));
+        }
+        figures
+    };
+    run(interval, pipeline, collect, shutdown)
 }

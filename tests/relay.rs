@@ -17,6 +17,7 @@ struct Relay {
     proc: Proc,
     listen: String,
     api: String,
+    admin: String,
 }
 
 fn relay_env(args: &[&str], envs: &[(&str, &str)]) -> Relay {
@@ -24,6 +25,7 @@ fn relay_env(args: &[&str], envs: &[(&str, &str)]) -> Relay {
     let listen = format!("127.0.0.1:{listen}");
     let api = format!("127.0.0.1:{api}");
     let stat = format!("127.0.0.1:{stat}");
+    let admin = format!("127.0.0.1:{}", free_port());
     let mut all = vec![
         "-listen-addr",
         &listen,
@@ -31,15 +33,22 @@ fn relay_env(args: &[&str], envs: &[(&str, &str)]) -> Relay {
         &api,
         "-stat-addr",
         &stat,
+        "-admin-addr",
+        &admin,
     ];
     all.extend_from_slice(args);
     let proc = Proc::spawn(RELAY, &all, envs);
     assert!(
-        proc.wait_log("Runstats started", secs(15)),
+        proc.wait_log("Admin HTTP started", secs(15)),
         "relay did not start: {}",
         proc.all_output()
     );
-    Relay { proc, listen, api }
+    Relay {
+        proc,
+        listen,
+        api,
+        admin,
+    }
 }
 
 fn sorted(mut v: Vec<String>) -> Vec<String> {
@@ -104,6 +113,20 @@ fn many_concurrent_connections_deliver_every_line_exactly_once() {
     );
     assert_eq!(sink.wait_idle(millis(300), secs(5)), CONNS * LINES);
     assert_eq!(sorted(sink.lines()), sorted(expected));
+    // The relay's own counters agree with what was sent and delivered.
+    let metrics = http_get(&relay.admin, "/metrics", &[]).unwrap().body;
+    let total = (CONNS * LINES).to_string();
+    assert!(
+        metrics.contains(&format!("polymur_received_points_total {total}\n")),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(&format!(
+            "polymur_forwarded_points_total{{destination=\"{}\"}} {total}\n",
+            sink.addr()
+        )),
+        "{metrics}"
+    );
 }
 
 /// A destination that is down with a tiny queue: the relay stops reading from its
@@ -251,4 +274,30 @@ fn env_flags_and_runtime_api() {
         "broadcast reaches the added destination"
     );
     assert_eq!(other.lines(), vec![format!("api.one 1 {ts}")]);
+}
+
+/// `-metrics-flush 1`: the relay's own figures reach its destinations as Graphite lines.
+#[test]
+fn metrics_flush_sends_self_metrics_to_the_destinations() {
+    let sink = LineSink::start();
+    let relay = relay_env(&["-destinations", &sink.addr(), "-metrics-flush", "1"], &[]);
+    let dest = sink.addr().replace('.', "_");
+    let want = format!(".polymur.outgoing-queue.{dest}.limit 4096 ");
+    assert!(
+        wait_until(secs(10), || sink.lines().iter().any(|l| l.contains(&want))),
+        "{:?}\n{}",
+        sink.lines(),
+        relay.proc.all_output()
+    );
+    let lines = sink.lines();
+    assert!(
+        lines.iter().any(|l| l.contains(".polymur.rate ")),
+        "{lines:?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains(".polymur.incoming-queue.limit 3276800 ")),
+        "{lines:?}"
+    );
 }
