@@ -300,6 +300,7 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
         },
         keys: cache,
         pipeline: pipeline.clone(),
+        decode_budget: ingest::DecodeBudget::from_incoming_queue_cap(args.incoming_queue_cap),
     });
     let mut servers = Vec::new();
     let http_addr = listen_on(&args.listen_addr, args.listen_http_port.unwrap_or(80));
@@ -340,13 +341,16 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
         workers_shutdown.clone(),
     ));
     if args.metrics_flush > 0 {
-        // Batches are routed into destination queues on arrival: nothing waits in an
-        // incoming queue, so its size is truthfully 0.
-        let limit = (args.incoming_queue_cap * 100) as f64;
+        // The incoming side is the decode budget: KiB of batches being decoded and
+        // routed, reported in the original's unit (points, at 64 bytes a point).
+        let st = state.clone();
         tokio::spawn(crate::self_metrics::run_for_pipeline(
             pipeline.clone(),
             Duration::from_secs(args.metrics_flush),
-            move || (0.0, limit),
+            move || {
+                let b = &st.decode_budget;
+                ((b.in_use_kib() * 16) as f64, (b.total_kib() * 16) as f64)
+            },
             workers_shutdown.clone(),
         ));
     }

@@ -151,13 +151,52 @@ fn field(line: &[u8], mut from: usize) -> Result<(usize, usize), LineError> {
 /// Index of the first byte that is a blank, a control byte or DEL (any byte
 /// `<= 0x20`, or `0x7f`), or `bytes.len()` if there is none.
 ///
-/// Eight bytes per step (SWAR): `w - 0x21..` borrows into bit 7 of exactly the
+/// The metric path is most of a line's bytes, so this is the inner loop of
+/// validation: 16 bytes per step with SSE2 (part of every x86_64 CPU), then
+/// [`first_special_swar`] for the tail and on other architectures.
+#[inline]
+fn first_special(bytes: &[u8]) -> usize {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{
+            __m128i, _mm_cmpeq_epi8, _mm_cmpgt_epi8, _mm_loadu_si128, _mm_movemask_epi8,
+            _mm_set1_epi8,
+        };
+        let mut i = 0;
+        // SAFETY: SSE2 is in the x86_64 baseline, so these intrinsics are always
+        // available; every load reads bytes[i..i + 16], in bounds by the loop
+        // condition, and `loadu` has no alignment requirement.
+        unsafe {
+            let limit = _mm_set1_epi8(0x21);
+            let del = _mm_set1_epi8(0x7f);
+            while i + 16 <= bytes.len() {
+                let v = _mm_loadu_si128(bytes.as_ptr().add(i).cast::<__m128i>());
+                // Signed compare: 0x21 > v holds for 0..=0x20 and for bytes >= 0x80
+                // (negative); the sign mask removes the latter (UTF-8 is allowed).
+                let low = _mm_movemask_epi8(_mm_cmpgt_epi8(limit, v)) & !_mm_movemask_epi8(v);
+                let hits = low | _mm_movemask_epi8(_mm_cmpeq_epi8(v, del));
+                if hits != 0 {
+                    return i + hits.trailing_zeros() as usize;
+                }
+                i += 16;
+            }
+        }
+        i + first_special_swar(&bytes[i..])
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    first_special_swar(bytes)
+}
+
+/// Index of the first byte that is a blank, a control byte or DEL (any byte
+/// `<= 0x20`, or `0x7f`), or `bytes.len()` if there is none.
+///
+/// [`first_special`] eight bytes per step (SWAR): `w - 0x21..` borrows into bit 7 of exactly the
 /// bytes below 0x21 (masked with `!w` to exclude bytes >= 0x80, which UTF-8
 /// names may contain), and a byte equal to 0x7f is a zero byte of `w ^ 0x7f..`.
 /// A borrow can only flag a byte *above* a truly flagged one, so the lowest
 /// flagged byte is exact.
 #[inline]
-fn first_special(bytes: &[u8]) -> usize {
+fn first_special_swar(bytes: &[u8]) -> usize {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGH: u64 = 0x8080_8080_8080_8080;
     let mut i = 0;
@@ -250,7 +289,9 @@ pub fn parse_next(buf: &[u8], start: usize) -> (Result<Line, LineError>, usize) 
     (parse(&buf[start..nl]), nl)
 }
 
-/// The fast path of [`parse_next`]: `None` unless the line is clean.
+/// The fast path of [`parse_next`]: `None` unless the line is clean, i.e.
+/// `metric SEP+ number SEP+ number\n` with numbers of the plain shape
+/// (`-?digits(.digits)?`, checked as they are scanned: no second pass).
 #[inline]
 fn parse_clean(buf: &[u8], start: usize) -> Option<(Result<Line, LineError>, usize)> {
     let rest = &buf[start..];
@@ -262,29 +303,14 @@ fn parse_clean(buf: &[u8], start: usize) -> Option<(Result<Line, LineError>, usi
     if !is_blank(*rest.get(metric_end)?) {
         return None;
     }
-    let mut i = metric_end;
-    while is_blank(*rest.get(i)?) {
-        i += 1;
-    }
-    let value_start = i;
-    while *rest.get(i)? > 0x20 && rest[i] != 0x7f {
-        i += 1;
-    }
-    if i == value_start || !is_blank(rest[i]) {
+    let mut i = skip_blanks(rest, metric_end)?;
+    i = plain_number_end(rest, i)?;
+    if !is_blank(rest[i]) {
         return None;
     }
-    let value_end = i;
-    while is_blank(*rest.get(i)?) {
-        i += 1;
-    }
-    let ts_start = i;
-    while *rest.get(i)? > 0x20 && rest[i] != 0x7f {
-        i += 1;
-    }
-    if i == ts_start || rest[i] != b'\n' {
-        return None;
-    }
-    if !is_number(&rest[value_start..value_end]) || !is_number(&rest[ts_start..i]) {
+    i = skip_blanks(rest, i)?;
+    i = plain_number_end(rest, i)?;
+    if rest[i] != b'\n' {
         return None;
     }
     Some((
@@ -295,6 +321,43 @@ fn parse_clean(buf: &[u8], start: usize) -> Option<(Result<Line, LineError>, usi
         }),
         start + i,
     ))
+}
+
+/// Index of the first non-blank byte at or after `i` (`None` at the buffer's end).
+#[inline]
+fn skip_blanks(rest: &[u8], mut i: usize) -> Option<usize> {
+    while is_blank(*rest.get(i)?) {
+        i += 1;
+    }
+    Some(i)
+}
+
+/// If `rest[i..]` starts with a number of the plain shape `-?digits(.digits)?`
+/// (under 300 integer digits, so always finite), the index just after it.
+/// What follows is the caller's to check; any other shape gives `None`.
+#[inline]
+fn plain_number_end(rest: &[u8], mut i: usize) -> Option<usize> {
+    if *rest.get(i)? == b'-' {
+        i += 1;
+    }
+    let int_start = i;
+    while rest.get(i)?.is_ascii_digit() {
+        i += 1;
+    }
+    if i == int_start || i - int_start >= 300 {
+        return None;
+    }
+    if rest[i] == b'.' {
+        i += 1;
+        let frac_start = i;
+        while rest.get(i)?.is_ascii_digit() {
+            i += 1;
+        }
+        if i == frac_start {
+            return None;
+        }
+    }
+    Some(i)
 }
 
 #[cfg(test)]
@@ -431,6 +494,7 @@ mod tests {
                         v[pos] = special;
                     }
                     assert_eq!(first_special(&v), pos, "len {len} pos {pos} byte {special}");
+                    assert_eq!(first_special_swar(&v), pos, "swar: len {len} pos {pos}");
                 }
             }
         }

@@ -184,8 +184,19 @@ fn gzip_bomb_gets_413_with_bounded_memory_and_the_gateway_stays_up() {
     for _ in 0..2048 {
         bomb.extend_from_slice(&member);
     }
-    let r = http_post(&gw.http, "/ingest", &[KEY], bomb);
-    assert_eq!((r.status, r.body.as_str()), (413, "Batch Too Large\n"));
+    // Three at once: the decode budget (-incoming-queue-cap) lets one decode to the
+    // cap at a time, so memory stays bounded however many clients send bombs.
+    let bomb = std::sync::Arc::new(bomb);
+    let senders: Vec<_> = (0..3)
+        .map(|_| {
+            let (http, bomb) = (gw.http.clone(), bomb.clone());
+            std::thread::spawn(move || http_post(&http, "/ingest", &[KEY], bomb.to_vec()))
+        })
+        .collect();
+    for s in senders {
+        let r = s.join().unwrap();
+        assert_eq!((r.status, r.body.as_str()), (413, "Batch Too Large\n"));
+    }
     // A member whose trailer lies about its size is corrupt, not large.
     let mut liar = gzip(b"x 1 2\n");
     let n = liar.len();

@@ -134,19 +134,30 @@ async fn ingest(state: Arc<Ingest>, req: Request<Incoming>, client: &str, tenant
     };
 
     let big = body.len() >= BLOCKING_THRESHOLD;
+    // The gzip trailer's size claim, when plausible for this body (deflate cannot
+    // exceed about 1032:1); otherwise assume the worst the cap allows.
+    let claimed = body
+        .len()
+        .checked_sub(4)
+        .and_then(|at| body.get(at..))
+        .map(|t| u32::from_le_bytes([t[0], t[1], t[2], t[3]]) as usize)
+        .filter(|&n| n <= limits.max_batch_bytes && n <= body.len().saturating_mul(1032))
+        .unwrap_or(limits.max_batch_bytes);
     let prefix = limits.key_prefix.then(|| name.to_string());
     let max = limits.max_batch_bytes;
-    let work = move || -> Result<_, InflateError> {
-        let raw = gunzip(&body, max)?;
-        Ok(Batch::from_plaintext(raw, prefix.as_deref()))
-    };
-    let decoded = if big {
-        match tokio::task::spawn_blocking(work).await {
-            Ok(r) => r,
-            Err(_) => return reply(StatusCode::INTERNAL_SERVER_ERROR, "Internal Error\n"),
-        }
-    } else {
-        work()
+    // Decode within the reservation first; a body whose trailer understated its
+    // size (several gzip members) reserves up to the cap and decodes again, so the
+    // decode budget bounds memory whatever the trailer says.
+    let mut reservation = state.decode_budget.reserve(claimed).await;
+    let mut decoded = decode(body.clone(), claimed, prefix.clone(), big).await;
+    if matches!(decoded, Some(Err(InflateError::TooLarge(_)))) && claimed < max {
+        drop(reservation);
+        reservation = state.decode_budget.reserve(max).await;
+        decoded = decode(body, max, prefix, big).await;
+    }
+    let _reservation = reservation;
+    let Some(decoded) = decoded else {
+        return reply(StatusCode::INTERNAL_SERVER_ERROR, "Internal Error\n");
     };
     let (batch, rejects) = match decoded {
         Ok(b) => b,
@@ -193,5 +204,24 @@ async fn ingest(state: Arc<Ingest>, req: Request<Incoming>, client: &str, tenant
                 .insert(RETRY_AFTER, HeaderValue::from_static("1"));
             r
         }
+    }
+}
+
+/// Inflates and validates a body of at most `limit` decompressed bytes, on the
+/// blocking pool when it is large. `None` if the blocking task died.
+async fn decode(
+    body: Bytes,
+    limit: usize,
+    prefix: Option<String>,
+    blocking: bool,
+) -> Option<Result<(Batch, crate::batch::Rejects), InflateError>> {
+    let work = move || -> Result<_, InflateError> {
+        let raw = gunzip(&body, limit)?;
+        Ok(Batch::from_plaintext(raw, prefix.as_deref()))
+    };
+    if blocking {
+        tokio::task::spawn_blocking(work).await.ok()
+    } else {
+        Some(work())
     }
 }

@@ -39,6 +39,55 @@ pub struct Ingest {
     pub keys: Arc<KeyCache>,
     /// Where accepted batches go.
     pub pipeline: Arc<Pipeline>,
+    /// Decode budget in KiB (`-incoming-queue-cap`): bounds the memory of batches
+    /// being decompressed and routed at once, whatever the number of clients.
+    pub decode_budget: DecodeBudget,
+}
+
+/// Memory for batches between "body received" and "held by the destinations".
+/// A request reserves its decompressed size (from the gzip trailer, or the batch
+/// cap when the trailer cannot be trusted) before inflating, and waits when the
+/// budget is spent; the reservation ends once the batch is admitted or refused.
+pub struct DecodeBudget {
+    kib: tokio::sync::Semaphore,
+    total_kib: u32,
+}
+
+impl DecodeBudget {
+    /// A budget of `bytes` (at least 1 MiB).
+    pub fn new(bytes: u64) -> Self {
+        let total_kib = (bytes / 1024).clamp(1024, u32::MAX as u64 >> 4) as u32;
+        DecodeBudget {
+            kib: tokio::sync::Semaphore::new(total_kib as usize),
+            total_kib,
+        }
+    }
+
+    /// `-incoming-queue-cap` counts batches of 100 points, as the Go original did;
+    /// at a generous 64 bytes per decompressed point that is the byte budget.
+    pub fn from_incoming_queue_cap(cap: u64) -> Self {
+        Self::new(cap.saturating_mul(100 * 64))
+    }
+
+    /// Reserves room for a batch of about `bytes` decompressed bytes (capped at the
+    /// whole budget, so one huge batch can still pass alone).
+    pub async fn reserve(&self, bytes: usize) -> tokio::sync::SemaphorePermit<'_> {
+        let kib = ((bytes / 1024) as u32 + 1).min(self.total_kib);
+        self.kib
+            .acquire_many(kib)
+            .await
+            .expect("the decode budget semaphore is never closed")
+    }
+
+    /// KiB currently reserved.
+    pub fn in_use_kib(&self) -> u64 {
+        (self.total_kib as usize - self.kib.available_permits()) as u64
+    }
+
+    /// The whole budget in KiB.
+    pub fn total_kib(&self) -> u64 {
+        self.total_kib as u64
+    }
 }
 
 /// How long shutdown waits for in-flight requests.
