@@ -290,6 +290,9 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
         },
         workers_shutdown.clone(),
     );
+    if args.hash_failover && args.distribution == "hash-route" {
+        registry.start_failover();
+    }
 
     let state = Arc::new(Ingest {
         config: IngestConfig {

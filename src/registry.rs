@@ -1,11 +1,15 @@
 //! The set of destinations of a running daemon, changeable at run time.
 
+use std::collections::HashSet;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use tokio::task::JoinHandle;
 
 use crate::admin::api::DestinationControl;
+use crate::batch::Batch;
+use crate::dest::Chunk;
 use crate::dest::{DestAddr, DestConfig, Destination, SinkKind};
 use crate::pipeline::{Pipeline, Topology};
 use crate::route::Router;
@@ -28,7 +32,12 @@ pub struct Registry {
     make_router: RouterFactory,
     config: DestConfig,
     shutdown: Shutdown,
+    /// Destinations taken out of the ring by `-hash-failover` (empty without it).
+    failed: Mutex<HashSet<DestAddr>>,
 }
+
+/// Failed reconnects after which `-hash-failover` takes a destination out of the ring.
+pub const FAILOVER_AFTER: u64 = 3;
 
 impl Registry {
     /// Starts a writer per destination and installs the first topology.
@@ -47,6 +56,7 @@ impl Registry {
             make_router,
             config,
             shutdown,
+            failed: Mutex::new(HashSet::new()),
         });
         if console {
             let (dest, task) =
@@ -94,12 +104,102 @@ impl Registry {
         }
     }
 
+    /// Builds and swaps in the topology of the entries in service (all of them,
+    /// unless failover took some out).
     fn install(&self, entries: &[Entry]) {
-        let addrs: Vec<DestAddr> = entries.iter().map(|e| e.addr.clone()).collect();
+        let failed = self.failed.lock().unwrap_or_else(|e| e.into_inner());
+        let live: Vec<&Entry> = entries
+            .iter()
+            .filter(|e| !failed.contains(&e.addr))
+            .collect();
+        let addrs: Vec<DestAddr> = live.iter().map(|e| e.addr.clone()).collect();
         self.pipeline.set_topology(Topology {
-            dests: entries.iter().map(|e| e.dest.clone()).collect(),
+            dests: live.iter().map(|e| e.dest.clone()).collect(),
             router: (self.make_router)(&addrs),
         });
+    }
+
+    /// `-hash-failover`: every second, a destination whose last
+    /// [`FAILOVER_AFTER`] reconnects failed leaves the ring and what its memory
+    /// queue holds is routed again over the remaining ring; it rejoins once a
+    /// reconnect succeeds. Its spool (if any) stays with it until then.
+    pub fn start_failover(self: &Arc<Self>) {
+        let reg = self.clone();
+        let mut shutdown = self.shutdown.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = shutdown.recv() => return,
+                }
+                reg.check_failover().await;
+            }
+        });
+    }
+
+    async fn check_failover(&self) {
+        let out_of_ring: Vec<Arc<Destination>> = {
+            let entries = self.lock_entries();
+            let down: HashSet<DestAddr> = entries
+                .iter()
+                .filter(|e| {
+                    !e.dest.stats.connected.load(Ordering::Relaxed)
+                        && e.dest.stats.consecutive_failures.load(Ordering::Relaxed)
+                            >= FAILOVER_AFTER
+                })
+                .map(|e| e.addr.clone())
+                .collect();
+            let changed = {
+                let mut failed = self.failed.lock().unwrap_or_else(|e| e.into_inner());
+                for a in down.difference(&failed) {
+                    tracing::warn!(
+                        "Destination {a} failed {FAILOVER_AFTER} reconnects: taken out of the ring (-hash-failover), its queued lines are re-routed"
+                    );
+                }
+                for a in failed.difference(&down) {
+                    tracing::info!("Destination {a} reconnected: rejoins the ring");
+                }
+                let changed = *failed != down;
+                *failed = down.clone();
+                changed
+            };
+            if changed {
+                self.install(&entries);
+            }
+            entries
+                .iter()
+                .filter(|e| down.contains(&e.addr))
+                .map(|e| e.dest.clone())
+                .collect()
+        };
+        // Batches routed on the old ring may still land in a failed queue, so
+        // failed queues are emptied on every round, not only at the switch.
+        for dest in out_of_ring {
+            let chunks = dest.reclaim().await;
+            if !chunks.is_empty() {
+                self.reroute(dest.name(), chunks).await;
+            }
+        }
+    }
+
+    /// Routes reclaimed lines again; waits (without dropping) while the
+    /// remaining queues are full.
+    async fn reroute(&self, from: &str, chunks: Vec<Chunk>) {
+        let points: u64 = chunks.iter().map(|c| c.points).sum();
+        let mut shutdown = self.shutdown.clone();
+        for chunk in chunks {
+            let (batch, _) = Batch::from_plaintext(chunk.data.to_vec(), None);
+            while self.pipeline.submit_held(&batch).await.is_err() {
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                    _ = shutdown.recv() => {
+                        tracing::error!("shutdown while re-routing lines of {from}: {} points not re-routed", batch.len());
+                        return;
+                    }
+                }
+            }
+        }
+        tracing::info!("Re-routed {points} queued points of failed destination {from}");
     }
 
     /// Takes the writer tasks, to await them during shutdown.
@@ -111,7 +211,12 @@ impl Registry {
 impl DestinationControl for Registry {
     fn getdest(&self) -> serde_json::Value {
         let entries = self.lock_entries();
-        let active: Vec<String> = entries.iter().map(|e| e.addr.to_string()).collect();
+        let failed = self.failed.lock().unwrap_or_else(|e| e.into_inner());
+        let active: Vec<String> = entries
+            .iter()
+            .filter(|e| !failed.contains(&e.addr))
+            .map(|e| e.addr.to_string())
+            .collect();
         let registered: serde_json::Map<String, serde_json::Value> = entries
             .iter()
             .map(|e| {
@@ -147,6 +252,10 @@ impl DestinationControl for Registry {
         // The removed writer keeps delivering what it had admitted, then exits
         // when the last handle (held by in-flight batches) is dropped.
         entries.remove(pos);
+        self.failed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&addr);
         self.install(&entries);
         tracing::info!("Removed destination {addr}");
         Ok(())

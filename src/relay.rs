@@ -72,6 +72,10 @@ pub struct RelayArgs {
     /// Destinations per metric for hash-route (the next distinct ones on the ring)
     #[arg(long, env = "POLYMUR_REPLICATION_FACTOR", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
     pub replication_factor: u16,
+    /// hash-route availability mode: a destination failing 3 reconnects leaves the ring and its
+    /// queued lines are re-routed (placement is no longer guaranteed while it is out)
+    #[arg(long, env = "POLYMUR_HASH_FAILOVER", action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_parser = crate::go_bool!())]
+    pub hash_failover: bool,
     /// Close a client connection that sent nothing for this long (0 never closes)
     #[arg(long, env = "POLYMUR_IDLE_TIMEOUT", default_value = "10m", value_parser = parse_duration)]
     pub idle_timeout: Duration,
@@ -138,6 +142,9 @@ pub async fn run(args: RelayArgs) -> anyhow::Result<()> {
         },
         workers_shutdown.clone(),
     );
+    if args.hash_failover && args.distribution == "hash-route" {
+        registry.start_failover();
+    }
 
     let source = PlaintextSource::new(
         pipeline.clone(),

@@ -338,3 +338,109 @@ fn putdest_and_deldest_during_ingestion_lose_nothing_and_rebuild_the_ring() {
         }
     }
 }
+
+/// Owner index of each line's metric on the ring over `members`.
+fn owner_of(ring: &HashRing, line: &str) -> usize {
+    let mut owner = Vec::new();
+    ring.lookup(line.split(' ').next().unwrap().as_bytes(), 1, &mut owner);
+    owner[0]
+}
+
+#[test]
+fn a_down_destination_keeps_its_place_and_gets_its_lines_when_back() {
+    let mut sinks = [LineSink::start(), LineSink::start(), LineSink::start()];
+    let members: Vec<DestAddr> = sinks.iter().map(|s| s.addr().parse().unwrap()).collect();
+    let dests = sinks.iter().map(|s| s.addr()).collect::<Vec<_>>().join(",");
+    sinks[2].stop();
+    let gw = gateway(&["-distribution", "hash-route", "-destinations", &dests]);
+    let ts = now_ts();
+    let lines: Vec<String> = (0..300).map(|i| format!("place.m{i} 1 {ts}")).collect();
+    assert_eq!(post(&gw, &(lines.join("\n") + "\n")), 200);
+    let ring = HashRing::new(HashKind::CarbonCh, &members);
+    let for_down = lines.iter().filter(|l| owner_of(&ring, l) == 2).count();
+    assert!(for_down > 0);
+    assert!(wait_until(secs(10), || sinks[0].count() + sinks[1].count()
+        == 300 - for_down));
+    // Well past three failed reconnects, nothing of the down destination's share moved.
+    std::thread::sleep(secs(3));
+    assert_eq!(sinks[0].count() + sinks[1].count(), 300 - for_down);
+    sinks[2].restart();
+    assert!(wait_until(secs(15), || sinks[2].count() == for_down));
+    for (i, s) in sinks.iter().enumerate() {
+        assert!(s.lines().iter().all(|l| owner_of(&ring, l) == i));
+    }
+}
+
+#[test]
+fn hash_failover_reroutes_a_failed_destinations_lines_and_lets_it_rejoin() {
+    let mut sinks = [LineSink::start(), LineSink::start(), LineSink::start()];
+    let members: Vec<DestAddr> = sinks.iter().map(|s| s.addr().parse().unwrap()).collect();
+    let dests = sinks.iter().map(|s| s.addr()).collect::<Vec<_>>().join(",");
+    sinks[2].stop();
+    let gw = gateway(&[
+        "-distribution",
+        "hash-route",
+        "-hash-failover",
+        "-destinations",
+        &dests,
+    ]);
+    let ts = now_ts();
+    let lines: Vec<String> = (0..300).map(|i| format!("fo.m{i} 1 {ts}")).collect();
+    assert_eq!(post(&gw, &(lines.join("\n") + "\n")), 200);
+    // Its share was queued for it, then taken back and re-routed to the others.
+    assert!(
+        gw.proc.wait_log("taken out of the ring", secs(15)),
+        "{}",
+        gw.proc.all_output()
+    );
+    assert!(wait_until(secs(10), || sinks[0].count() + sinks[1].count() == 300));
+    let mut got: Vec<String> = [&sinks[0], &sinks[1]]
+        .iter()
+        .flat_map(|s| s.lines())
+        .collect();
+    got.sort();
+    let mut want = lines.clone();
+    want.sort();
+    assert_eq!(got, want, "every line once, on the remaining destinations");
+    let doc: serde_json::Value =
+        serde_json::from_str(tcp_request(&gw.api, "getdest").unwrap().trim()).unwrap();
+    assert_eq!(
+        doc["active"],
+        serde_json::json!([sinks[0].addr(), sinks[1].addr()])
+    );
+
+    // While it is out, the two-member ring places new lines.
+    let two = HashRing::new(HashKind::CarbonCh, &members[..2]);
+    for s in &sinks {
+        s.clear();
+    }
+    let more: Vec<String> = (0..100).map(|i| format!("fo.more{i} 1 {ts}")).collect();
+    assert_eq!(post(&gw, &(more.join("\n") + "\n")), 200);
+    assert!(wait_until(secs(10), || sinks[0].count() + sinks[1].count() == 100));
+    for (i, s) in sinks[..2].iter().enumerate() {
+        assert!(s.lines().iter().all(|l| owner_of(&two, l) == i));
+    }
+
+    // Back up: it rejoins and receives its share of the three-member ring again.
+    sinks[2].restart();
+    assert!(
+        gw.proc.wait_log("rejoins the ring", secs(15)),
+        "{}",
+        gw.proc.all_output()
+    );
+    for s in &sinks {
+        s.clear();
+    }
+    let three = HashRing::new(HashKind::CarbonCh, &members);
+    let last: Vec<String> = (0..300).map(|i| format!("fo.back{i} 1 {ts}")).collect();
+    assert_eq!(post(&gw, &(last.join("\n") + "\n")), 200);
+    assert!(wait_until(secs(10), || sinks
+        .iter()
+        .map(|s| s.count())
+        .sum::<usize>()
+        == 300));
+    assert!(sinks[2].count() > 0);
+    for (i, s) in sinks.iter().enumerate() {
+        assert!(s.lines().iter().all(|l| owner_of(&three, l) == i));
+    }
+}

@@ -182,7 +182,13 @@ pub struct Destination {
     kind: SinkKind,
     tx: mpsc::UnboundedSender<Chunk>,
     shared: Arc<DestShared>,
+    /// Asks a disconnected writer to hand back what its memory queue holds
+    /// (hash-route failover re-routes it to the remaining destinations).
+    reclaim_tx: mpsc::UnboundedSender<tokio::sync::oneshot::Sender<Vec<Chunk>>>,
 }
+
+/// A reclaim request: the writer answers with the chunks it gave up.
+pub(crate) type ReclaimRx = mpsc::UnboundedReceiver<tokio::sync::oneshot::Sender<Vec<Chunk>>>;
 
 impl std::ops::Deref for Destination {
     type Target = DestShared;
@@ -199,6 +205,7 @@ impl Destination {
         shutdown: Shutdown,
     ) -> (Arc<Destination>, JoinHandle<()>) {
         let (tx, rx) = mpsc::unbounded_channel();
+        let (reclaim_tx, reclaim_rx) = mpsc::unbounded_channel();
         let name = match &kind {
             SinkKind::Tcp(a) => a.to_string(),
             SinkKind::Console => "console".to_string(),
@@ -237,14 +244,31 @@ impl Destination {
                     shared.clone(),
                     addr,
                     rx,
+                    reclaim_rx,
                     shutdown,
                     config.drain_timeout,
                 ))
             }
             SinkKind::Console => tokio::spawn(console::run(shared.clone(), rx, shutdown)),
         };
-        let dest = Arc::new(Destination { kind, tx, shared });
+        let dest = Arc::new(Destination {
+            kind,
+            tx,
+            shared,
+            reclaim_tx,
+        });
         (dest, task)
+    }
+
+    /// Takes back what the memory queue holds while the destination is
+    /// disconnected (the spool keeps its part). Empty when the writer is connected,
+    /// gone, or has nothing; the points leave this queue's accounting.
+    pub async fn reclaim(&self) -> Vec<Chunk> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if self.reclaim_tx.send(tx).is_err() {
+            return Vec::new();
+        }
+        rx.await.unwrap_or_default()
     }
 
     /// What this destination writes to.

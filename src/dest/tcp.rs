@@ -106,6 +106,8 @@ struct Writer {
     dest: Arc<DestShared>,
     spool: Option<Arc<Spool>>,
     rx: mpsc::UnboundedReceiver<Chunk>,
+    /// Failover asks for the memory queue back while disconnected.
+    reclaim: super::ReclaimRx,
     shutdown: Shutdown,
     drain_timeout: Duration,
     /// Set when shutdown was requested: give up at this instant.
@@ -121,6 +123,7 @@ pub async fn run(
     dest: Arc<DestShared>,
     addr: DestAddr,
     rx: mpsc::UnboundedReceiver<Chunk>,
+    reclaim: super::ReclaimRx,
     shutdown: Shutdown,
     drain_timeout: Duration,
 ) {
@@ -129,6 +132,7 @@ pub async fn run(
         dest,
         spool: spool.clone(),
         rx,
+        reclaim,
         shutdown,
         drain_timeout,
         deadline: None,
@@ -184,6 +188,9 @@ impl Writer {
                     _ = tokio::time::sleep(pause) => {}
                     _ = self.shutdown.recv(), if self.deadline.is_none() => {
                         self.deadline = Some(Instant::now() + self.drain_timeout);
+                    }
+                    Some(answer) = self.reclaim.recv() => {
+                        let _ = answer.send(self.give_back());
                     }
                 }
                 backoff = (backoff * 2).min(MAX_BACKOFF);
@@ -246,6 +253,35 @@ impl Writer {
                 );
             }
         }
+    }
+
+    /// Hands back every memory-queue chunk not yet written (failover re-routes
+    /// them); spooled records stay in the spool. Only called while disconnected,
+    /// so nothing handed back is half-written.
+    fn give_back(&mut self) -> Vec<Chunk> {
+        let mut out = Vec::new();
+        let mut kept = VecDeque::new();
+        let mut queued = 0;
+        for item in self.pending.items.drain(..) {
+            match item.origin {
+                Origin::Memory => {
+                    queued += item.chunk.points;
+                    out.push(item.chunk);
+                }
+                // Written on the broken connection and perhaps lost: at-least-once
+                // means they go to the new owners too (they left the queue already).
+                Origin::Resend => out.push(item.chunk),
+                Origin::Spool(_) => kept.push_back(item),
+            }
+        }
+        self.pending.items = kept;
+        self.pending.front_off = 0;
+        while let Ok(c) = self.rx.try_recv() {
+            queued += c.points;
+            out.push(c);
+        }
+        self.dest.queued.fetch_sub(queued, Ordering::AcqRel);
+        out
     }
 
     /// True when nothing from the memory queue is left to write.
