@@ -9,13 +9,16 @@ use anyhow::bail;
 
 use crate::admin;
 use crate::admin::api::DestinationControl;
-use crate::dest::DestAddr;
-use crate::registry::RouterFactory;
+use crate::dest::{DestAddr, DestConfig, Overflow};
+use crate::pipeline::{Pipeline, Topology};
+use crate::registry::{Registry, RouterFactory};
 use crate::route::broadcast::Broadcast;
+use crate::route::dry_run;
 use crate::route::hash::HashKind;
 use crate::route::hashed::HashRouter;
 use crate::route::Router;
 use crate::shutdown::Shutdown;
+use crate::stats::Stats;
 
 /// The router factory for `-distribution` (`broadcast` or `hash-route` with `-hash`
 /// and `-replication-factor`).
@@ -80,5 +83,99 @@ pub async fn start_admin_http(addr: &str, state: admin::http::AdminState, shutdo
             tokio::spawn(admin::http::serve(l, Arc::new(state), shutdown));
         }
         Err(e) => tracing::warn!("admin endpoint disabled: {e}"),
+    }
+}
+
+/// `-overflow refuse|drop` as the destinations' policy.
+pub fn overflow(flag: &str) -> Overflow {
+    if flag == "drop" {
+        Overflow::Drop
+    } else {
+        Overflow::Refuse
+    }
+}
+
+/// The routing core of a daemon: counters, the pipeline, and the destination
+/// registry with a writer per destination (plus failover when asked for).
+pub fn routing_core(
+    destinations: &[DestAddr],
+    console_out: bool,
+    make_router: RouterFactory,
+    config: DestConfig,
+    failover: bool,
+    shutdown: Shutdown,
+) -> (Arc<Stats>, Arc<Pipeline>, Arc<Registry>) {
+    let stats = Arc::new(Stats::default());
+    let pipeline = Arc::new(Pipeline::new(
+        Topology {
+            dests: Vec::new(),
+            router: Box::new(Broadcast { destinations: 0 }),
+        },
+        stats.clone(),
+    ));
+    let registry = Registry::start(
+        destinations,
+        console_out,
+        pipeline.clone(),
+        make_router,
+        config,
+        shutdown,
+    );
+    if failover {
+        registry.start_failover();
+    }
+    (stats, pipeline, registry)
+}
+
+/// `-route-test`: the routing dry run over stdin/stdout (see [`dry_run`]).
+pub fn route_test(
+    program: &str,
+    destinations: &str,
+    distribution: &str,
+    hash: HashKind,
+    replication_factor: usize,
+) -> std::process::ExitCode {
+    let dests = match DestAddr::parse_list(destinations) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("{program}: -destinations: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let plan = match distribution {
+        "hash-route" => dry_run::Plan::Hash(hash, replication_factor),
+        _ => dry_run::Plan::Broadcast,
+    };
+    let stdin = std::io::stdin().lock();
+    let stdout = std::io::BufWriter::new(std::io::stdout().lock());
+    match dry_run::run(&plan, &dests, stdin, stdout) {
+        Ok(_) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{program}: -route-test: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs a daemon's `run` future on a multi-threaded runtime; an error is logged
+/// and printed (`<program>: <error>`) and becomes exit code 1.
+pub fn block_on(
+    program: &str,
+    run: impl std::future::Future<Output = anyhow::Result<()>>,
+) -> std::process::ExitCode {
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("{program}: cannot start runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("{program}: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
     }
 }

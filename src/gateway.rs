@@ -10,16 +10,13 @@ use clap::{ArgAction, Parser};
 
 use crate::admin;
 use crate::config::{parse_bytes, parse_duration};
-use crate::dest::{DestAddr, DestConfig, Overflow};
+use crate::dest::{DestAddr, DestConfig};
 use crate::ingest::{self, Ingest, IngestConfig};
 use crate::keys::{self, KeyCache, KeyStoreConfig};
-use crate::pipeline::{Pipeline, Topology};
-use crate::registry::{Registry, RouterFactory};
-use crate::route::broadcast::Broadcast;
-use crate::route::dry_run;
+use crate::registry::RouterFactory;
 use crate::route::hash::HashKind;
 use crate::shutdown::{self, Shutdown};
-use crate::stats::{self, Stats};
+use crate::stats::{self};
 
 /// Flags of polymur-gateway. Every flag of the Go original keeps its name and
 /// default; each is also read from `POLYMUR_GW_<FLAG>`.
@@ -263,36 +260,21 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
         workers_shutdown.clone(),
     ));
 
-    let stats = Arc::new(Stats::default());
-    let pipeline = Arc::new(Pipeline::new(
-        Topology {
-            dests: Vec::new(),
-            router: Box::new(Broadcast { destinations: 0 }),
-        },
-        stats.clone(),
-    ));
-    let registry = Registry::start(
+    let (stats, pipeline, registry) = crate::daemon::routing_core(
         &destinations,
         args.console_out,
-        pipeline.clone(),
         make_router,
         DestConfig {
             queue_cap: args.outgoing_queue_cap.max(1),
             drain_timeout: args.drain_timeout,
             spool_dir: args.spool_dir.clone(),
             spool_max_bytes: args.spool_max_bytes,
-            overflow: if args.overflow == "drop" {
-                Overflow::Drop
-            } else {
-                Overflow::Refuse
-            },
+            overflow: crate::daemon::overflow(&args.overflow),
             durable: args.durable,
         },
+        args.hash_failover && args.distribution == "hash-route",
         workers_shutdown.clone(),
     );
-    if args.hash_failover && args.distribution == "hash-route" {
-        registry.start_failover();
-    }
 
     let state = Arc::new(Ingest {
         config: IngestConfig {
@@ -398,50 +380,18 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `-route-test`: the routing dry-run over stdin/stdout.
-fn route_test(args: &GatewayArgs) -> std::process::ExitCode {
-    let dests = match DestAddr::parse_list(&args.destinations) {
-        Ok(d) => d,
-        Err(e) => {
-            eprintln!("polymur-gateway: -destinations: {e}");
-            return std::process::ExitCode::FAILURE;
-        }
-    };
-    let plan = match args.distribution.as_str() {
-        "hash-route" => dry_run::Plan::Hash(args.hash, args.replication_factor as usize),
-        _ => dry_run::Plan::Broadcast,
-    };
-    let stdin = std::io::stdin().lock();
-    let stdout = std::io::BufWriter::new(std::io::stdout().lock());
-    match dry_run::run(&plan, &dests, stdin, stdout) {
-        Ok(_) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("polymur-gateway: -route-test: {e}");
-            std::process::ExitCode::FAILURE
-        }
-    }
-}
-
 /// Entry point of the `polymur-gateway` binary.
 pub fn main() -> std::process::ExitCode {
     let args = GatewayArgs::parse_from(crate::config::normalize_args(std::env::args_os()));
     if args.route_test {
-        return route_test(&args);
+        return crate::daemon::route_test(
+            "polymur-gateway",
+            &args.destinations,
+            &args.distribution,
+            args.hash,
+            args.replication_factor as usize,
+        );
     }
     crate::logging::init_with_format(&args.log_format);
-    let rt = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("polymur-gateway: cannot start runtime: {e}");
-            return std::process::ExitCode::FAILURE;
-        }
-    };
-    match rt.block_on(run(args)) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!("{e:#}");
-            eprintln!("polymur-gateway: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    crate::daemon::block_on("polymur-gateway", run(args))
 }

@@ -247,19 +247,5 @@ async fn report(
 pub fn main() -> std::process::ExitCode {
     let args = ProxyArgs::parse_from(crate::config::normalize_args(std::env::args_os()));
     crate::logging::init();
-    let rt = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("polymur-proxy: cannot start runtime: {e}");
-            return std::process::ExitCode::FAILURE;
-        }
-    };
-    match rt.block_on(run(args)) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!("{e:#}");
-            eprintln!("polymur-proxy: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    crate::daemon::block_on("polymur-proxy", run(args))
 }
