@@ -187,12 +187,10 @@ fn first_special(bytes: &[u8]) -> usize {
     first_special_swar(bytes)
 }
 
-/// Index of the first byte that is a blank, a control byte or DEL (any byte
-/// `<= 0x20`, or `0x7f`), or `bytes.len()` if there is none.
-///
-/// [`first_special`] eight bytes per step (SWAR): `w - 0x21..` borrows into bit 7 of exactly the
-/// bytes below 0x21 (masked with `!w` to exclude bytes >= 0x80, which UTF-8
-/// names may contain), and a byte equal to 0x7f is a zero byte of `w ^ 0x7f..`.
+/// [`first_special`] eight bytes per step, portably (SWAR): `w - 0x21..`
+/// borrows into bit 7 of exactly the bytes below 0x21 (masked with `!w` to
+/// exclude bytes >= 0x80, which UTF-8 names may contain), and a byte equal to
+/// 0x7f is a zero byte of `w ^ 0x7f..`.
 /// A borrow can only flag a byte *above* a truly flagged one, so the lowest
 /// flagged byte is exact.
 #[inline]
@@ -472,7 +470,9 @@ mod tests {
         // And well-formed lines with one byte changed anywhere.
         let good = b"  servers.dc1.host0042.cpu.core5.user\t-12.75   1700000000 \r".to_vec();
         for i in 0..good.len() {
-            for b in [0u8, 0x01, 0x09, 0x0d, 0x1f, b' ', b'x', b'.', b'-', b'e', 0x7f, 0x80, 0xff] {
+            for b in [
+                0u8, 0x01, 0x09, 0x0d, 0x1f, b' ', b'x', b'.', b'-', b'e', 0x7f, 0x80, 0xff,
+            ] {
                 let mut l = good.clone();
                 l[i] = b;
                 assert_eq!(parse(&l), reference_parse(&l), "{:?}", l);
@@ -550,7 +550,12 @@ mod tests {
             while pos < buf.len() {
                 let nl = pos + memchr::memchr(b'\n', &buf[pos..]).unwrap();
                 let (got, got_nl) = parse_next(&buf, pos);
-                assert_eq!((got, got_nl), (parse(&buf[pos..nl]), nl), "{:?}", &buf[pos..nl]);
+                assert_eq!(
+                    (got, got_nl),
+                    (parse(&buf[pos..nl]), nl),
+                    "{:?}",
+                    &buf[pos..nl]
+                );
                 pos = nl + 1;
             }
         }

@@ -124,17 +124,9 @@ impl PlaintextSource {
         let mut conns = JoinSet::new();
         loop {
             while conns.try_join_next().is_some() {}
-            let (stream, peer) = tokio::select! {
-                r = listener.accept() => match r {
-                    Ok(c) => c,
-                    Err(e) => {
-                        // Typically EMFILE: back off briefly instead of spinning.
-                        tracing::error!("accept failed: {e}");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
-                },
-                _ = shutdown.recv() => break,
+            let Some((stream, peer)) = crate::shutdown::accept(&listener, &mut shutdown).await
+            else {
+                break;
             };
             let source = self.clone();
             let shutdown = shutdown.clone();

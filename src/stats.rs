@@ -122,28 +122,48 @@ impl Stats {
     }
 }
 
-/// Every `interval`, logs `Last 5.00s: Received N data points | Avg: X/sec.` when
-/// data flowed, and the length of every non-empty destination queue.
-pub async fn report(pipeline: Arc<Pipeline>, interval: Duration, mut shutdown: Shutdown) {
-    let stats = pipeline.stats().clone();
-    let mut last = stats.received.load(Ordering::Relaxed);
-    let mut last_at = Instant::now();
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(interval) => {}
-            _ = shutdown.recv() => return,
+/// The operator's `Last 5.00s: Received N data points | Avg: X/sec.` line,
+/// computed from a running total; silent when nothing arrived.
+pub struct RateLog {
+    last: u64,
+    at: Instant,
+}
+
+impl RateLog {
+    /// Starts from the current total.
+    pub fn new(total: u64) -> Self {
+        RateLog {
+            last: total,
+            at: Instant::now(),
         }
-        let now = stats.received.load(Ordering::Relaxed);
-        let secs = last_at.elapsed().as_secs_f64();
-        last_at = Instant::now();
-        let n = now - last;
-        last = now;
+    }
+
+    /// Logs what arrived since the previous call.
+    pub fn log(&mut self, total: u64) {
+        let secs = self.at.elapsed().as_secs_f64();
+        self.at = Instant::now();
+        let n = total.saturating_sub(self.last);
+        self.last = total;
         if n > 0 {
             tracing::info!(
                 "Last {secs:.2}s: Received {n} data points | Avg: {:.2}/sec.",
                 n as f64 / secs
             );
         }
+    }
+}
+
+/// Every `interval`, logs `Last 5.00s: Received N data points | Avg: X/sec.` when
+/// data flowed, and the length of every non-empty destination queue.
+pub async fn report(pipeline: Arc<Pipeline>, interval: Duration, mut shutdown: Shutdown) {
+    let stats = pipeline.stats().clone();
+    let mut rate = RateLog::new(stats.received.load(Ordering::Relaxed));
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = shutdown.recv() => return,
+        }
+        rate.log(stats.received.load(Ordering::Relaxed));
         for dest in pipeline.destinations().iter() {
             let q = dest.queued();
             if q >= dest.cap() {

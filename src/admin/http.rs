@@ -432,15 +432,8 @@ async fn handle(state: Arc<AdminState>, req: Request<Incoming>) -> Result<Resp, 
 /// Serves the admin endpoint until shutdown.
 pub async fn serve(listener: TcpListener, state: Arc<AdminState>, mut shutdown: Shutdown) {
     loop {
-        let (stream, _) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(c) => c,
-                Err(_) => {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-            _ = shutdown.recv() => return,
+        let Some((stream, _)) = crate::shutdown::accept(&listener, &mut shutdown).await else {
+            return;
         };
         let state = state.clone();
         tokio::spawn(async move {

@@ -24,15 +24,8 @@ pub type Handler = Arc<dyn Fn(&str) -> String + Send + Sync>;
 /// Serves `handler` on `listener` until shutdown.
 pub async fn serve_lines(listener: TcpListener, handler: Handler, mut shutdown: Shutdown) {
     loop {
-        let (stream, _) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(c) => c,
-                Err(_) => {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-            _ = shutdown.recv() => return,
+        let Some((stream, _)) = crate::shutdown::accept(&listener, &mut shutdown).await else {
+            return;
         };
         let handler = handler.clone();
         tokio::spawn(async move {

@@ -68,18 +68,32 @@ async fn pace(budget: &Budget, start: Instant, n: u32) {
     }
 }
 
+/// Where and as whom an HTTP client posts.
+#[derive(Clone, Debug)]
+pub struct HttpTarget {
+    /// Shared client: its pool keeps one connection per concurrent client alive.
+    pub client: reqwest::Client,
+    /// `http(s)://host:port/ingest`.
+    pub url: String,
+    /// `X-Polymur-Key` value.
+    pub api_key: String,
+}
+
 /// One HTTP client: posts bodies in turn (starting at `first`) over a kept-alive
 /// connection until the budget runs out. Returns the latency of each acknowledged batch.
 pub async fn http_client(
-    client: reqwest::Client,
-    url: String,
-    api_key: String,
+    target: HttpTarget,
     bodies: Arc<[Bytes]>,
     lines_per_batch: u64,
     first: usize,
     budget: Arc<Budget>,
     tally: Arc<Tally>,
 ) -> Latencies {
+    let HttpTarget {
+        client,
+        url,
+        api_key,
+    } = target;
     let mut lat = Vec::new();
     let start = Instant::now();
     let mut n = 0u32;
@@ -144,15 +158,14 @@ pub async fn tcp_client(
     tally: Arc<Tally>,
 ) -> Latencies {
     let mut lat = Vec::new();
-    let mut stream = match tokio::time::timeout(budget.request_timeout, TcpStream::connect(addr))
-        .await
-    {
-        Ok(Ok(s)) => s,
-        _ => {
-            tally.errors.fetch_add(1, Ordering::Relaxed);
-            return lat;
-        }
-    };
+    let mut stream =
+        match tokio::time::timeout(budget.request_timeout, TcpStream::connect(addr)).await {
+            Ok(Ok(s)) => s,
+            _ => {
+                tally.errors.fetch_add(1, Ordering::Relaxed);
+                return lat;
+            }
+        };
     let start = Instant::now();
     let mut n = 0u32;
     while budget.claim().is_some() {

@@ -168,7 +168,8 @@ pub struct BenchArgs {
 /// Set by Ctrl-C: every load loop stops at its next batch.
 fn interrupted() -> Arc<AtomicBool> {
     static FLAG: std::sync::OnceLock<Arc<AtomicBool>> = std::sync::OnceLock::new();
-    FLAG.get_or_init(|| Arc::new(AtomicBool::new(false))).clone()
+    FLAG.get_or_init(|| Arc::new(AtomicBool::new(false)))
+        .clone()
 }
 
 /// The prepared load, shared by every round.
@@ -234,7 +235,8 @@ async fn round(
                     max_rss.fetch_max(s.rss_bytes, Ordering::Relaxed);
                 }
                 if let (Some(p), true) = (&progress, tick % 5 == 0) {
-                    let arrived: u64 = sinks.iter().map(|c| c.lines()).sum::<u64>() - before_arrived;
+                    let arrived: u64 =
+                        sinks.iter().map(|c| c.lines()).sum::<u64>() - before_arrived;
                     let secs = start.elapsed().as_secs_f64();
                     eprint!(
                         "\r\x1b[K{p} {secs:5.1}s  acked {:8.3} M  arrived {:8.3} M  {:7.3} M points/s",
@@ -256,15 +258,13 @@ async fn round(
             let scheme = if args.https { "https" } else { "http" };
             let url = format!("{scheme}://{}/ingest", t.addr);
             let client = load.client.clone().expect("http client");
-            tasks.push(tokio::spawn(driver::http_client(
+            let target = driver::HttpTarget {
                 client,
                 url,
-                args.api_key.clone(),
-                payloads,
-                load.lines,
-                first,
-                budget,
-                tally,
+                api_key: args.api_key.clone(),
+            };
+            tasks.push(tokio::spawn(driver::http_client(
+                target, payloads, load.lines, first, budget, tally,
             )));
         } else {
             tasks.push(tokio::spawn(driver::tcp_client(
@@ -447,7 +447,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
         t.stop();
         if rep.points_lost > 0 {
             if let Some(log) = t.log() {
-                eprintln!("{}: points were lost; the target's log is {}", rep.label, log.display());
+                eprintln!(
+                    "{}: points were lost; the target's log is {}",
+                    rep.label,
+                    log.display()
+                );
             }
         }
         out.push(rep);

@@ -72,7 +72,11 @@ fn python_zlib(body: &[u8], secs: f64) -> Option<f64> {
          \x20   n += 1\n\
          print(n / (time.process_time() - t))\n"
     );
-    let out = Command::new(python).arg("-c").arg(script).arg(&path).output();
+    let out = Command::new(python)
+        .arg("-c")
+        .arg(script)
+        .arg(&path)
+        .output();
     let _ = std::fs::remove_file(&path);
     let out = out.ok().filter(|o| o.status.success())?;
     String::from_utf8_lossy(&out.stdout).trim().parse().ok()

@@ -114,7 +114,8 @@ impl Report {
         let f0 = |v: f64| format!("{v:.0}");
         let f2 = |v: f64| format!("{v:.2}");
         let mil = |v: f64| format!("{:.3} M", v / 1e6);
-        let opt = |v: Option<f64>, f: &dyn Fn(f64) -> String| v.map(f).unwrap_or_else(|| "n/a".into());
+        let opt =
+            |v: Option<f64>, f: &dyn Fn(f64) -> String| v.map(f).unwrap_or_else(|| "n/a".into());
         let col = |f: &dyn Fn(&TargetReport) -> String| self.targets.iter().map(f).collect();
         rows.push(("", col(&|t| t.label.clone())));
         rows.push(("rounds", col(&|t| t.rounds.to_string())));
@@ -122,17 +123,29 @@ impl Report {
         rows.push(("points arrived", col(&|t| t.points_arrived.to_string())));
         rows.push(("points lost", col(&|t| t.points_lost.to_string())));
         rows.push(("points extra (dups)", col(&|t| t.points_extra.to_string())));
-        rows.push(("503 refused / errors", col(&|t| format!("{} / {}", t.refused, t.errors))));
+        rows.push((
+            "503 refused / errors",
+            col(&|t| format!("{} / {}", t.refused, t.errors)),
+        ));
         rows.push(("wall s", col(&|t| f2(t.wall_secs))));
         rows.push(("arrived points/s", col(&|t| mil(t.arrived_per_sec))));
         rows.push(("target CPU s", col(&|t| opt(t.cpu_secs, &f2))));
-        rows.push(("arrived points/CPU-s", col(&|t| opt(t.arrived_per_cpu_sec, &mil))));
+        rows.push((
+            "arrived points/CPU-s",
+            col(&|t| opt(t.arrived_per_cpu_sec, &mil)),
+        ));
         rows.push(("peak RSS MiB (VmHWM)", col(&|t| opt(t.peak_rss_mib, &f0))));
-        rows.push(("max sampled RSS MiB", col(&|t| opt(t.max_sampled_rss_mib, &f0))));
+        rows.push((
+            "max sampled RSS MiB",
+            col(&|t| opt(t.max_sampled_rss_mib, &f0)),
+        ));
         rows.push(("batch latency p50 ms", col(&|t| opt(t.latency_p50_ms, &f2))));
         rows.push(("batch latency p99 ms", col(&|t| opt(t.latency_p99_ms, &f2))));
         rows.push(("bench CPU s", col(&|t| f2(t.bench_cpu_secs))));
-        rows.push(("load avg start/end", col(&|t| format!("{:.2}/{:.2}", t.load_avg.0, t.load_avg.1))));
+        rows.push((
+            "load avg start/end",
+            col(&|t| format!("{:.2}/{:.2}", t.load_avg.0, t.load_avg.1)),
+        ));
         if let Some(r) = &self.ratios {
             let ratio = |v: Option<f64>| v.map(|v| format!("{v:.2}x")).unwrap_or_default();
             for (name, cells) in rows.iter_mut() {
@@ -177,7 +190,10 @@ impl Report {
                 refline("python3 zlib.decompress", p);
             }
             refline("libdeflate inflate", r.libdeflate_lines_per_cpu_sec);
-            refline("in-process inflate+validate+route", r.hot_path_lines_per_cpu_sec);
+            refline(
+                "in-process inflate+validate+route",
+                r.hot_path_lines_per_cpu_sec,
+            );
             let _ = writeln!(
                 s,
                 "  (Nx = target's arrived points per CPU-second over the reference; >= 1 beats it)"

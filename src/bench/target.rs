@@ -123,7 +123,8 @@ impl Target {
         let tmp = std::env::temp_dir().join(format!(
             "polymur-bench-{}-{}",
             std::process::id(),
-            spec.label.replace(|c: char| !c.is_ascii_alphanumeric(), "_")
+            spec.label
+                .replace(|c: char| !c.is_ascii_alphanumeric(), "_")
         ));
         std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
         let command = cmd

@@ -108,7 +108,9 @@ impl Workload {
 
     /// `count` distinct plaintext batches (0, 1, ...).
     pub fn batches(&self, count: usize) -> Vec<Bytes> {
-        (0..count.max(1)).map(|k| Bytes::from(self.batch(k))).collect()
+        (0..count.max(1))
+            .map(|k| Bytes::from(self.batch(k)))
+            .collect()
     }
 
     /// The gzip body polymur-proxy would send for `plain`.

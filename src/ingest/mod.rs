@@ -108,17 +108,8 @@ pub async fn serve(
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let read_timeout = state.config.read_timeout;
     loop {
-        let (stream, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(c) => c,
-                Err(e) => {
-                    // Typically EMFILE: back off briefly instead of spinning.
-                    tracing::error!("accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-            _ = shutdown.recv() => break,
+        let Some((stream, peer)) = crate::shutdown::accept(&listener, &mut shutdown).await else {
+            break;
         };
         let _ = stream.set_nodelay(true);
         let state = state.clone();

@@ -18,7 +18,7 @@ pub mod spool;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use anyhow::{bail, Context};
 use clap::Parser;
@@ -213,24 +213,13 @@ async fn report(
     interval: Duration,
     mut shutdown: Shutdown,
 ) {
-    let mut last = stats.received.load(Ordering::Relaxed);
-    let mut last_at = Instant::now();
+    let mut rate = crate::stats::RateLog::new(stats.received.load(Ordering::Relaxed));
     loop {
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
             _ = shutdown.recv() => return,
         }
-        let now = stats.received.load(Ordering::Relaxed);
-        let secs = last_at.elapsed().as_secs_f64();
-        last_at = Instant::now();
-        let n = now - last;
-        last = now;
-        if n > 0 {
-            tracing::info!(
-                "Last {secs:.2}s: Received {n} data points | Avg: {:.2}/sec.",
-                n as f64 / secs
-            );
-        }
+        rate.log(stats.received.load(Ordering::Relaxed));
         let mem = outbox.mem_points();
         let spooled = outbox.spool().map_or(0, |s| s.size().1);
         if mem + spooled > 0 {
