@@ -585,3 +585,28 @@ fn runtime_api_and_runstats_answer_per_protocol() {
         "Not a command: bogus\n"
     );
 }
+
+#[test]
+fn slow_or_idle_clients_cannot_hold_a_connection() {
+    use std::io::{Read, Write};
+    let gw = gateway(&["-dev-mode", "-read-timeout", "1s"]);
+    // Connected, sends nothing: closed after the read timeout.
+    let mut idle = std::net::TcpStream::connect(&gw.http).unwrap();
+    idle.set_read_timeout(Some(secs(10))).unwrap();
+    let t = std::time::Instant::now();
+    let mut buf = [0u8; 256];
+    assert_eq!(idle.read(&mut buf).unwrap(), 0);
+    assert!(t.elapsed() < secs(5));
+    // Announces a body and stalls: 408, then closed.
+    let mut slow = std::net::TcpStream::connect(&gw.http).unwrap();
+    slow.set_read_timeout(Some(secs(10))).unwrap();
+    slow.write_all(
+        b"POST /ingest HTTP/1.1\r\nHost: x\r\nX-Polymur-Key: 123\r\nContent-Length: 100\r\n\r\nabc",
+    )
+    .unwrap();
+    let mut answer = Vec::new();
+    slow.read_to_end(&mut answer).unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(t.elapsed() < secs(8));
+}
