@@ -42,7 +42,10 @@ fn batch(c: &mut Criterion) {
     // Per-line validation alone, no batch around it.
     let w = Workload::default();
     let raw = w.batch(0);
-    let lines: Vec<&[u8]> = raw.split(|&b| b == b'\n').filter(|l| !l.is_empty()).collect();
+    let lines: Vec<&[u8]> = raw
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .collect();
     let mut group = c.benchmark_group("line_parse");
     group.throughput(Throughput::Elements(lines.len() as u64));
     group.bench_function("5000_lines_60b_names", |b| {

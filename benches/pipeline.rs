@@ -18,7 +18,12 @@ use polymur::route::hashed::HashRouter;
 use polymur::route::{RoutedPart, Router};
 
 /// Body in, parts out; returns the bytes that would be written.
-fn path(body: &[u8], prefix: Option<&str>, router: &dyn Router, parts: &mut Vec<RoutedPart>) -> usize {
+fn path(
+    body: &[u8],
+    prefix: Option<&str>,
+    router: &dyn Router,
+    parts: &mut Vec<RoutedPart>,
+) -> usize {
     let raw = gunzip(body, 1 << 28).expect("valid body");
     let (batch, _rejects) = Batch::from_plaintext(raw, prefix);
     parts.clear();

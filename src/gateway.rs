@@ -10,7 +10,7 @@ use clap::{ArgAction, Parser};
 
 use crate::admin;
 use crate::config::{parse_bytes, parse_duration};
-use crate::dest::{DestAddr, DestConfig};
+use crate::dest::DestConfig;
 use crate::ingest::{self, Ingest, IngestConfig};
 use crate::keys::{self, KeyCache, KeyStoreConfig};
 use crate::registry::RouterFactory;
@@ -130,6 +130,10 @@ pub struct GatewayArgs {
     /// Admin HTTP address: /metrics, /healthz, /readyz, status page, /api/destinations ("" disables)
     #[arg(long, env = "POLYMUR_GW_ADMIN_ADDR", default_value = "127.0.0.1:2041")]
     pub admin_addr: String,
+    /// File of destinations (`host:port[:instance]` per line, `#` comments), added to
+    /// -destinations and re-read on SIGHUP
+    #[arg(long, env = "POLYMUR_GW_DESTINATIONS_FILE")]
+    pub destinations_file: Option<PathBuf>,
     /// Log format: text or json
     #[arg(long, env = "POLYMUR_GW_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
@@ -195,29 +199,15 @@ fn listen_on(addr: &str, port: u16) -> String {
     }
 }
 
-/// SIGHUP: re-reads the TLS certificate and key. New connections use the new
-/// pair; a pair that does not load keeps the old one and says why.
-async fn reload_tls_on_hup(
-    slot: ingest::TlsSlot,
-    cert: PathBuf,
-    key: PathBuf,
-    mut shutdown: Shutdown,
-) {
-    let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
-        return;
-    };
-    loop {
-        tokio::select! {
-            _ = hup.recv() => {}
-            _ = shutdown.recv() => return,
+/// SIGHUP part for HTTPS: re-reads the certificate and key. New connections use
+/// the new pair; a pair that does not load keeps the old one and says why.
+fn reload_tls(slot: &ingest::TlsSlot, cert: &std::path::Path, key: &std::path::Path) {
+    match ingest::tls::acceptor(cert, key) {
+        Ok(a) => {
+            slot.store(Arc::new(a));
+            tracing::info!("SIGHUP: TLS certificate reloaded from {}", cert.display());
         }
-        match ingest::tls::acceptor(&cert, &key) {
-            Ok(a) => {
-                slot.store(Arc::new(a));
-                tracing::info!("SIGHUP: TLS certificate reloaded from {}", cert.display());
-            }
-            Err(e) => tracing::error!("SIGHUP: keeping the current TLS certificate: {e}"),
-        }
+        Err(e) => tracing::error!("SIGHUP: keeping the current TLS certificate: {e}"),
     }
 }
 
@@ -226,7 +216,8 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
     crate::logging::install_tls_provider();
     tracing::info!("::: Polymur-gateway :::");
     let started = SystemTime::now();
-    let destinations = DestAddr::parse_list(&args.destinations).context("-destinations")?;
+    let destinations =
+        crate::daemon::destinations(&args.destinations, args.destinations_file.as_deref())?;
     let make_router = args.router_factory()?;
     let tls = match (&args.cert, &args.key) {
         (Some(c), Some(k)) => Some(ingest::tls::acceptor(c, k)?),
@@ -254,7 +245,7 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
     )
     .await;
     tokio::spawn(keys::sync::run(
-        store,
+        store.clone(),
         cache.clone(),
         args.key_sync_interval,
         workers_shutdown.clone(),
@@ -297,6 +288,7 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
         state.clone(),
         listeners_shutdown.clone(),
     )));
+    let mut tls_slot: Option<ingest::TlsSlot> = None;
     if let Some(tls) = tls {
         let https_addr = listen_on(&args.listen_addr, args.listen_https_port.unwrap_or(443));
         let (l, local) = ingest::bind(&https_addr).await?;
@@ -308,9 +300,26 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
             state.clone(),
             listeners_shutdown.clone(),
         )));
-        if let (Some(cert), Some(key)) = (args.cert.clone(), args.key.clone()) {
-            tokio::spawn(reload_tls_on_hup(slot, cert, key, workers_shutdown.clone()));
-        }
+        tls_slot = Some(slot);
+    }
+    {
+        // SIGHUP: certificate, keys and destinations file, each kept as it was when
+        // its new version does not load.
+        let (tls_slot, cert, key) = (tls_slot.clone(), args.cert.clone(), args.key.clone());
+        let (store, cache, registry) = (store.clone(), state.keys.clone(), registry.clone());
+        let (flag, file) = (args.destinations.clone(), args.destinations_file.clone());
+        crate::daemon::on_hup(workers_shutdown.clone(), move || {
+            if let (Some(slot), Some(cert), Some(key)) = (&tls_slot, &cert, &key) {
+                reload_tls(slot, cert, key);
+            }
+            if let Some(file) = &file {
+                crate::daemon::reload_destinations(&registry, &flag, file);
+            }
+            let (store, cache) = (store.clone(), cache.clone());
+            async move {
+                keys::sync::sync_once(store.as_ref(), &cache).await;
+            }
+        });
     }
     crate::daemon::start_admin(
         &args.api_addr,

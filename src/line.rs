@@ -75,10 +75,11 @@ fn is_blank(b: u8) -> bool {
 /// Validates one line (without its `\n`). Leading blanks and trailing blanks or
 /// `\r` (CRLF senders) are tolerated and excluded from the returned range.
 ///
-/// Runs once per point, so it is written for speed: the metric path (most of
-/// the line's bytes) is scanned eight bytes at a time by [`first_special`], the
-/// short value and timestamp byte by byte, and common numbers are checked
-/// without `f64` parsing. It reports the same error as a left-to-right scan
+/// Runs for every point, so it is written for speed: the metric path (most of
+/// the line's bytes) is scanned 16 or 8 bytes at a time by [`first_special`],
+/// the short value and timestamp byte by byte, and common numbers are checked
+/// without `f64` parsing. The batch loop calls [`parse_next`], which handles
+/// clean lines itself and comes here for the rest. It reports the same error as a left-to-right scan
 /// would: the first control byte or the start of a fourth field, whichever
 /// comes first, then a missing field, then the value, then the timestamp.
 #[inline]

@@ -208,6 +208,41 @@ impl Registry {
     }
 }
 
+impl Registry {
+    /// Makes the destination set exactly `desired` (a reload of the
+    /// destinations file): missing ones are added, others removed, in one
+    /// topology swap. Returns `(added, removed)`.
+    pub fn apply(&self, desired: &[DestAddr]) -> (usize, usize) {
+        let mut entries = self.lock_entries();
+        let before = entries.len();
+        let mut removed = 0;
+        entries.retain(|e| {
+            let keep = desired.contains(&e.addr);
+            if !keep {
+                tracing::info!("Removed destination {}", e.addr);
+                removed += 1;
+            }
+            keep
+        });
+        let mut added = 0;
+        for addr in desired {
+            if !entries.iter().any(|e| &e.addr == addr) {
+                let entry = self.spawn_entry(addr.clone());
+                entries.push(entry);
+                added += 1;
+            }
+        }
+        if added > 0 || removed > 0 || entries.len() != before {
+            self.failed
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .retain(|a| desired.contains(a));
+            self.install(&entries);
+        }
+        (added, removed)
+    }
+}
+
 impl DestinationControl for Registry {
     fn getdest(&self) -> serde_json::Value {
         let entries = self.lock_entries();

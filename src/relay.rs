@@ -9,11 +9,10 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use anyhow::Context;
 use clap::{ArgAction, Parser};
 
 use crate::config::{parse_bytes, parse_duration};
-use crate::dest::{DestAddr, DestConfig};
+use crate::dest::DestConfig;
 use crate::plaintext::{self, PlaintextConfig, PlaintextSource};
 use crate::route::hash::HashKind;
 use crate::shutdown::{self, Shutdown};
@@ -60,6 +59,10 @@ pub struct RelayArgs {
     /// Admin HTTP address: /metrics, /healthz, /readyz, status page, /api/destinations ("" disables)
     #[arg(long, env = "POLYMUR_ADMIN_ADDR", default_value = "127.0.0.1:2042")]
     pub admin_addr: String,
+    /// File of destinations (`host:port[:instance]` per line, `#` comments), added to
+    /// -destinations and re-read on SIGHUP
+    #[arg(long, env = "POLYMUR_DESTINATIONS_FILE")]
+    pub destinations_file: Option<PathBuf>,
 
     /// Hash for -distribution hash-route: carbon_ch (graphite-carbon), carbon_ch_c_relay,
     /// fnv1a_ch, jump_fnv1a_ch (carbon-c-relay)
@@ -97,7 +100,8 @@ pub struct RelayArgs {
 pub async fn run(args: RelayArgs) -> anyhow::Result<()> {
     tracing::info!("::: Polymur :::");
     let started = SystemTime::now();
-    let destinations = DestAddr::parse_list(&args.destinations).context("-destinations")?;
+    let destinations =
+        crate::daemon::destinations(&args.destinations, args.destinations_file.as_deref())?;
     let make_router = crate::daemon::router_factory(
         &args.distribution,
         args.hash,
@@ -173,6 +177,14 @@ pub async fn run(args: RelayArgs) -> anyhow::Result<()> {
             move || (s.waiting_points() as f64, s.max_waiting_points() as f64),
             workers_shutdown.clone(),
         ));
+    }
+
+    if let Some(file) = args.destinations_file.clone() {
+        let (registry, flag) = (registry.clone(), args.destinations.clone());
+        crate::daemon::on_hup(workers_shutdown.clone(), move || {
+            crate::daemon::reload_destinations(&registry, &flag, &file);
+            std::future::ready(())
+        });
     }
 
     shutdown::signal().await;

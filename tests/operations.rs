@@ -346,3 +346,44 @@ fn sighup_reloads_the_tls_certificate() {
     assert!(ping(&first.cert).is_err(), "the old certificate is gone");
     assert!(gw.proc.is_running());
 }
+
+#[test]
+fn sighup_reloads_the_destinations_file_and_keeps_it_when_broken() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("destinations");
+    let (a, b) = (LineSink::start(), LineSink::start());
+    std::fs::write(&file, format!("# Graphite\n{}\n", a.addr())).unwrap();
+    let gw = gateway(&["-dev-mode", "-destinations-file", file.to_str().unwrap()]);
+    let active = || -> serde_json::Value {
+        serde_json::from_str::<serde_json::Value>(
+            &http_get(&gw.admin, "/api/destinations", &[]).unwrap().body,
+        )
+        .unwrap()["active"]
+            .clone()
+    };
+    assert_eq!(active(), serde_json::json!([a.addr()]));
+    std::fs::write(&file, format!("{}\n", b.addr())).unwrap();
+    gw.proc.signal("HUP");
+    assert!(
+        gw.proc.wait_log("1 added, 1 removed", secs(5)),
+        "{}",
+        gw.proc.all_output()
+    );
+    assert_eq!(active(), serde_json::json!([b.addr()]));
+    let l = format!("reloaded.dest 1 {}", now_ts());
+    assert_eq!(gw.ingest("123", &format!("{l}\n")).status, 200);
+    assert!(b.wait_count(1, secs(10)));
+    assert_eq!(b.lines(), vec![l]);
+    assert_eq!(a.count(), 0);
+
+    std::fs::write(&file, "not-a-destination\n").unwrap();
+    gw.proc.signal("HUP");
+    assert!(
+        gw.proc
+            .wait_log("keeping the current destinations", secs(5)),
+        "{}",
+        gw.proc.all_output()
+    );
+    assert_eq!(active(), serde_json::json!([b.addr()]));
+    assert!(gw.proc.is_running());
+}

@@ -5,6 +5,7 @@
 //! target found by `-addr`/`-pid` is only watched, never stopped.
 
 use std::net::{SocketAddr, TcpStream as StdTcpStream, ToSocketAddrs};
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -140,7 +141,10 @@ impl Target {
         };
         let log = tmp.join("target.log");
         let out = std::fs::File::create(&log).with_context(|| format!("{}", log.display()))?;
+        // Its own process group, so that stopping it also stops whatever a wrapper
+        // (`perf record`, `strace`) started, and Ctrl-C reaches only the bench.
         let child = Command::new("sh")
+            .process_group(0)
             .arg("-c")
             .arg(&shell_line)
             .stdin(Stdio::null())
@@ -188,23 +192,30 @@ impl Target {
             .expect("at least one sink")
     }
 
-    /// Stops a spawned target with SIGTERM (it drains), then SIGKILL after 10 s.
+    /// Stops a spawned target's process group with SIGTERM (it drains), then
+    /// SIGKILL after 10 s.
     pub fn stop(&mut self) {
         let Some(mut child) = self.child.take() else {
             return;
         };
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(child.id().to_string())
-            .status();
+        let group = format!("-{}", child.id());
+        let signal = |sig: &str| {
+            let _ = Command::new("kill")
+                .args([sig, "--", &group])
+                .stderr(Stdio::null())
+                .status();
+        };
+        signal("-TERM");
         let until = Instant::now() + Duration::from_secs(10);
         while Instant::now() < until {
             if let Ok(Some(_)) = child.try_wait() {
+                // The leader is gone; a wrapper's children get the same signal.
+                signal("-TERM");
                 return;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        let _ = child.kill();
+        signal("-KILL");
         let _ = child.wait();
     }
 
