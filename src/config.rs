@@ -119,8 +119,14 @@ mod tests {
 
     #[test]
     fn durations_and_sizes() {
-        assert_eq!(parse_duration("30").unwrap(), std::time::Duration::from_secs(30));
-        assert_eq!(parse_duration("500ms").unwrap(), std::time::Duration::from_millis(500));
+        assert_eq!(
+            parse_duration("30").unwrap(),
+            std::time::Duration::from_secs(30)
+        );
+        assert_eq!(
+            parse_duration("500ms").unwrap(),
+            std::time::Duration::from_millis(500)
+        );
         assert!(parse_duration("soon").is_err());
         assert_eq!(parse_bytes("32M").unwrap(), 32 << 20);
         assert_eq!(parse_bytes("1024").unwrap(), 1024);
