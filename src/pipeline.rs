@@ -107,6 +107,24 @@ impl Pipeline {
         self.topology.store(Arc::new(topology));
     }
 
+    /// A refusal that is certain before the batch is even decoded: the router sends
+    /// every batch everywhere and some destination refuses everything now. Only an
+    /// early answer (the full check still happens in [`submit`](Self::submit)).
+    pub fn refuses_now(&self) -> Option<Refused> {
+        let topo = self.topology.load();
+        if !topo.router.sends_everything_everywhere() {
+            return None;
+        }
+        let dest = topo.dests.iter().find(|d| d.refuses_everything())?;
+        self.stats.refused.fetch_add(1, Ordering::Relaxed);
+        Some(Refused {
+            dest: dest.name().to_string(),
+            queued: dest.queued(),
+            cap: dest.cap(),
+            reason: "queue full".into(),
+        })
+    }
+
     /// Admits `batch` to every destination it routes to, or to none. The batch is held once
     /// the returned [`Ticket`] resolves (at once when no part went to a spool).
     pub fn submit(&self, batch: &Batch) -> Result<Ticket, Refused> {

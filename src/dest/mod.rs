@@ -335,6 +335,13 @@ impl Destination {
         self.overflowed()
     }
 
+    /// True when this destination would refuse any batch right now: its memory
+    /// queue is at its cap, it has no spool, and overflow means refuse. Lets the
+    /// gateway answer 503 without decompressing a batch it cannot take.
+    pub fn refuses_everything(&self) -> bool {
+        self.spool.is_none() && self.overflow == Overflow::Refuse && self.queued() >= self.cap
+    }
+
     fn overflowed(&self) -> Option<Admission> {
         (self.overflow == Overflow::Drop).then_some(Admission::Drop)
     }

@@ -133,6 +133,11 @@ async fn ingest(state: Arc<Ingest>, req: Request<Incoming>, client: &str, tenant
         }
     };
 
+    // A batch every destination must take, while one of them takes nothing: say
+    // so before spending the CPU to decompress it.
+    if let Some(refused) = state.pipeline.refuses_now() {
+        return refuse(client, name, &refused);
+    }
     let big = body.len() >= BLOCKING_THRESHOLD;
     // The gzip trailer's size claim, when plausible for this body (deflate cannot
     // exceed about 1032:1); otherwise assume the worst the cap allows.
@@ -194,17 +199,20 @@ async fn ingest(state: Arc<Ingest>, req: Request<Incoming>, client: &str, tenant
             tracing::debug!("Batch from {client} (key {name}): {} points", batch.len());
             reply(StatusCode::OK, "Batch Received\n")
         }
-        Err(refused) => {
-            tracing::warn!("Batch from {client} (key {name}) refused: {refused}");
-            let mut r = reply(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "Batch Refused: destination queue full, retry later\n",
-            );
-            r.headers_mut()
-                .insert(RETRY_AFTER, HeaderValue::from_static("1"));
-            r
-        }
+        Err(refused) => refuse(client, name, &refused),
     }
+}
+
+/// `503` + `Retry-After`: the batch cannot be held now; the proxy retries it.
+fn refuse(client: &str, name: &str, refused: &crate::pipeline::Refused) -> Resp {
+    tracing::warn!("Batch from {client} (key {name}) refused: {refused}");
+    let mut r = reply(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "Batch Refused: destination queue full, retry later\n",
+    );
+    r.headers_mut()
+        .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+    r
 }
 
 /// Inflates and validates a body of at most `limit` decompressed bytes, on the

@@ -20,6 +20,10 @@ impl Router for Broadcast {
             points: batch.len() as u64,
         }));
     }
+
+    fn sends_everything_everywhere(&self) -> bool {
+        true
+    }
 }
 
 #[cfg(test)]

@@ -29,4 +29,11 @@ pub struct RoutedPart {
 pub trait Router: Send + Sync {
     /// Appends to `out` the parts of `batch` for each destination that gets any.
     fn route(&self, batch: &Batch, out: &mut Vec<RoutedPart>);
+
+    /// True when every non-empty batch goes to every destination (broadcast), so a
+    /// full destination refuses every batch and the refusal can be decided before
+    /// the batch is even decompressed.
+    fn sends_everything_everywhere(&self) -> bool {
+        false
+    }
 }
