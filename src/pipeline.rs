@@ -116,7 +116,6 @@ impl Pipeline {
             return None;
         }
         let dest = topo.dests.iter().find(|d| d.refuses_everything())?;
-        self.stats.refused.fetch_add(1, Ordering::Relaxed);
         Some(Refused {
             dest: dest.name().to_string(),
             queued: dest.queued(),
@@ -143,7 +142,6 @@ impl Pipeline {
                     for (done, a) in parts.iter().zip(&admitted) {
                         topo.dests[done.dest].cancel(*a, done.points, done.data.len());
                     }
-                    self.stats.refused.fetch_add(1, Ordering::Relaxed);
                     return Err(Refused {
                         dest: dest.name().to_string(),
                         queued: dest.queued(),

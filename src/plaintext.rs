@@ -56,7 +56,9 @@ impl Intake for Pipeline {
 const READ_CHUNK: usize = 128 * 1024;
 /// A line longer than this (no `\n` in sight) is garbage: it is counted and skipped.
 const MAX_LINE: usize = 64 * 1024;
-/// First pause before offering a refused batch again; doubles up to [`MAX_RETRY_PAUSE`].
+/// First pause before offering a refused batch again, unless a destination frees
+/// space sooner ([`crate::dest::space_freed`]); doubles up to [`MAX_RETRY_PAUSE`]
+/// (the fallback for intakes that do not signal, such as the proxy's batcher).
 const MIN_RETRY_PAUSE: Duration = Duration::from_millis(5);
 /// Longest pause between offers of a refused batch.
 const MAX_RETRY_PAUSE: Duration = Duration::from_millis(200);
@@ -271,6 +273,11 @@ impl PlaintextSource {
         let mut pause = MIN_RETRY_PAUSE;
         let mut give_up_at = None;
         let held = loop {
+            // Registered before the offer, so space freed between a refusal and the
+            // wait still wakes this connection.
+            let freed = crate::dest::space_freed().notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
             if self.intake.offer(&batch).await.is_ok() {
                 break true;
             }
@@ -281,7 +288,10 @@ impl PlaintextSource {
                     break false;
                 }
             }
-            tokio::time::sleep(pause).await;
+            tokio::select! {
+                _ = &mut freed => {}
+                _ = tokio::time::sleep(pause) => {}
+            }
             pause = (pause * 2).min(MAX_RETRY_PAUSE);
         };
         self.waiting.fetch_sub(points, Ordering::Relaxed);

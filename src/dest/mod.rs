@@ -172,7 +172,16 @@ impl DestShared {
     fn written(&self, points: u64) {
         self.queued.fetch_sub(points, Ordering::AcqRel);
         self.stats.sent.fetch_add(points, Ordering::Relaxed);
+        space_freed().notify_waiters();
     }
+}
+
+/// Woken whenever a destination queue shrinks, so a source holding a refused batch
+/// (the relay's TCP connections) offers it again at once instead of sleeping on a
+/// guess. Process-wide: a wake-up for another pipeline only costs a retry.
+pub fn space_freed() -> &'static tokio::sync::Notify {
+    static SPACE: std::sync::OnceLock<tokio::sync::Notify> = std::sync::OnceLock::new();
+    SPACE.get_or_init(tokio::sync::Notify::new)
 }
 
 /// The producer-side handle of one destination. Dropping the last handle closes

@@ -21,6 +21,10 @@ use crate::keys::fingerprint;
 /// batch never stalls other connections on the same runtime thread.
 const BLOCKING_THRESHOLD: usize = 256 * 1024;
 
+/// How long a batch may wait for room in a full destination queue before the
+/// answer is 503 (well under the proxies' request timeout and `Retry-After: 1`).
+const ADMIT_WAIT: std::time::Duration = std::time::Duration::from_millis(250);
+
 type Resp = Response<Full<Bytes>>;
 
 fn reply(status: StatusCode, body: &'static str) -> Resp {
@@ -133,10 +137,24 @@ async fn ingest(state: Arc<Ingest>, req: Request<Incoming>, client: &str, tenant
         }
     };
 
-    // A batch every destination must take, while one of them takes nothing: say
-    // so before spending the CPU to decompress it.
-    if let Some(refused) = state.pipeline.refuses_now() {
-        return refuse(client, name, &refused);
+    // A full queue usually drains within a write or two: wait briefly for room
+    // before answering 503, so a busy destination slows clients down instead of
+    // bouncing them. A batch every destination must take, while one of them takes
+    // nothing, is refused before spending the CPU to decompress it.
+    let admit_by = tokio::time::Instant::now() + ADMIT_WAIT;
+    loop {
+        let freed = crate::dest::space_freed().notified();
+        tokio::pin!(freed);
+        freed.as_mut().enable();
+        match state.pipeline.refuses_now() {
+            None => break,
+            Some(refused) if tokio::time::Instant::now() >= admit_by => {
+                return refuse(&state, client, name, &refused);
+            }
+            Some(_) => {
+                let _ = tokio::time::timeout_at(admit_by, freed).await;
+            }
+        }
     }
     let big = body.len() >= BLOCKING_THRESHOLD;
     // The gzip trailer's size claim, when plausible for this body (deflate cannot
@@ -191,7 +209,18 @@ async fn ingest(state: Arc<Ingest>, req: Request<Incoming>, client: &str, tenant
         .pipeline
         .stats()
         .note_invalid(&format!("key {name} ({client})"), &rejects);
-    match state.pipeline.submit_held(&batch).await {
+    let held = loop {
+        let freed = crate::dest::space_freed().notified();
+        tokio::pin!(freed);
+        freed.as_mut().enable();
+        match state.pipeline.submit_held(&batch).await {
+            Err(_) if tokio::time::Instant::now() < admit_by => {
+                let _ = tokio::time::timeout_at(admit_by, freed).await;
+            }
+            result => break result,
+        }
+    };
+    match held {
         Ok(()) => {
             tenant
                 .received
@@ -199,12 +228,17 @@ async fn ingest(state: Arc<Ingest>, req: Request<Incoming>, client: &str, tenant
             tracing::debug!("Batch from {client} (key {name}): {} points", batch.len());
             reply(StatusCode::OK, "Batch Received\n")
         }
-        Err(refused) => refuse(client, name, &refused),
+        Err(refused) => refuse(&state, client, name, &refused),
     }
 }
 
 /// `503` + `Retry-After`: the batch cannot be held now; the proxy retries it.
-fn refuse(client: &str, name: &str, refused: &crate::pipeline::Refused) -> Resp {
+fn refuse(state: &Ingest, client: &str, name: &str, refused: &crate::pipeline::Refused) -> Resp {
+    state
+        .pipeline
+        .stats()
+        .refused
+        .fetch_add(1, Ordering::Relaxed);
     tracing::warn!("Batch from {client} (key {name}) refused: {refused}");
     let mut r = reply(
         StatusCode::SERVICE_UNAVAILABLE,
