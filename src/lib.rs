@@ -1,4 +1,46 @@
-//! polymur-rs: Graphite metrics forwarding.
+//! polymur-rs: Graphite metrics forwarding — a drop-in, lossless and faster
+//! reimplementation of Polymur.
+//!
+//! Three daemons share one pipeline and differ only in their source and sink:
+//!
+//! ```text
+//!  polymur-gateway = HTTP(S) /ingest (gzip batches, API keys) → router → TCP destinations
+//!  polymur         = TCP plaintext                            → router → TCP destinations
+//!  polymur-proxy   = TCP plaintext → batcher → gzip → HTTPS POST to a gateway (retry, spool)
+//!  pgw-key         = key management over the key stores
+//! ```
+//!
+//! The shapes that matter:
+//! - a [`batch::Batch`] is one buffer plus a line index: lines are validated in
+//!   place ([`line`]) and never allocated one by one;
+//! - a [`route::Router`] splits a batch into one buffer per destination
+//!   (broadcast shares the batch's own buffer; hash rings follow graphite-carbon);
+//! - the [`pipeline::Pipeline`] admits a batch to every destination it routes to,
+//!   or to none — so an acknowledgement is a promise;
+//! - a [`dest::Destination`] is a bounded queue, an optional disk spool and one
+//!   writer task that reconnects; nothing one destination does stalls another;
+//! - [`keys`] syncs API keys from Consul, etcd or a file into a lock-free cache.
+//!
+//! Module map: [`line`], [`batch`] (data); [`route`] (routers, rings, dry run);
+//! [`dest`] (queues, spool, writers); [`pipeline`], [`registry`] (routing core,
+//! runtime destination changes); [`ingest`] (the gateway's HTTP source);
+//! [`plaintext`] (TCP source); [`proxy`]; [`keys`]; [`admin`] (runtime API,
+//! runstats, admin HTTP); [`stats`], [`self_metrics`]; [`config`], [`logging`],
+//! [`shutdown`], [`daemon`], [`http_client`]; [`gateway`], [`relay`] (daemons);
+//! [`bench`] (the `polymur-bench` load generator).
+//!
+//! ```
+//! use polymur::batch::Batch;
+//! use polymur::route::{broadcast::Broadcast, Router};
+//!
+//! // One invalid line is dropped; the last line keeps its missing newline's place.
+//! let (batch, rejects) =
+//!     Batch::from_plaintext(b"web01.cpu 1.5 1700000000\nbroken\nweb02.cpu 2 1700000000".to_vec(), Some("tenant"));
+//! assert_eq!((batch.len(), rejects.count), (2, 1));
+//! let mut parts = Vec::new();
+//! Broadcast { destinations: 2 }.route(&batch, &mut parts);
+//! assert_eq!(parts[1].data.as_ref(), b"tenant.web01.cpu 1.5 1700000000\ntenant.web02.cpu 2 1700000000\n");
+//! ```
 pub mod admin;
 pub mod batch;
 pub mod bench;
