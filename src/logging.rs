@@ -1,10 +1,5 @@
 //! Log set-up shared by the daemons: `tracing` to stderr, `RUST_LOG` to filter.
 
-/// Installs the text-format subscriber (see [`init_with_format`]).
-pub fn init() {
-    init_with_format("text");
-}
-
 /// Installs the subscriber on stderr, level `info` unless `RUST_LOG` says
 /// otherwise. `json` selects one JSON object per line (`-log-format json`) for log
 /// shippers; anything else is the human text format.

@@ -59,6 +59,9 @@ pub struct RelayArgs {
     /// Admin HTTP address: /metrics, /healthz, /readyz, status page, /api/destinations ("" disables)
     #[arg(long, env = "POLYMUR_ADMIN_ADDR", default_value = "127.0.0.1:2042")]
     pub admin_addr: String,
+    /// Log format: text or json
+    #[arg(long, env = "POLYMUR_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
     /// File of destinations (`host:port[:instance]` per line, `#` comments), added to
     /// -destinations and re-read on SIGHUP
     #[arg(long, env = "POLYMUR_DESTINATIONS_FILE")]
@@ -157,7 +160,8 @@ pub async fn run(args: RelayArgs) -> anyhow::Result<()> {
             service: "polymur",
             started,
             pipeline: pipeline.clone(),
-            control: registry.clone(),
+            control: Some(registry.clone()),
+            extra: None,
             keys: None,
             listening: Arc::new(std::sync::atomic::AtomicBool::new(true)),
         },
@@ -223,6 +227,6 @@ pub fn main() -> std::process::ExitCode {
             args.replication_factor as usize,
         );
     }
-    crate::logging::init();
+    crate::logging::init_with_format(&args.log_format);
     crate::daemon::block_on("polymur", run(args))
 }

@@ -20,11 +20,13 @@ const GW: &str = env!("CARGO_BIN_EXE_polymur-gateway");
 struct Proxy {
     proc: Proc,
     listen: String,
+    admin: String,
 }
 
 fn proxy(gateway: &str, extra: &[&str]) -> Proxy {
     let listen = format!("127.0.0.1:{}", free_port());
     let stat = format!("127.0.0.1:{}", free_port());
+    let admin = format!("127.0.0.1:{}", free_port());
     let mut args = vec![
         "-gateway",
         gateway,
@@ -32,6 +34,8 @@ fn proxy(gateway: &str, extra: &[&str]) -> Proxy {
         &listen,
         "-stat-addr",
         &stat,
+        "-admin-addr",
+        &admin,
         "-flush-interval",
         "200ms",
         "-max-retry-delay",
@@ -44,7 +48,11 @@ fn proxy(gateway: &str, extra: &[&str]) -> Proxy {
         "proxy did not start: {}",
         proc.all_output()
     );
-    Proxy { proc, listen }
+    Proxy {
+        proc,
+        listen,
+        admin,
+    }
 }
 
 /// Starts our gateway in dev mode (key `123`) on `http_port`, forwarding to `dest`.
@@ -57,6 +65,7 @@ fn gateway_on(http_port: u16, dest: &str, extra: &[&str]) -> Proc {
         &port,
         "-api-addr=",
         "-stat-addr=",
+        "-admin-addr=",
         "-destinations",
         dest,
     ];
@@ -473,6 +482,13 @@ fn unauthorized_pauses_keeps_data_and_resumes() {
         "{}",
         p.proc.all_output()
     );
+    let ready = http_get(&p.admin, "/readyz", &[]).unwrap();
+    assert_eq!(ready.status, 503);
+    assert!(ready.body.contains("refuses the API key"), "{}", ready.body);
+    assert!(http_get(&p.admin, "/metrics", &[])
+        .unwrap()
+        .body
+        .contains("polymur_proxy_key_valid 0\n"));
     revoked.store(false, Ordering::SeqCst);
     assert!(
         p.proc.wait_log("sending resumed", secs(15)),
@@ -496,6 +512,22 @@ fn unauthorized_pauses_keeps_data_and_resumes() {
         .flat_map(|s| s.body.lines().map(String::from).collect::<Vec<_>>())
         .collect();
     assert_eq!(sorted(delivered), sorted(sent));
+    // The proxy's counters tell the same story.
+    assert!(wait_until(secs(5), || http_get(&p.admin, "/readyz", &[])
+        .unwrap()
+        .status
+        == 200));
+    let metrics = http_get(&p.admin, "/metrics", &[]).unwrap().body;
+    for series in [
+        "polymur_received_points_total 50\n",
+        "polymur_proxy_sent_points_total 50\n",
+        "polymur_proxy_key_valid 1\n",
+        "polymur_destination_up{destination=\"gateway\"} 1\n",
+    ] {
+        assert!(metrics.contains(series), "{series} missing:\n{metrics}");
+    }
+    let page = http_get(&p.admin, "/", &[]).unwrap().body;
+    assert!(page.contains("points sent</td><td>50<"), "{page}");
 }
 
 /// Without a spool, a full memory queue slows the clients down (the proxy stops

@@ -32,12 +32,27 @@ pub struct AdminState {
     pub started: SystemTime,
     /// Counters, destinations, queues.
     pub pipeline: Arc<Pipeline>,
-    /// Runtime destination changes (`/api/destinations`).
-    pub control: Arc<dyn DestinationControl>,
+    /// Runtime destination changes (`/api/destinations`); `None` where the daemon
+    /// has no Graphite destinations (the proxy).
+    pub control: Option<Arc<dyn DestinationControl>>,
+    /// Daemon-specific figures (the proxy's gateway side).
+    pub extra: Option<Arc<dyn AdminExtra>>,
     /// Keys (gateway only) and a description of their store.
     pub keys: Option<(Arc<KeyCache>, String)>,
     /// Set once every data listener is bound.
     pub listening: Arc<AtomicBool>,
+}
+
+/// What a daemon adds to the shared admin surface.
+pub trait AdminExtra: Send + Sync + 'static {
+    /// Appends Prometheus families.
+    fn metrics(&self, out: &mut String);
+    /// Appends HTML sections to the status page.
+    fn status_html(&self, out: &mut String);
+    /// A reason the daemon is not ready, if any.
+    fn not_ready(&self) -> Option<String> {
+        None
+    }
 }
 
 type Resp = Response<Full<Bytes>>;
@@ -48,6 +63,11 @@ fn text(status: StatusCode, content_type: &'static str, body: String) -> Resp {
     r.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     r
+}
+
+/// Now, in Unix seconds.
+pub fn unix_now() -> u64 {
+    unix(SystemTime::now())
 }
 
 fn unix(t: SystemTime) -> u64 {
@@ -242,6 +262,9 @@ pub fn render_metrics(state: &AdminState) -> String {
     let _ = writeln!(out, "# HELP polymur_process_resident_memory_bytes Resident memory.\n# TYPE polymur_process_resident_memory_bytes gauge\npolymur_process_resident_memory_bytes {rss}");
     let _ = writeln!(out, "# HELP polymur_process_peak_resident_memory_bytes Peak resident memory.\n# TYPE polymur_process_peak_resident_memory_bytes gauge\npolymur_process_peak_resident_memory_bytes {peak}");
     let _ = writeln!(out, "# HELP polymur_process_start_time_seconds Process start, Unix time.\n# TYPE polymur_process_start_time_seconds gauge\npolymur_process_start_time_seconds {}", unix(state.started));
+    if let Some(extra) = &state.extra {
+        extra.metrics(&mut out);
+    }
     out
 }
 
@@ -263,6 +286,9 @@ pub fn not_ready(state: &AdminState) -> Option<String> {
             .any(|d| d.stats.connected.load(Ordering::Relaxed))
     {
         why.push("no destination is connected".to_string());
+    }
+    if let Some(reason) = state.extra.as_ref().and_then(|e| e.not_ready()) {
+        why.push(reason);
     }
     (!why.is_empty()).then(|| why.join("; "))
 }
@@ -352,6 +378,9 @@ th{{background:#f3f3f3}}td:first-child,th:first-child{{text-align:left}}.ok{{col
         }
         page.push_str("</table>");
     }
+    if let Some(extra) = &state.extra {
+        extra.status_html(&mut page);
+    }
     page.push_str("<p><a href=/metrics>/metrics</a> &middot; <a href=/api/destinations>/api/destinations</a></p></body></html>\n");
     page
 }
@@ -380,12 +409,31 @@ async fn handle(state: Arc<AdminState>, req: Request<Incoming>) -> Result<Resp, 
             "text/html; charset=utf-8",
             render_status(&state),
         ),
+        (_, p) if p.starts_with("/api/destinations") && state.control.is_none() => text(
+            StatusCode::NOT_FOUND,
+            plain,
+            "this daemon has no Graphite destinations\n".into(),
+        ),
         (Method::GET, "/api/destinations") => text(
             StatusCode::OK,
             "application/json",
-            format!("{}\n", state.control.getdest()),
+            format!(
+                "{}\n",
+                state
+                    .control
+                    .as_ref()
+                    .map(|c| c.getdest())
+                    .unwrap_or_default()
+            ),
         ),
         (m @ (Method::PUT | Method::DELETE), p) if p.starts_with("/api/destinations") => {
+            let Some(control) = state.control.clone() else {
+                return Ok(text(
+                    StatusCode::NOT_FOUND,
+                    plain,
+                    "404 page not found\n".into(),
+                ));
+            };
             // The destination is the path's last segment or the body.
             let from_path = p
                 .trim_start_matches("/api/destinations")
@@ -407,9 +455,9 @@ async fn handle(state: Arc<AdminState>, req: Request<Incoming>) -> Result<Resp, 
                 ));
             }
             let result = if m == Method::PUT {
-                state.control.putdest(&dest)
+                control.putdest(&dest)
             } else {
-                state.control.deldest(&dest)
+                control.deldest(&dest)
             };
             match result {
                 Ok(()) if m == Method::PUT => text(

@@ -56,6 +56,16 @@ pub struct ProxyArgs {
         default_value = "localhost:2020"
     )]
     pub stat_addr: String,
+    /// Admin HTTP address: /metrics, /healthz, /readyz, status page ("" disables)
+    #[arg(
+        long,
+        env = "POLYMUR_PROXY_ADMIN_ADDR",
+        default_value = "127.0.0.1:2043"
+    )]
+    pub admin_addr: String,
+    /// Log format: text or json
+    #[arg(long, env = "POLYMUR_PROXY_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
     /// Verbose output: log every batch sent
     #[arg(long, env = "POLYMUR_PROXY_VERBOSE", action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_parser = crate::go_bool!())]
     pub verbose: bool,

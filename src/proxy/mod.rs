@@ -10,6 +10,7 @@
 //! good with 400/413, logged); see [`sink`] for the retry policy and [`queue`] for
 //! where batches wait.
 
+pub mod admin;
 pub mod batcher;
 pub mod config;
 pub mod queue;
@@ -129,6 +130,31 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
     tracing::info!("Listening on {local}");
     let server = tokio::spawn(source.clone().serve(listener, listeners_shutdown.clone()));
     crate::daemon::start_admin("", &args.stat_addr, None, started, stop_shutdown.clone()).await?;
+    // The proxy has no Graphite destinations: the pipeline here only carries the
+    // counters of what clients sent, for the shared admin page.
+    crate::daemon::start_admin_http(
+        &args.admin_addr,
+        crate::admin::http::AdminState {
+            service: "polymur-proxy",
+            started,
+            pipeline: Arc::new(crate::pipeline::Pipeline::new(
+                crate::pipeline::Topology {
+                    dests: Vec::new(),
+                    router: Box::new(crate::route::broadcast::Broadcast { destinations: 0 }),
+                },
+                stats.clone(),
+            )),
+            control: None,
+            extra: Some(Arc::new(admin::ProxyAdmin {
+                gateway: gateway.clone(),
+                outbox: outbox.clone(),
+            })),
+            keys: None,
+            listening: Arc::new(std::sync::atomic::AtomicBool::new(true)),
+        },
+        stop_shutdown.clone(),
+    )
+    .await;
     tokio::spawn(report(
         stats.clone(),
         gateway.clone(),
@@ -235,6 +261,6 @@ async fn report(
 /// Entry point of the `polymur-proxy` binary.
 pub fn main() -> std::process::ExitCode {
     let args = ProxyArgs::parse_from(crate::config::normalize_args(std::env::args_os()));
-    crate::logging::init();
+    crate::logging::init_with_format(&args.log_format);
     crate::daemon::block_on("polymur-proxy", run(args))
 }

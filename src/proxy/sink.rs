@@ -58,6 +58,10 @@ pub struct SinkStats {
     pub rejected: AtomicU64,
     /// POSTs that will be retried.
     pub retries: AtomicU64,
+    /// Unix time of the last batch the gateway acknowledged (0: none yet).
+    pub last_delivered: AtomicU64,
+    /// True when the last POST failed with a network error or a retryable answer.
+    pub failing: std::sync::atomic::AtomicBool,
 }
 
 /// The gateway as seen from the proxy.
@@ -181,6 +185,16 @@ impl Gateway {
         }
     }
 
+    /// The gateway's base URL.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// False while sending is paused because the gateway refused the key (401).
+    pub fn key_ok(&self) -> bool {
+        *self.key_ok.borrow()
+    }
+
     /// Waits until sending is allowed (not paused by a 401). False if `stop` fired.
     async fn wait_key_ok(&self, stop: &mut Shutdown) -> bool {
         let mut rx = self.key_ok.subscribe();
@@ -261,6 +275,10 @@ impl Gateway {
             };
             match outcome {
                 Outcome::Delivered => {
+                    self.stats.failing.store(false, Ordering::Relaxed);
+                    self.stats
+                        .last_delivered
+                        .store(crate::admin::http::unix_now(), Ordering::Relaxed);
                     self.stats.sent.fetch_add(points, Ordering::Relaxed);
                     self.stats.batches.fetch_add(1, Ordering::Relaxed);
                     if self.verbose {
@@ -289,6 +307,7 @@ impl Gateway {
                     let _ = self.key_ok.send(false);
                 }
                 Outcome::Retry { why, after } => {
+                    self.stats.failing.store(true, Ordering::Relaxed);
                     self.stats.retries.fetch_add(1, Ordering::Relaxed);
                     if drain.is_shutdown() && outbox.spool().is_some() {
                         tracing::warn!(

@@ -1,0 +1,146 @@
+//! The proxy's part of the admin endpoint: the gateway side (what was sent, what
+//! waits in memory and on disk, whether the gateway takes the key).
+
+use std::fmt::Write as _;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use super::queue::Outbox;
+use super::sink::Gateway;
+use crate::admin::http::{unix_now, AdminExtra};
+
+/// Figures of the proxy's outbox and gateway connection.
+pub struct ProxyAdmin {
+    /// The gateway and its counters.
+    pub gateway: Arc<Gateway>,
+    /// Batches waiting to be sent.
+    pub outbox: Arc<Outbox>,
+}
+
+impl ProxyAdmin {
+    fn spooled(&self) -> (u64, u64, u64) {
+        self.outbox.spool().map_or((0, 0, 0), |s| s.size())
+    }
+}
+
+impl AdminExtra for ProxyAdmin {
+    fn metrics(&self, out: &mut String) {
+        let s = &self.gateway.stats;
+        let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+        let (batches, points, bytes) = self.spooled();
+        let families: [(&str, &str, &str, u64); 9] = [
+            (
+                "polymur_proxy_sent_points_total",
+                "counter",
+                "Points the gateway acknowledged.",
+                load(&s.sent),
+            ),
+            (
+                "polymur_proxy_sent_batches_total",
+                "counter",
+                "Batches the gateway acknowledged.",
+                load(&s.batches),
+            ),
+            (
+                "polymur_proxy_retries_total",
+                "counter",
+                "POSTs retried (network errors, 5xx, 503).",
+                load(&s.retries),
+            ),
+            (
+                "polymur_dropped_points_total{destination=\"gateway\",reason=\"rejected\"}",
+                "counter",
+                "Points in batches the gateway refused for good (400/413).",
+                load(&s.rejected),
+            ),
+            (
+                "polymur_proxy_queue_points",
+                "gauge",
+                "Points waiting in memory for the gateway.",
+                self.outbox.mem_points(),
+            ),
+            (
+                "polymur_proxy_queue_limit",
+                "gauge",
+                "Memory queue cap, in points.",
+                self.outbox.cap(),
+            ),
+            (
+                "polymur_spool_batches",
+                "gauge",
+                "Batches waiting in the spool.",
+                batches,
+            ),
+            (
+                "polymur_spool_points",
+                "gauge",
+                "Points waiting in the spool.",
+                points,
+            ),
+            (
+                "polymur_spool_bytes{destination=\"gateway\"}",
+                "gauge",
+                "Bytes waiting in the spool.",
+                bytes,
+            ),
+        ];
+        for (series, kind, help, value) in families {
+            let name = series.split('{').next().unwrap_or(series);
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{series} {value}"
+            );
+        }
+        let up = self.gateway.key_ok() && !s.failing.load(Ordering::Relaxed);
+        let _ = writeln!(
+            out,
+            "# HELP polymur_destination_up 1 while the gateway takes batches.\n# TYPE polymur_destination_up gauge\npolymur_destination_up{{destination=\"gateway\"}} {}",
+            u8::from(up)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP polymur_proxy_key_valid 0 while sending is paused because the gateway refused the key.\n# TYPE polymur_proxy_key_valid gauge\npolymur_proxy_key_valid {}",
+            u8::from(self.gateway.key_ok())
+        );
+    }
+
+    fn status_html(&self, out: &mut String) {
+        let s = &self.gateway.stats;
+        let (batches, points, _) = self.spooled();
+        let last = s.last_delivered.load(Ordering::Relaxed);
+        let state = if !self.gateway.key_ok() {
+            "<span class=bad>key refused (401): sending paused, data kept</span>"
+        } else if s.failing.load(Ordering::Relaxed) {
+            "<span class=bad>failing: retrying</span>"
+        } else {
+            "<span class=ok>sending</span>"
+        };
+        let _ = write!(
+            out,
+            "<h2>Gateway</h2><p>{} &middot; {state} &middot; last batch acknowledged: {}</p>\
+<table><tr><th>counter</th><th>value</th></tr>\
+<tr><td>points sent</td><td>{}</td></tr><tr><td>batches sent</td><td>{}</td></tr>\
+<tr><td>retries</td><td>{}</td></tr><tr><td>points rejected for good (400/413)</td><td>{}</td></tr>\
+<tr><td>points waiting in memory</td><td>{} of {}</td></tr><tr><td>waiting in the spool</td><td>{batches} batches, {points} points</td></tr></table>",
+            self.gateway.base().replace('<', "&lt;"),
+            if last == 0 { "never".to_string() } else { format!("{} s ago", unix_now().saturating_sub(last)) },
+            s.sent.load(Ordering::Relaxed),
+            s.batches.load(Ordering::Relaxed),
+            s.retries.load(Ordering::Relaxed),
+            s.rejected.load(Ordering::Relaxed),
+            self.outbox.mem_points(),
+            self.outbox.cap(),
+        );
+    }
+
+    fn not_ready(&self) -> Option<String> {
+        if !self.gateway.key_ok() {
+            return Some("the gateway refuses the API key".into());
+        }
+        self.gateway
+            .stats
+            .failing
+            .load(Ordering::Relaxed)
+            .then(|| "the gateway does not take batches (retrying)".into())
+    }
+}
