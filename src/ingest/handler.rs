@@ -205,10 +205,12 @@ async fn ingest(state: Arc<Ingest>, req: Request<Incoming>, client: &str, tenant
             return reply(StatusCode::BAD_REQUEST, "Batch Malformed\n");
         }
     };
-    state
-        .pipeline
-        .stats()
-        .note_invalid(&format!("key {name} ({client})"), &rejects);
+    if rejects.count > 0 {
+        state
+            .pipeline
+            .stats()
+            .note_invalid(&format!("key {name} ({client})"), &rejects);
+    }
     let held = loop {
         let freed = crate::dest::space_freed().notified();
         tokio::pin!(freed);
