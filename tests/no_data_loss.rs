@@ -11,46 +11,16 @@ use std::sync::{Arc, Mutex};
 
 use support::*;
 
-const GW: &str = env!("CARGO_BIN_EXE_polymur-gateway");
 const KEY: (&str, &str) = ("X-Polymur-Key", "123");
 
-/// A running gateway with its HTTP address.
-struct Gw {
-    proc: Proc,
-    http: String,
-}
-
-/// Starts the gateway on fresh loopback ports; returns once `Runstats started` is logged.
-fn gateway_env(args: &[&str], envs: &[(&str, &str)]) -> Gw {
-    let (http, api, stat) = (free_port(), free_port(), free_port());
-    let api = format!("127.0.0.1:{api}");
-    let stat = format!("127.0.0.1:{stat}");
-    let http_port = http.to_string();
-    let mut all = vec![
-        "-dev-mode",
-        "-listen-addr",
-        "127.0.0.1",
-        "-listen-http-port",
-        &http_port,
-        "-api-addr",
-        &api,
-        "-stat-addr",
-        &stat,
-    ];
+/// Starts the gateway (dev mode) on fresh loopback ports.
+fn gateway_env(args: &[&str], envs: &[(&str, &str)]) -> Gateway {
+    let mut all = vec!["-dev-mode"];
     all.extend_from_slice(args);
-    let proc = Proc::spawn(GW, &all, envs);
-    assert!(
-        proc.wait_log("Runstats started", secs(15)),
-        "gateway did not start: {}",
-        proc.all_output()
-    );
-    Gw {
-        proc,
-        http: format!("127.0.0.1:{http}"),
-    }
+    Gateway::start_env(&all, envs)
 }
 
-fn gateway(args: &[&str]) -> Gw {
+fn gateway(args: &[&str]) -> Gateway {
     gateway_env(args, &[])
 }
 
