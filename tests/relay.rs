@@ -170,6 +170,64 @@ fn a_full_queue_slows_clients_down_and_loses_nothing() {
     assert_eq!(sorted(sink.lines()), sorted(expected));
 }
 
+/// With `-spool-dir`, a relay whose destination is down keeps reading: what the
+/// memory queue cannot hold goes to disk; a restart (SIGTERM, destination still
+/// down) keeps it there; once the destination is up every line arrives, once.
+#[test]
+fn spool_holds_lines_across_a_restart_until_the_destination_is_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().to_str().unwrap().to_string();
+    let port = free_port();
+    let dest = format!("127.0.0.1:{port}");
+    let args = [
+        "-destinations",
+        dest.as_str(),
+        "-outgoing-queue-cap",
+        "100",
+        "-spool-dir",
+        spool.as_str(),
+        "-drain-timeout",
+        "1s",
+    ];
+    let ts = now_ts();
+    let expected: Vec<String> = (0..5_000).map(|i| format!("sp.m{i} {i} {ts}")).collect();
+    let relay = relay_env(&args, &[]);
+    send_lines(&relay.listen, &(expected.join("\n") + "\n")).unwrap();
+    // Everything is held (memory + spool) long before the destination exists.
+    assert!(wait_until(secs(10), || {
+        http_get(&relay.admin, "/metrics", &[])
+            .unwrap()
+            .body
+            .contains("polymur_received_points_total 5000\n")
+    }));
+    relay.proc.term();
+    assert!(relay
+        .proc
+        .wait_exit(secs(15))
+        .expect("relay exits")
+        .success());
+    let spooled: u64 = std::fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .flat_map(|d| std::fs::read_dir(d.path()).into_iter().flatten().flatten())
+        .filter(|f| f.file_name().to_string_lossy().ends_with(".spool"))
+        .map(|f| f.metadata().unwrap().len())
+        .sum();
+    assert!(spooled > 5_000 * 10, "lines are on disk: {spooled} bytes");
+
+    let relay = relay_env(&args, &[]);
+    let sink = LineSink::start_on(port);
+    assert!(
+        sink.wait_count(expected.len(), secs(30)),
+        "got {} of {}\n{}",
+        sink.count(),
+        expected.len(),
+        relay.proc.all_output()
+    );
+    assert_eq!(sink.wait_idle(millis(300), secs(5)), expected.len());
+    assert_eq!(sorted(sink.lines()), sorted(expected));
+}
+
 /// hash-route to three carbon-caches: each metric is stored by exactly the cache that
 /// the ring (the relay's own `-route-test`, pinned to graphite-carbon by the fixtures)
 /// names, with the value sent.
