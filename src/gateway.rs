@@ -224,6 +224,9 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
         (None, None) => None,
         _ => bail!("HTTPS needs both -cert and -key"),
     };
+    if tls.is_none() && args.listen_https_port.is_some() {
+        tracing::warn!("-listen-https-port is ignored: HTTPS starts only with both -cert and -key");
+    }
     if args.durable && args.spool_dir.is_none() {
         bail!("-durable needs -spool-dir (acknowledged batches are made durable there)");
     }
