@@ -422,3 +422,25 @@ fn overflow_drop_counts_and_logs_what_it_drops_and_acknowledges() {
     assert_eq!(sink.wait_idle(millis(300), secs(5)), held.len());
     assert_eq!(sink.lines(), held);
 }
+
+#[test]
+fn a_spool_directory_is_never_shared_by_two_processes() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().to_str().unwrap().to_string();
+    let dest = format!("127.0.0.1:{}", free_port());
+    let first = gateway(&["-destinations", &dest, "-spool-dir", &spool]);
+    let second = gateway(&["-destinations", &dest, "-spool-dir", &spool]);
+    assert!(
+        second
+            .proc
+            .wait_log("is in use by another process", secs(5)),
+        "{}",
+        second.proc.all_output()
+    );
+    assert!(!first.proc.has_log("in use by another process"));
+    // The first keeps spooling: a batch beyond its queue is still acknowledged.
+    for i in 0..3 {
+        let body = lines(&format!("shared{i}"), 5000).join("\n") + "\n";
+        assert_eq!(first.ingest("123", &body).status, 200);
+    }
+}

@@ -118,6 +118,9 @@ pub struct Spool {
     ready: Arc<Notify>,
     /// Bytes moved to quarantine since start.
     quarantined: AtomicU64,
+    /// An exclusive lock on `<dir>/lock`, held while open: a second process given
+    /// the same `-spool-dir` must not append to (or replay and delete) these files.
+    lock: Mutex<Option<fs::File>>,
 }
 
 /// Spool directories open in this process: two destinations must never share one
@@ -173,6 +176,16 @@ impl Spool {
                 format!("spool {} is already open in this process", dir.display()),
             ));
         }
+        let lock = match lock_dir(&dir) {
+            Ok(l) => l,
+            Err(e) => {
+                open_dirs()
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&dir.canonicalize().unwrap_or_else(|_| dir.clone()));
+                return Err(e);
+            }
+        };
         let mut seqs: Vec<u64> = Vec::new();
         for entry in fs::read_dir(&dir).map_err(|e| with_path(e, &dir))? {
             let entry = entry?;
@@ -256,6 +269,7 @@ impl Spool {
             .name(format!("spool-{}", dir_name(name)))
             .spawn(move || appender.run(rx))?;
         Ok(Arc::new(Spool {
+            lock: Mutex::new(Some(lock)),
             dir,
             name: name.to_string(),
             max_bytes,
@@ -586,10 +600,33 @@ impl Spool {
             let _ = t.join();
         }
         let canonical = self.dir.canonicalize().unwrap_or_else(|_| self.dir.clone());
+        drop(self.lock.lock().unwrap_or_else(|e| e.into_inner()).take());
         open_dirs()
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&canonical);
+    }
+}
+
+/// Takes the exclusive lock of a spool directory, or says who must let go of it.
+fn lock_dir(dir: &Path) -> io::Result<fs::File> {
+    let path = dir.join("lock");
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| with_path(e, &path))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(fs::TryLockError::WouldBlock) => Err(io::Error::new(
+            io::ErrorKind::WouldBlock,
+            format!(
+                "spool {} is in use by another process (give each process its own -spool-dir)",
+                dir.display()
+            ),
+        )),
+        Err(fs::TryLockError::Error(e)) => Err(with_path(e, &path)),
     }
 }
 
