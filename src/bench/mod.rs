@@ -234,7 +234,7 @@ async fn round(
                 if let Some(s) = pid.and_then(|p| procstat::sample(p).ok()) {
                     max_rss.fetch_max(s.rss_bytes, Ordering::Relaxed);
                 }
-                if let (Some(p), true) = (&progress, tick % 5 == 0) {
+                if let (Some(p), true) = (&progress, tick.is_multiple_of(5)) {
                     let arrived: u64 =
                         sinks.iter().map(|c| c.lines()).sum::<u64>() - before_arrived;
                     let secs = start.elapsed().as_secs_f64();

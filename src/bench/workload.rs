@@ -96,7 +96,7 @@ impl Workload {
             let i = (k * self.batch_lines + j) % series;
             let name = metric_name(i, self.name_len);
             let v = (i * 7919 + k * 31) % 100_000;
-            if v % 3 == 0 {
+            if v.is_multiple_of(3) {
                 writeln!(out, "{name} {} {}", v, self.timestamp).expect("vec write");
             } else {
                 writeln!(out, "{name} {}.{:02} {}", v / 100, v % 100, self.timestamp)
