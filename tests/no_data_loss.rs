@@ -417,6 +417,10 @@ fn overflow_drop_counts_and_logs_what_it_drops_and_acknowledges() {
         }
     }
     assert!(gw.proc.wait_log("-overflow drop: dropped", secs(5)));
+    let metrics = http_get(&gw.admin, "/metrics", &[]).unwrap().body;
+    let dropped =
+        format!("polymur_dropped_points_total{{destination=\"{dest}\",reason=\"overflow\"}} 600\n");
+    assert!(metrics.contains(&dropped), "{metrics}");
     let sink = LineSink::start_on(port);
     assert!(sink.wait_count(held.len(), secs(20)));
     assert_eq!(sink.wait_idle(millis(300), secs(5)), held.len());

@@ -387,3 +387,47 @@ fn sighup_reloads_the_destinations_file_and_keeps_it_when_broken() {
     assert_eq!(active(), serde_json::json!([b.addr()]));
     assert!(gw.proc.is_running());
 }
+
+#[test]
+fn spool_depth_and_drops_are_counted_per_destination() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let dest = format!("127.0.0.1:{port}");
+    let gw = gateway(&[
+        "-dev-mode",
+        "-destinations",
+        &dest,
+        "-spool-dir",
+        dir.path().to_str().unwrap(),
+    ]);
+    let ts = now_ts();
+    for b in 0..3 {
+        let body: String = (0..5000)
+            .map(|i| format!("sp.b{b}.m{i} 1 {ts}\n"))
+            .collect();
+        assert_eq!(gw.ingest("123", &body).status, 200);
+    }
+    let series = |name: &str| format!("{name}{{destination=\"{dest}\"}}");
+    let m = metrics(&gw.admin);
+    // The first batch fits the memory queue; the other two are spilled to disk.
+    assert_eq!(m[&series("polymur_spooled_points_total")], 10000.0);
+    assert!(m[&series("polymur_spool_bytes")] > 10000.0 * 10.0);
+    assert_eq!(m[&series("polymur_destination_queue_points")], 5000.0);
+    assert!(http_get(&gw.admin, "/", &[])
+        .unwrap()
+        .body
+        .contains("spool bytes"));
+    let sink = LineSink::start_on(port);
+    assert!(sink.wait_count(15000, secs(20)));
+    assert!(wait_until(secs(5), || {
+        let m = metrics(&gw.admin);
+        m[&series("polymur_spool_bytes")] == 0.0
+            && m[&series("polymur_forwarded_points_total")] == 15000.0
+    }));
+    assert_eq!(
+        metrics(&gw.admin)[&format!(
+            "polymur_dropped_points_total{{destination=\"{dest}\",reason=\"overflow\"}}"
+        )],
+        0.0
+    );
+}

@@ -189,13 +189,32 @@ pub fn render_metrics(state: &AdminState) -> String {
     );
     let _ = writeln!(out, "# HELP polymur_dropped_points_total Points dropped, by destination and reason.\n# TYPE polymur_dropped_points_total counter");
     for d in &dests {
-        let _ = writeln!(
-            out,
-            "polymur_dropped_points_total{{destination=\"{}\",reason=\"shutdown\"}} {}",
-            label(d.name()),
-            load(&d.stats.abandoned)
-        );
+        for (reason, counter) in [
+            ("shutdown", &d.stats.abandoned),
+            ("overflow", &d.stats.dropped),
+        ] {
+            let _ = writeln!(
+                out,
+                "polymur_dropped_points_total{{destination=\"{}\",reason=\"{reason}\"}} {}",
+                label(d.name()),
+                load(counter)
+            );
+        }
     }
+    per_dest(
+        &mut out,
+        "polymur_spool_bytes",
+        "gauge",
+        "Bytes waiting in each destination's disk spool (0 without -spool-dir).",
+        &|d| d.spool().map_or(0, |s| s.backlog()).to_string(),
+    );
+    per_dest(
+        &mut out,
+        "polymur_spooled_points_total",
+        "counter",
+        "Points written to each destination's spool.",
+        &|d| load(&d.stats.spooled).to_string(),
+    );
 
     let _ = writeln!(out, "# HELP polymur_http_requests_total HTTP answers by route and status.\n# TYPE polymur_http_requests_total counter");
     for (p, path) in HTTP_PATHS.iter().enumerate() {
@@ -337,20 +356,22 @@ th{{background:#f3f3f3}}td:first-child,th:first-child{{text-align:left}}.ok{{col
             load(&stats.invalid_by_reason[e.index()])
         );
     }
-    page.push_str("</table><h2>Destinations</h2><table><tr><th>destination</th><th>state</th><th>queued</th><th>limit</th><th>forwarded</th><th>errors</th><th>resent</th><th>dropped at shutdown</th></tr>");
+    page.push_str("</table><h2>Destinations</h2><table><tr><th>destination</th><th>state</th><th>queued</th><th>limit</th><th>spool bytes</th><th>forwarded</th><th>errors</th><th>resent</th><th>dropped (overflow)</th><th>dropped at shutdown</th></tr>");
     for d in state.pipeline.destinations() {
         let up = d.stats.connected.load(Ordering::Relaxed);
         let _ = write!(
             page,
-            "<tr><td>{}</td><td class={}>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            "<tr><td>{}</td><td class={}>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             html(d.name()),
             if up { "ok" } else { "bad" },
             if up { "up" } else { "down" },
             d.queued(),
             d.cap(),
+            d.spool().map_or(0, |s| s.backlog()),
             load(&d.stats.sent),
             load(&d.stats.errors),
             load(&d.stats.resent),
+            load(&d.stats.dropped),
             load(&d.stats.abandoned),
         );
     }
