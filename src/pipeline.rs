@@ -76,6 +76,14 @@ impl Ticket {
     }
 }
 
+/// A batch routed on one topology, not yet (or not fully) admitted.
+pub struct Routed {
+    topo: Arc<Topology>,
+    parts: Vec<RoutedPart>,
+    /// Points of the batch; 0 once admitted (admitting twice is a no-op).
+    points: u64,
+}
+
 /// Routes batches to destinations. Cheap to share; lock-free on the hot path.
 pub struct Pipeline {
     topology: ArcSwap<Topology>,
@@ -124,17 +132,36 @@ impl Pipeline {
         })
     }
 
-    /// Admits `batch` to every destination it routes to, or to none. The batch is held once
-    /// the returned [`Ticket`] resolves (at once when no part went to a spool).
-    pub fn submit(&self, batch: &Batch) -> Result<Ticket, Refused> {
-        if batch.is_empty() {
+    /// Routes `batch` on the current topology. The result can be offered to
+    /// [`admit`](Self::admit) repeatedly (a full queue may drain) without paying
+    /// for routing again — a hash ring costs an md5 per line.
+    pub fn route(&self, batch: &Batch) -> Routed {
+        let topo = self.topology.load_full();
+        let mut parts: Vec<RoutedPart> = Vec::with_capacity(topo.dests.len());
+        if !batch.is_empty() {
+            topo.router.route(batch, &mut parts);
+        }
+        Routed {
+            topo,
+            parts,
+            points: batch.len() as u64,
+        }
+    }
+
+    /// Admits a routed batch to every destination it routes to, or to none. The
+    /// batch is held once the returned [`Ticket`] resolves (at once when no part went
+    /// to a spool). If the topology changed since routing, `batch` is routed again.
+    pub fn admit(&self, routed: &mut Routed, batch: &Batch) -> Result<Ticket, Refused> {
+        if routed.points == 0 {
             return Ok(Ticket::default());
         }
-        let topo = self.topology.load();
-        let mut parts: Vec<RoutedPart> = Vec::with_capacity(topo.dests.len());
-        topo.router.route(batch, &mut parts);
+        if !Arc::ptr_eq(&routed.topo, &*self.topology.load()) {
+            *routed = self.route(batch);
+        }
+        let topo = routed.topo.clone();
+        let parts = &routed.parts;
         let mut admitted: Vec<Admission> = Vec::with_capacity(parts.len());
-        for part in &parts {
+        for part in parts {
             let dest = &topo.dests[part.dest];
             match dest.admit(part.points, part.data.len()) {
                 Some(a) => admitted.push(a),
@@ -156,7 +183,7 @@ impl Pipeline {
             }
         }
         let mut ticket = Ticket::default();
-        for (part, a) in parts.into_iter().zip(admitted) {
+        for (part, a) in std::mem::take(&mut routed.parts).into_iter().zip(admitted) {
             let dest = &topo.dests[part.dest];
             let chunk = Chunk {
                 data: part.data,
@@ -168,9 +195,26 @@ impl Pipeline {
         }
         self.stats
             .received
-            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+            .fetch_add(routed.points, Ordering::Relaxed);
         self.stats.batches.fetch_add(1, Ordering::Relaxed);
+        routed.points = 0;
         Ok(ticket)
+    }
+
+    /// Routes and admits `batch` (see [`route`](Self::route) and [`admit`](Self::admit)).
+    pub fn submit(&self, batch: &Batch) -> Result<Ticket, Refused> {
+        let mut routed = self.route(batch);
+        self.admit(&mut routed, batch)
+    }
+
+    /// [`admit`](Self::admit), then waits until the batch is held (spool appends
+    /// written, and synced with `-durable`). Acknowledge the batch only after `Ok`.
+    pub async fn admit_held(&self, routed: &mut Routed, batch: &Batch) -> Result<(), Refused> {
+        let ticket = self.admit(routed, batch)?;
+        if ticket.is_ready() {
+            return Ok(());
+        }
+        ticket.wait().await
     }
 
     /// [`submit`](Self::submit), then waits until the batch is held (spool appends written,

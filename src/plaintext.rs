@@ -32,19 +32,34 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Full;
 
+/// Work an intake did for a batch it refused, kept by the caller for the next
+/// offer of the same batch (the pipeline's routing: an md5 per line on a hash ring).
+#[derive(Default)]
+pub struct Prepared(Option<crate::pipeline::Routed>);
+
 /// Where a plaintext source delivers its batches.
 pub trait Intake: Send + Sync + 'static {
-    /// Takes `batch` whole, or refuses it whole with [`Full`].
-    fn offer<'a>(&'a self, batch: &'a Batch) -> BoxFuture<'a, Result<(), Full>>;
+    /// Takes `batch` whole, or refuses it whole with [`Full`]. Offer the same batch
+    /// again with the same `prepared`.
+    fn offer<'a>(
+        &'a self,
+        batch: &'a Batch,
+        prepared: &'a mut Prepared,
+    ) -> BoxFuture<'a, Result<(), Full>>;
 }
 
 /// The relay's intake: the routing pipeline, all-or-nothing per batch. It waits until
 /// the batch is held (spool appends written), so a slow disk slows the clients down
 /// like a full queue does; a failed spool append is offered again (at least once).
 impl Intake for Pipeline {
-    fn offer<'a>(&'a self, batch: &'a Batch) -> BoxFuture<'a, Result<(), Full>> {
+    fn offer<'a>(
+        &'a self,
+        batch: &'a Batch,
+        prepared: &'a mut Prepared,
+    ) -> BoxFuture<'a, Result<(), Full>> {
         Box::pin(async move {
-            self.submit_held(batch).await.map_err(|refused| {
+            let routed = prepared.0.get_or_insert_with(|| self.route(batch));
+            self.admit_held(routed, batch).await.map_err(|refused| {
                 tracing::debug!("Batch of {} points not queued: {refused}", batch.len());
                 Full
             })
@@ -272,13 +287,14 @@ impl PlaintextSource {
         self.waiting.fetch_add(points, Ordering::Relaxed);
         let mut pause = MIN_RETRY_PAUSE;
         let mut give_up_at = None;
+        let mut prepared = Prepared::default();
         let held = loop {
             // Registered before the offer, so space freed between a refusal and the
             // wait still wakes this connection.
             let freed = crate::dest::space_freed().notified();
             tokio::pin!(freed);
             freed.as_mut().enable();
-            if self.intake.offer(&batch).await.is_ok() {
+            if self.intake.offer(&batch, &mut prepared).await.is_ok() {
                 break true;
             }
             if shutdown.is_shutdown() {
@@ -326,7 +342,11 @@ mod tests {
     }
 
     impl Intake for Recorder {
-        fn offer<'a>(&'a self, batch: &'a Batch) -> BoxFuture<'a, Result<(), Full>> {
+        fn offer<'a>(
+            &'a self,
+            batch: &'a Batch,
+            _: &'a mut Prepared,
+        ) -> BoxFuture<'a, Result<(), Full>> {
             Box::pin(async move {
                 if self
                     .refuse

@@ -58,7 +58,8 @@ pub async fn run(
         let secs = last.elapsed().as_secs_f64().max(0.001);
         last = tokio::time::Instant::now();
         let (batch, _) = Batch::from_plaintext(lines(&host, &collect(secs)), None);
-        if intake.offer(&batch).await.is_err() {
+        let mut prepared = crate::plaintext::Prepared::default();
+        if intake.offer(&batch, &mut prepared).await.is_err() {
             tracing::warn!("Self-metrics flush skipped: queues are full");
         }
     }

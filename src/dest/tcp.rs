@@ -41,6 +41,9 @@ const MAX_IOV: usize = 64;
 /// enough to cover a full local send buffer plus the receiver's receive buffer (Linux
 /// autotunes them up to 4 MiB and 6 MiB).
 pub const RESEND_WINDOW: usize = 16 << 20;
+/// Chunks kept in the resend window at most: many tiny chunks (a destination that
+/// gets a few lines per batch) must not pin their buffers' memory.
+pub const RESEND_CHUNKS: usize = 1024;
 /// Bytes read back from the spool at a time.
 pub const SPOOL_READ: usize = 4 << 20;
 
@@ -75,7 +78,9 @@ impl Pending {
     fn remember(&mut self, chunk: Chunk) {
         self.recent_bytes += chunk.data.len();
         self.recent.push_back(chunk);
-        while self.recent_bytes > RESEND_WINDOW && self.recent.len() > 1 {
+        while (self.recent_bytes > RESEND_WINDOW || self.recent.len() > RESEND_CHUNKS)
+            && self.recent.len() > 1
+        {
             let old = self.recent.pop_front().expect("not empty");
             self.recent_bytes -= old.data.len();
         }

@@ -211,11 +211,12 @@ async fn ingest(state: Arc<Ingest>, req: Request<Incoming>, client: &str, tenant
             .stats()
             .note_invalid(&format!("key {name} ({client})"), &rejects);
     }
+    let mut routed = state.pipeline.route(&batch);
     let held = loop {
         let freed = crate::dest::space_freed().notified();
         tokio::pin!(freed);
         freed.as_mut().enable();
-        match state.pipeline.submit_held(&batch).await {
+        match state.pipeline.admit_held(&mut routed, &batch).await {
             Err(_) if tokio::time::Instant::now() < admit_by => {
                 let _ = tokio::time::timeout_at(admit_by, freed).await;
             }

@@ -168,7 +168,11 @@ pub fn gzip(data: &[u8]) -> Vec<u8> {
 }
 
 impl Intake for Batcher {
-    fn offer<'a>(&'a self, batch: &'a Batch) -> BoxFuture<'a, Result<(), Full>> {
+    fn offer<'a>(
+        &'a self,
+        batch: &'a Batch,
+        _: &'a mut crate::plaintext::Prepared,
+    ) -> BoxFuture<'a, Result<(), Full>> {
         Box::pin(async move {
             if !self.console && !self.outbox.has_room() {
                 return Err(Full);
@@ -204,7 +208,7 @@ mod tests {
         let b = Batcher::new(3, outbox.clone(), Arc::new(Stats::default()), false);
         let (batch, _) =
             Batch::from_plaintext(b"a 1 1\nb 2 2\nc 3 3\nd 4 4\ne 5 5\n".to_vec(), None);
-        b.offer(&batch).await.unwrap();
+        b.offer(&batch, &mut Default::default()).await.unwrap();
         assert_eq!(outbox.queued_batches(), 1);
         b.flush_if_due(Duration::from_secs(3600), false).await;
         assert_eq!(outbox.queued_batches(), 1, "not due yet");
@@ -223,7 +227,7 @@ mod tests {
         let outbox = Arc::new(Outbox::new(2, None));
         let b = Batcher::new(2, outbox.clone(), Arc::new(Stats::default()), false);
         let (batch, _) = Batch::from_plaintext(b"a 1 1\nb 2 2\n".to_vec(), None);
-        b.offer(&batch).await.unwrap();
-        assert_eq!(b.offer(&batch).await, Err(Full));
+        b.offer(&batch, &mut Default::default()).await.unwrap();
+        assert_eq!(b.offer(&batch, &mut Default::default()).await, Err(Full));
     }
 }

@@ -36,19 +36,34 @@ impl Router for HashRouter {
         if self.members == 0 || batch.is_empty() {
             return;
         }
-        // One output buffer per destination, sized for an even spread plus slack,
-        // so appending lines rarely reallocates.
-        let share = batch.data().len() * self.replication.min(self.members) / self.members;
-        let mut bufs: Vec<Vec<u8>> = (0..self.members)
-            .map(|_| Vec::with_capacity(share + share / 4 + 64))
-            .collect();
+        // Two passes: look every line up once, remembering its owners and each
+        // destination's byte count; then fill buffers allocated at their exact size.
+        // A ring can be very uneven (graphite-carbon puts every instance-less member
+        // of one host side by side), and a buffer sized for an even share would keep
+        // a large allocation alive for a few lines — in the queue and in the writer's
+        // resend window — multiplying memory by the unevenness.
+        let stride = self.replication.min(self.members);
+        let mut owners_of_line: Vec<u32> = Vec::with_capacity(batch.len() * stride);
+        let mut bytes = vec![0usize; self.members];
         let mut counts = vec![0u64; self.members];
         let mut owners = Vec::with_capacity(self.replication);
         for (line, metric) in batch.lines() {
             self.ring.lookup(metric, self.replication, &mut owners);
-            for &i in &owners {
-                bufs[i].extend_from_slice(line);
-                counts[i] += 1;
+            for k in 0..stride {
+                match owners.get(k) {
+                    Some(&i) => {
+                        bytes[i] += line.len();
+                        counts[i] += 1;
+                        owners_of_line.push(i as u32);
+                    }
+                    None => owners_of_line.push(u32::MAX),
+                }
+            }
+        }
+        let mut bufs: Vec<Vec<u8>> = bytes.iter().map(|&n| Vec::with_capacity(n)).collect();
+        for ((line, _), line_owners) in batch.lines().zip(owners_of_line.chunks_exact(stride)) {
+            for &i in line_owners.iter().filter(|&&i| i != u32::MAX) {
+                bufs[i as usize].extend_from_slice(line);
             }
         }
         for (dest, (buf, points)) in bufs.into_iter().zip(counts).enumerate() {
