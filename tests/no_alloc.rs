@@ -25,13 +25,15 @@ struct Counting;
 thread_local! {
     static COUNTING: Cell<bool> = const { Cell::new(false) };
     static COUNT: Cell<u64> = const { Cell::new(0) };
+    static BYTES: Cell<u64> = const { Cell::new(0) };
 }
 
-fn bump() {
+fn bump(size: usize) {
     // `try_with`: the allocator also runs while thread-locals are torn down.
     let _ = COUNTING.try_with(|on| {
         if on.get() {
             let _ = COUNT.try_with(|c| c.set(c.get() + 1));
+            let _ = BYTES.try_with(|c| c.set(c.get() + size as u64));
         }
     });
 }
@@ -39,15 +41,15 @@ fn bump() {
 // SAFETY: every call is forwarded unchanged to the system allocator.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        bump();
+        bump(layout.size());
         System.alloc(layout)
     }
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        bump();
+        bump(layout.size());
         System.alloc_zeroed(layout)
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        bump();
+        bump(new_size);
         System.realloc(ptr, layout, new_size)
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
@@ -60,6 +62,7 @@ static GLOBAL: Counting = Counting;
 
 /// Allocations made by `f` on this thread.
 fn allocations<R>(f: impl FnOnce() -> R) -> (u64, R) {
+    BYTES.with(|c| c.set(0));
     COUNT.with(|c| c.set(0));
     COUNTING.with(|on| on.set(true));
     let r = f();
@@ -198,4 +201,38 @@ fn inflate_allocates_per_batch() {
         allocations(|| gunzip(&body, 1 << 28).unwrap()).0
     };
     assert_per_batch("gunzip", count(50), count(5000));
+}
+
+/// A hash ring can be very uneven: graphite-carbon keys members by host and
+/// instance only, so instance-less members on one host sit side by side and one of
+/// them gets almost every line. Per-destination buffers must be sized to what each
+/// really receives: a buffer sized for an even share pinned its whole allocation for
+/// a handful of lines (in the queue and in the writer's resend window), which grew
+/// a hash-routing gateway to 1.9 GiB under load.
+#[test]
+fn hash_routing_buffers_are_sized_to_what_each_destination_gets() {
+    let dests: Vec<DestAddr> = ["127.0.0.1:2003", "127.0.0.1:2004", "127.0.0.1:2005"]
+        .iter()
+        .map(|d| d.parse().unwrap())
+        .collect();
+    let router = HashRouter::new(HashKind::CarbonCh, &dests, 1);
+    let (batch, _) = Batch::from_plaintext(raw(5000, 60), None);
+    let (_, parts) = allocations(|| {
+        let mut parts: Vec<RoutedPart> = Vec::with_capacity(3);
+        router.route(&batch, &mut parts);
+        parts
+    });
+    let allocated = BYTES.with(|c| c.get());
+    let data = batch.data().len() as u64;
+    let points: Vec<u64> = parts.iter().map(|p| p.points).collect();
+    assert!(
+        points.iter().max().unwrap() * 10 > 9 * 5000,
+        "the ring is as uneven as expected: {points:?}"
+    );
+    // The lines once, plus a 4-byte owner index per line, plus small change.
+    let bound = data + 5000 * 4 + 4096;
+    assert!(
+        allocated <= bound,
+        "routing allocated {allocated} bytes for {data} bytes of lines (bound {bound})"
+    );
 }
