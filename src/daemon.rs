@@ -251,3 +251,27 @@ pub fn reload_destinations(registry: &Registry, flag: &str, file: &std::path::Pa
         Err(e) => tracing::error!("SIGHUP: keeping the current destinations: {e:#}"),
     }
 }
+
+/// The periodic reports of a routing daemon: the 5-second `Last 5.00s: ...` log
+/// line, and with `-metrics-flush N` the self-metrics every N seconds. `incoming`
+/// gives the incoming side's current size and limit, in points.
+pub fn start_reports(
+    pipeline: &Arc<Pipeline>,
+    metrics_flush: u64,
+    incoming: impl Fn() -> (f64, f64) + Send + Sync + 'static,
+    shutdown: Shutdown,
+) {
+    tokio::spawn(crate::stats::report(
+        pipeline.clone(),
+        std::time::Duration::from_secs(5),
+        shutdown.clone(),
+    ));
+    if metrics_flush > 0 {
+        tokio::spawn(crate::self_metrics::run_for_pipeline(
+            pipeline.clone(),
+            std::time::Duration::from_secs(metrics_flush),
+            incoming,
+            shutdown,
+        ));
+    }
+}

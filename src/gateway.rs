@@ -16,7 +16,6 @@ use crate::keys::{self, KeyCache, KeyStoreConfig};
 use crate::registry::RouterFactory;
 use crate::route::hash::HashKind;
 use crate::shutdown::{self, Shutdown};
-use crate::stats::{self};
 
 /// Flags of polymur-gateway. Every flag of the Go original keeps its name and
 /// default; each is also read from `POLYMUR_GW_<FLAG>`.
@@ -332,25 +331,18 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
         workers_shutdown.clone(),
     )
     .await?;
-    tokio::spawn(stats::report(
-        pipeline.clone(),
-        Duration::from_secs(5),
+    // The incoming side is the decode budget: KiB of batches being decoded and
+    // routed, reported in the original's unit (points, at 64 bytes a point).
+    let st = state.clone();
+    crate::daemon::start_reports(
+        &pipeline,
+        args.metrics_flush,
+        move || {
+            let b = &st.decode_budget;
+            ((b.in_use_kib() * 16) as f64, (b.total_kib() * 16) as f64)
+        },
         workers_shutdown.clone(),
-    ));
-    if args.metrics_flush > 0 {
-        // The incoming side is the decode budget: KiB of batches being decoded and
-        // routed, reported in the original's unit (points, at 64 bytes a point).
-        let st = state.clone();
-        tokio::spawn(crate::self_metrics::run_for_pipeline(
-            pipeline.clone(),
-            Duration::from_secs(args.metrics_flush),
-            move || {
-                let b = &st.decode_budget;
-                ((b.in_use_kib() * 16) as f64, (b.total_kib() * 16) as f64)
-            },
-            workers_shutdown.clone(),
-        ));
-    }
+    );
     crate::daemon::start_admin_http(
         &args.admin_addr,
         admin::http::AdminState {

@@ -16,7 +16,6 @@ use crate::dest::DestConfig;
 use crate::plaintext::{self, PlaintextConfig, PlaintextSource};
 use crate::route::hash::HashKind;
 use crate::shutdown::{self, Shutdown};
-use crate::stats::{self};
 
 /// Flags of polymur (the relay). Every flag of the Go original keeps its name and
 /// default; each is also read from `POLYMUR_<FLAG>`.
@@ -168,20 +167,13 @@ pub async fn run(args: RelayArgs) -> anyhow::Result<()> {
         workers_shutdown.clone(),
     )
     .await;
-    tokio::spawn(stats::report(
-        pipeline.clone(),
-        Duration::from_secs(5),
+    let s = source.clone();
+    crate::daemon::start_reports(
+        &pipeline,
+        args.metrics_flush,
+        move || (s.waiting_points() as f64, s.max_waiting_points() as f64),
         workers_shutdown.clone(),
-    ));
-    if args.metrics_flush > 0 {
-        let s = source.clone();
-        tokio::spawn(crate::self_metrics::run_for_pipeline(
-            pipeline.clone(),
-            Duration::from_secs(args.metrics_flush),
-            move || (s.waiting_points() as f64, s.max_waiting_points() as f64),
-            workers_shutdown.clone(),
-        ));
-    }
+    );
 
     if let Some(file) = args.destinations_file.clone() {
         let (registry, flag) = (registry.clone(), args.destinations.clone());
