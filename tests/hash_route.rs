@@ -15,7 +15,7 @@ use polymur::route::hash::{HashKind, HashRing};
 use support::*;
 
 const GW: &str = GATEWAY_BIN;
-const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/fixtures");
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
 
 fn gateway(args: &[&str]) -> Gateway {
     let mut all = vec!["-dev-mode"];
@@ -87,15 +87,19 @@ fn dry_run_matches(file: &str, hash: &str, c_relay: bool) {
 
 #[test]
 fn route_test_reproduces_every_graphite_carbon_fixture() {
+    let mut files = 0;
     for entry in std::fs::read_dir(format!("{FIXTURES}/carbon_ch")).unwrap() {
         let name = entry.unwrap().file_name().into_string().unwrap();
         let hash = name.split('.').next().unwrap();
         dry_run_matches(&format!("carbon_ch/{name}"), hash, false);
+        files += 1;
     }
+    assert!(files > 0, "no fixtures under {FIXTURES}/carbon_ch");
 }
 
 #[test]
 fn route_test_reproduces_every_carbon_c_relay_fixture() {
+    let mut files = 0;
     for entry in std::fs::read_dir(format!("{FIXTURES}/carbon-c-relay")).unwrap() {
         let name = entry.unwrap().file_name().into_string().unwrap();
         let hash = match name.split('.').next().unwrap() {
@@ -104,7 +108,9 @@ fn route_test_reproduces_every_carbon_c_relay_fixture() {
         };
         let hash = hash.to_string();
         dry_run_matches(&format!("carbon-c-relay/{name}"), &hash, true);
+        files += 1;
     }
+    assert!(files > 0, "no fixtures under {FIXTURES}/carbon-c-relay");
 }
 
 #[test]

@@ -1,4 +1,4 @@
-//! Replays every golden vector in `../shared/fixtures` through `HashRing`.
+//! Replays every golden vector in `tests/fixtures` (copied from `../shared/fixtures`) through `HashRing`.
 //!
 //! The fixtures were produced by the real graphite-carbon 1.1.7 and carbon-c-relay 3.7.3;
 //! graphite-web finds metrics only if our placement matches theirs exactly, so every row of
@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use polymur::dest::addr::DestAddr;
 use polymur::route::hash::{HashKind, HashRing};
 
-const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/fixtures");
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
 
 /// Which implementation wrote a fixture directory, which decides how destinations are
 /// spelled and which `HashKind` reproduces its `carbon_ch`.
