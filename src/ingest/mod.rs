@@ -3,6 +3,7 @@
 pub mod handler;
 pub mod inflate;
 pub mod tls;
+pub mod zstd;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
