@@ -17,8 +17,13 @@
 //!   rewritten every second and at close (temp file + rename); losing it means duplicates on
 //!   replay, never loss.
 //! - `quarantine/` — bytes that failed their checksum or were cut short (a crash mid-write),
-//!   moved aside with their segment name and offset, and reported in the log. Everything
-//!   before them is replayed; start-up never fails because of them.
+//!   moved aside with their segment name and offset, and reported in the log with the points
+//!   they held. Only the damaged bytes: the reader resumes at the next record whose header and
+//!   CRC check out ([`recovery`]). Start-up never fails because of them.
+//!
+//! The code follows the concerns: [`format`] (record layout, CRC), [`appender`] (appending,
+//! rolling, syncing, the cursor; surviving a full disk), `reader` (reading back, the delivered
+//! position), [`recovery`] (damage and quarantine).
 //!
 //! A process always appends to a fresh segment, so a torn tail left by a crash is never
 //! followed by valid records of a later run.
@@ -38,51 +43,33 @@
 //! there, until the writer has read everything back and clears it (a compare-and-swap against
 //! "spilling, zero bytes", so no batch admitted later can overtake a spooled one).
 
-use std::collections::{HashSet, VecDeque};
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufWriter, Write};
-use std::os::unix::fs::FileExt;
+mod appender;
+mod format;
+mod reader;
+mod recovery;
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::fs::{self, OpenOptions};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
 use tokio::sync::{oneshot, Notify};
 
 use super::Chunk;
+use appender::{Append, Appender};
+pub use format::{dir_name, record_size, SpoolPos, RECORD_HEADER};
+use format::{segment_path, segment_seq, MAGIC_LEN};
+use reader::Reader;
 
-/// First bytes of every segment file.
-const SEGMENT_MAGIC: &[u8; 8] = b"PMSPOOL1";
-/// Record header: length, points, CRC-32.
-pub const RECORD_HEADER: u64 = 12;
 /// Top bit of `state`: the destination is spilling (new batches go to the spool).
 const SPILLING: u64 = 1 << 63;
-/// How often the cursor is saved and fully delivered segments are deleted.
-const TICK: Duration = Duration::from_secs(1);
-/// Most bytes the append thread writes before it publishes and acknowledges a group.
-const GROUP_BYTES: usize = 8 << 20;
-/// A record longer than this is corruption, not data (`-max-batch-bytes` is far below).
-const MAX_RECORD: u64 = 1 << 31;
 
-/// Where a record ends: the segment and the offset just past it.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
-pub struct SpoolPos {
-    /// Segment sequence number.
-    pub seq: u64,
-    /// Byte offset in the segment.
-    pub offset: u64,
-}
-
-/// Answer to one append: written (and synced with `-durable`), or the I/O error.
+/// Answer to one append: written (and synced with `-durable`), or the I/O error. On an
+/// error the spool has already returned the append's reservation.
 pub type AppendDone = oneshot::Receiver<io::Result<()>>;
-
-struct Append {
-    data: Bytes,
-    points: u64,
-    done: Option<oneshot::Sender<io::Result<()>>>,
-}
 
 /// Segments that exist and how far the live one is readable.
 struct Tail {
@@ -92,14 +79,9 @@ struct Tail {
     live: Option<u64>,
     /// Bytes of `live` written and visible to readers.
     published: u64,
-}
-
-/// The read side, used only by the destination's writer task.
-struct Reader {
-    seq: u64,
-    offset: u64,
-    /// The open segment: sequence, handle, and its length once it is complete.
-    file: Option<(u64, File, Option<u64>)>,
+    /// Complete segments cut short by a failed write: readers stop at this length even if
+    /// the file could not be truncated (the bytes after it belong to refused batches).
+    sealed: HashMap<u64, u64>,
 }
 
 /// One destination's spool. See the module documentation.
@@ -108,7 +90,9 @@ pub struct Spool {
     name: String,
     max_bytes: u64,
     durable: bool,
-    state: AtomicU64,
+    /// Bytes reserved or written and not yet read back, and the [`SPILLING`] bit; shared
+    /// with the append thread, which gives back the reservations of failed appends.
+    state: Arc<AtomicU64>,
     tx: Mutex<Option<mpsc::Sender<Append>>>,
     thread: Mutex<Option<JoinHandle<()>>>,
     tail: Arc<Mutex<Tail>>,
@@ -118,6 +102,9 @@ pub struct Spool {
     ready: Arc<Notify>,
     /// Bytes moved to quarantine since start.
     quarantined: AtomicU64,
+    /// Points lost in damaged records since start (estimated from line ends when the
+    /// damaged header cannot be trusted).
+    damaged_points: AtomicU64,
     /// An exclusive lock on `<dir>/lock`, held while open: a second process given
     /// the same `-spool-dir` must not append to (or replay and delete) these files.
     lock: Mutex<Option<fs::File>>,
@@ -128,35 +115,6 @@ pub struct Spool {
 fn open_dirs() -> &'static Mutex<HashSet<PathBuf>> {
     static OPEN: OnceLock<Mutex<HashSet<PathBuf>>> = OnceLock::new();
     OPEN.get_or_init(Default::default)
-}
-
-/// The spool subdirectory name of a destination: `127.0.0.1:2003:a` → `127.0.0.1_2003_a`.
-pub fn dir_name(dest: &str) -> String {
-    dest.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
-}
-
-fn segment_path(dir: &Path, seq: u64) -> PathBuf {
-    dir.join(format!("seg-{seq:016}.spool"))
-}
-
-fn crc(points: u32, data: &[u8]) -> u32 {
-    let mut c = flate2::Crc::new();
-    c.update(&points.to_le_bytes());
-    c.update(data);
-    c.sum()
-}
-
-/// The on-disk size of a record holding `data_len` bytes.
-pub fn record_size(data_len: usize) -> u64 {
-    RECORD_HEADER + data_len as u64
 }
 
 impl Spool {
@@ -191,11 +149,7 @@ impl Spool {
             let entry = entry?;
             let fname = entry.file_name();
             let fname = fname.to_string_lossy();
-            if let Some(seq) = fname
-                .strip_prefix("seg-")
-                .and_then(|s| s.strip_suffix(".spool"))
-                .and_then(|s| s.parse::<u64>().ok())
-            {
+            if let Some(seq) = segment_seq(&fname) {
                 seqs.push(seq);
             }
         }
@@ -230,13 +184,19 @@ impl Spool {
                 .map(|m| m.len())
                 .unwrap_or(0);
             let from = if s == start.seq {
-                start.offset.max(SEGMENT_MAGIC.len() as u64)
+                start.offset.max(MAGIC_LEN)
             } else {
-                SEGMENT_MAGIC.len() as u64
+                MAGIC_LEN
             };
             backlog += len.saturating_sub(from);
         }
-        let next_seq = seqs.last().map(|s| s + 1).unwrap_or(1);
+        // Above every segment and the cursor: a new segment numbered at or below a cursor
+        // whose segment is gone would be skipped (or deleted) by the next start-up.
+        let next_seq = seqs
+            .last()
+            .map(|s| s + 1)
+            .unwrap_or(1)
+            .max(cursor.map_or(1, |c| c.seq + 1));
         if backlog > 0 {
             tracing::info!(
                 "Spool for destination {name}: {backlog} bytes in {} segment(s) to replay from {}",
@@ -248,23 +208,28 @@ impl Spool {
             segments: seqs.into_iter().collect(),
             live: None,
             published: 0,
+            sealed: HashMap::new(),
         }));
         let ready = Arc::new(Notify::new());
         let delivered = Arc::new(Mutex::new(start));
         let (tx, rx) = mpsc::channel();
         let seg_bytes = (max_bytes / 16).clamp(1 << 20, 64 << 20);
-        let appender = Appender {
-            dir: dir.clone(),
-            name: name.to_string(),
+        let state = Arc::new(AtomicU64::new(if backlog > 0 {
+            SPILLING | backlog
+        } else {
+            0
+        }));
+        let appender = Appender::new(
+            dir.clone(),
+            name,
             durable,
             seg_bytes,
             next_seq,
-            file: None,
-            tail: tail.clone(),
-            ready: ready.clone(),
-            delivered: delivered.clone(),
-            saved: None,
-        };
+            tail.clone(),
+            ready.clone(),
+            delivered.clone(),
+            state.clone(),
+        );
         let thread = std::thread::Builder::new()
             .name(format!("spool-{}", dir_name(name)))
             .spawn(move || appender.run(rx))?;
@@ -274,7 +239,7 @@ impl Spool {
             name: name.to_string(),
             max_bytes,
             durable,
-            state: AtomicU64::new(if backlog > 0 { SPILLING | backlog } else { 0 }),
+            state,
             tx: Mutex::new(Some(tx)),
             thread: Mutex::new(Some(thread)),
             tail,
@@ -286,6 +251,7 @@ impl Spool {
             delivered,
             ready,
             quarantined: AtomicU64::new(0),
+            damaged_points: AtomicU64::new(0),
         }))
     }
 
@@ -312,6 +278,11 @@ impl Spool {
     /// Bytes moved to quarantine since the spool was opened.
     pub fn quarantined(&self) -> u64 {
         self.quarantined.load(Ordering::Relaxed)
+    }
+
+    /// Points lost in damaged records since the spool was opened.
+    pub fn damaged_points(&self) -> u64 {
+        self.damaged_points.load(Ordering::Relaxed)
     }
 
     /// Reserves `bytes` if the spool is spilling: `None` when it is not (the memory queue may
@@ -401,197 +372,6 @@ impl Spool {
         self.ready.notified().await
     }
 
-    /// Records that everything up to `pos` was written to the destination.
-    pub fn delivered(&self, pos: SpoolPos) {
-        let mut d = self.delivered.lock().unwrap_or_else(|e| e.into_inner());
-        if pos > *d {
-            *d = pos;
-        }
-    }
-
-    /// Reads the next records, up to about `max_bytes` of data, in order. Blocking: call it
-    /// from a blocking thread. Corrupt or torn data is quarantined and skipped.
-    pub fn read(&self, max_bytes: usize) -> io::Result<Vec<(Chunk, SpoolPos)>> {
-        let mut guard = self.reader.lock().unwrap_or_else(|e| e.into_inner());
-        let r: &mut Reader = &mut guard;
-        let mut out = Vec::new();
-        let mut got = 0usize;
-        while got < max_bytes {
-            // Which segment, and how far it may be read.
-            let (limit, complete) = {
-                let tail = self.tail.lock().unwrap_or_else(|e| e.into_inner());
-                let Some(&first) = tail.segments.iter().find(|&&s| s >= r.seq) else {
-                    break;
-                };
-                if first != r.seq {
-                    r.seq = first;
-                    r.offset = 0;
-                    r.file = None;
-                }
-                if tail.live == Some(r.seq) {
-                    (tail.published, false)
-                } else {
-                    (u64::MAX, true)
-                }
-            };
-            if r.file.as_ref().map(|f| f.0) != Some(r.seq) {
-                let path = segment_path(&self.dir, r.seq);
-                let file = File::open(&path).map_err(|e| with_path(e, &path))?;
-                r.file = Some((r.seq, file, None));
-            }
-            let seq = r.seq;
-            let (_, file, complete_len) = r.file.as_mut().expect("opened above");
-            let limit = if complete {
-                match complete_len {
-                    Some(l) => *l,
-                    None => *complete_len.insert(file.metadata()?.len()),
-                }
-            } else {
-                limit
-            };
-            let file = &*file;
-            if r.offset < SEGMENT_MAGIC.len() as u64 {
-                if limit < SEGMENT_MAGIC.len() as u64 {
-                    if complete {
-                        self.quarantine(file, seq, 0, limit, "segment shorter than its header");
-                        self.next_segment(r);
-                        continue;
-                    }
-                    break;
-                }
-                let mut magic = [0u8; 8];
-                file.read_exact_at(&mut magic, 0)?;
-                if &magic != SEGMENT_MAGIC {
-                    self.quarantine(file, seq, 0, limit, "not a spool segment (bad magic)");
-                    self.next_segment(r);
-                    continue;
-                }
-                r.offset = SEGMENT_MAGIC.len() as u64;
-            }
-            let off = r.offset;
-            if off >= limit {
-                if complete {
-                    self.next_segment(r);
-                    continue;
-                }
-                break;
-            }
-            if limit - off < RECORD_HEADER {
-                if complete {
-                    self.quarantine(file, seq, off, limit, "torn record header");
-                    self.next_segment(r);
-                    continue;
-                }
-                break;
-            }
-            let mut hdr = [0u8; RECORD_HEADER as usize];
-            file.read_exact_at(&mut hdr, off)?;
-            let len = u32::from_le_bytes(hdr[0..4].try_into().unwrap()) as u64;
-            let points = u32::from_le_bytes(hdr[4..8].try_into().unwrap());
-            let sum = u32::from_le_bytes(hdr[8..12].try_into().unwrap());
-            let end = off + RECORD_HEADER + len;
-            if len == 0 || len > MAX_RECORD || end > limit {
-                if complete {
-                    self.quarantine(file, seq, off, limit, "torn record (cut short)");
-                    self.next_segment(r);
-                    continue;
-                }
-                break;
-            }
-            let mut buf = BytesMut::zeroed(len as usize);
-            file.read_exact_at(&mut buf, off + RECORD_HEADER)?;
-            if crc(points, &buf) != sum || buf.last() != Some(&b'\n') {
-                if complete {
-                    self.quarantine(file, seq, off, limit, "checksum mismatch");
-                    self.next_segment(r);
-                } else {
-                    // Written by this process and already published: the disk returned other
-                    // bytes. Skip just this record.
-                    self.quarantine(file, seq, off, end, "checksum mismatch");
-                    r.offset = end;
-                }
-                continue;
-            }
-            r.offset = end;
-            self.consumed(RECORD_HEADER + len);
-            got += len as usize;
-            out.push((
-                Chunk {
-                    data: buf.freeze(),
-                    points: points as u64,
-                },
-                SpoolPos { seq, offset: end },
-            ));
-        }
-        Ok(out)
-    }
-
-    /// The reader moves past `bytes` bytes: they no longer count against the cap.
-    fn consumed(&self, bytes: u64) {
-        let _ = self
-            .state
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |s| {
-                let spill = s & SPILLING;
-                Some(spill | (s & !SPILLING).saturating_sub(bytes))
-            });
-    }
-
-    fn next_segment(&self, r: &mut Reader) {
-        r.seq += 1;
-        r.offset = 0;
-        r.file = None;
-    }
-
-    /// Copies `[from, to)` of segment `seq` to `quarantine/` and logs it; the bytes stop
-    /// counting. For a complete segment (`to` is its end) the segment is cut at `from`, so the
-    /// next start-up does not find the damage again.
-    fn quarantine(&self, file: &File, seq: u64, from: u64, to: u64, why: &str) {
-        let n = to.saturating_sub(from);
-        let qdir = self.dir.join("quarantine");
-        let qpath = qdir.join(format!("seg-{seq:016}.{from}.bad"));
-        let saved = (|| -> io::Result<()> {
-            fs::create_dir_all(&qdir)?;
-            let mut buf = vec![0u8; n as usize];
-            file.read_exact_at(&mut buf, from)?;
-            fs::write(&qpath, &buf)
-        })();
-        // The segment header never counted in the backlog.
-        self.consumed(to.saturating_sub(from.max(SEGMENT_MAGIC.len() as u64)));
-        let seg = segment_path(&self.dir, seq);
-        let complete = file.metadata().map(|m| m.len() == to).unwrap_or(false)
-            && self.tail.lock().unwrap_or_else(|e| e.into_inner()).live != Some(seq);
-        if saved.is_ok() && complete {
-            let cut = if from < SEGMENT_MAGIC.len() as u64 {
-                fs::remove_file(&seg)
-            } else {
-                OpenOptions::new()
-                    .write(true)
-                    .open(&seg)
-                    .and_then(|f| f.set_len(from))
-            };
-            if let Err(e) = cut {
-                tracing::warn!("Spool: cannot cut {} at {from}: {e}", seg.display());
-            }
-        }
-        self.quarantined.fetch_add(n, Ordering::Relaxed);
-        match saved {
-            Ok(()) => tracing::error!(
-                "Spool for destination {}: segment {} is damaged at offset {from} ({why}); \
-                 the records before it are replayed, {n} bytes quarantined to {}",
-                self.name,
-                segment_path(&self.dir, seq).display(),
-                qpath.display()
-            ),
-            Err(e) => tracing::error!(
-                "Spool for destination {}: segment {} is damaged at offset {from} ({why}); \
-                 the records before it are replayed, {n} bytes skipped (could not save them to {}: {e})",
-                self.name,
-                segment_path(&self.dir, seq).display(),
-                qpath.display()
-            ),
-        }
-    }
-
     /// Stops the append thread after it has written everything sent so far, and saves the
     /// cursor. Blocking. Appends after this fail (their batches are refused).
     pub fn close(&self) {
@@ -636,7 +416,7 @@ impl Drop for Spool {
     }
 }
 
-fn with_path(e: io::Error, path: &Path) -> io::Error {
+pub(super) fn with_path(e: io::Error, path: &Path) -> io::Error {
     io::Error::new(e.kind(), format!("{}: {e}", path.display()))
 }
 
@@ -649,178 +429,12 @@ fn read_cursor(dir: &Path) -> Option<SpoolPos> {
     })
 }
 
-/// The append thread's state.
-struct Appender {
-    dir: PathBuf,
-    name: String,
-    durable: bool,
-    seg_bytes: u64,
-    next_seq: u64,
-    /// The live segment: sequence, writer, bytes written.
-    file: Option<(u64, BufWriter<File>, u64)>,
-    tail: Arc<Mutex<Tail>>,
-    ready: Arc<Notify>,
-    delivered: Arc<Mutex<SpoolPos>>,
-    /// The cursor last saved.
-    saved: Option<SpoolPos>,
-}
-
-impl Appender {
-    fn run(mut self, rx: mpsc::Receiver<Append>) {
-        let mut last_tick = Instant::now();
-        let mut group: Vec<Append> = Vec::new();
-        loop {
-            match rx.recv_timeout(TICK) {
-                Ok(first) => {
-                    let mut bytes = first.data.len();
-                    group.push(first);
-                    while bytes < GROUP_BYTES {
-                        match rx.try_recv() {
-                            Ok(m) => {
-                                bytes += m.data.len();
-                                group.push(m);
-                            }
-                            Err(_) => break,
-                        }
-                    }
-                    let result = self.write_group(&group);
-                    for mut m in group.drain(..) {
-                        if let Some(done) = m.done.take() {
-                            let _ = done.send(match &result {
-                                Ok(()) => Ok(()),
-                                Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
-                            });
-                        }
-                    }
-                    if let Err(e) = result {
-                        tracing::error!(
-                            "Spool for destination {}: write failed in {}: {e}; batches are refused until it works again",
-                            self.name,
-                            self.dir.display()
-                        );
-                        // Start a fresh segment next time: the live one may end mid-record.
-                        self.file = None;
-                    }
-                }
-                Err(mpsc::RecvTimeoutError::Timeout) => {}
-                Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    self.tick();
-                    return;
-                }
-            }
-            if last_tick.elapsed() >= TICK {
-                last_tick = Instant::now();
-                self.tick();
-            }
-        }
-    }
-
-    /// Writes a group of records, publishes them, and (with `-durable`) syncs them.
-    fn write_group(&mut self, group: &[Append]) -> io::Result<()> {
-        for m in group {
-            let size = record_size(m.data.len());
-            let roll = match &self.file {
-                None => true,
-                Some((_, _, len)) => {
-                    *len > SEGMENT_MAGIC.len() as u64 && len + size > self.seg_bytes
-                }
-            };
-            if roll {
-                self.roll()?;
-            }
-            let (_, w, len) = self.file.as_mut().expect("rolled above");
-            let points = u32::try_from(m.points).unwrap_or(u32::MAX);
-            let len32 = u32::try_from(m.data.len())
-                .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "record over 4 GiB"))?;
-            let mut hdr = [0u8; RECORD_HEADER as usize];
-            hdr[0..4].copy_from_slice(&len32.to_le_bytes());
-            hdr[4..8].copy_from_slice(&points.to_le_bytes());
-            hdr[8..12].copy_from_slice(&crc(points, &m.data).to_le_bytes());
-            w.write_all(&hdr)?;
-            w.write_all(&m.data)?;
-            *len += size;
-        }
-        self.publish()
-    }
-
-    /// Flushes the live segment (and syncs it with `-durable`), then makes it readable.
-    fn publish(&mut self) -> io::Result<()> {
-        if let Some((seq, w, len)) = self.file.as_mut() {
-            w.flush()?;
-            if self.durable {
-                w.get_ref().sync_data()?;
-            }
-            let mut tail = self.tail.lock().unwrap_or_else(|e| e.into_inner());
-            tail.live = Some(*seq);
-            tail.published = *len;
-        }
-        self.ready.notify_one();
-        Ok(())
-    }
-
-    /// Closes the live segment (complete from now on) and starts the next one.
-    fn roll(&mut self) -> io::Result<()> {
-        self.publish()?;
-        let seq = self.next_seq;
-        let path = segment_path(&self.dir, seq);
-        let file = OpenOptions::new()
-            .create_new(true)
-            .write(true)
-            .open(&path)
-            .map_err(|e| with_path(e, &path))?;
-        let mut w = BufWriter::with_capacity(1 << 20, file);
-        w.write_all(SEGMENT_MAGIC)?;
-        w.flush()?;
-        if self.durable {
-            // The new file's directory entry must survive a crash too.
-            w.get_ref().sync_data()?;
-            File::open(&self.dir)?.sync_all()?;
-        }
-        self.next_seq += 1;
-        {
-            let mut tail = self.tail.lock().unwrap_or_else(|e| e.into_inner());
-            // The previous live segment is complete from now on: readers use its file length.
-            tail.live = Some(seq);
-            tail.published = SEGMENT_MAGIC.len() as u64;
-            tail.segments.push_back(seq);
-        }
-        self.file = Some((seq, w, SEGMENT_MAGIC.len() as u64));
-        Ok(())
-    }
-
-    /// Saves the cursor and deletes segments wholly delivered.
-    fn tick(&mut self) {
-        let pos = *self.delivered.lock().unwrap_or_else(|e| e.into_inner());
-        if self.saved == Some(pos) {
-            return;
-        }
-        let tmp = self.dir.join("cursor.tmp");
-        let saved = fs::write(&tmp, format!("{} {}\n", pos.seq, pos.offset))
-            .and_then(|_| fs::rename(&tmp, self.dir.join("cursor")));
-        if let Err(e) = saved {
-            tracing::warn!(
-                "Spool for destination {}: cannot save the cursor in {}: {e}",
-                self.name,
-                self.dir.display()
-            );
-            return;
-        }
-        self.saved = Some(pos);
-        let live = self.file.as_ref().map(|f| f.0);
-        let mut tail = self.tail.lock().unwrap_or_else(|e| e.into_inner());
-        while let Some(&s) = tail.segments.front() {
-            if s >= pos.seq || Some(s) == live {
-                break;
-            }
-            tail.segments.pop_front();
-            let _ = fs::remove_file(segment_path(&self.dir, s));
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
+
+    use bytes::Bytes;
 
     fn chunk(prefix: &str, n: usize) -> Chunk {
         let mut s = String::new();
@@ -924,5 +538,159 @@ mod tests {
         assert!(spool.quarantined() > 0);
         assert_eq!(spool.backlog(), 0);
         assert!(sdir.join("quarantine").read_dir().unwrap().count() == 1);
+    }
+
+    /// Offsets where each record of segment 1 starts.
+    fn record_offsets(seg: &Path) -> Vec<u64> {
+        let bytes = fs::read(seg).unwrap();
+        let mut at = MAGIC_LEN as usize;
+        let mut out = Vec::new();
+        while at + RECORD_HEADER as usize <= bytes.len() {
+            out.push(at as u64);
+            let len = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+            at += RECORD_HEADER as usize + len;
+        }
+        out
+    }
+
+    fn flip(seg: &Path, at: u64, n: usize) {
+        use std::os::unix::fs::FileExt;
+        let f = OpenOptions::new().read(true).write(true).open(seg).unwrap();
+        let mut buf = vec![0u8; n];
+        f.read_exact_at(&mut buf, at).unwrap();
+        for b in &mut buf {
+            *b ^= 0xff;
+        }
+        f.write_all_at(&buf, at).unwrap();
+    }
+
+    #[test]
+    fn damage_in_the_middle_costs_only_the_damaged_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), "d:4", 1 << 30, false).unwrap();
+        let chunks: Vec<Chunk> = (0..50).map(|i| chunk(&format!("x{i}"), 20)).collect();
+        for c in &chunks {
+            append(&spool, c);
+        }
+        spool.close();
+        let sdir = spool.dir().to_path_buf();
+        drop(spool);
+        let seg = segment_path(&sdir, 1);
+        let offsets = record_offsets(&seg);
+        assert_eq!(offsets.len(), 50);
+        // 16 bytes in the data of record 20, and 16 bytes over the header of record 35.
+        flip(&seg, offsets[20] + RECORD_HEADER + 100, 16);
+        flip(&seg, offsets[35], 16);
+        let spool = Spool::open(dir.path(), "d:4", 1 << 30, false).unwrap();
+        let back = read_all(&spool);
+        let want: Vec<&Chunk> = chunks
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != 20 && *i != 35)
+            .map(|(_, c)| c)
+            .collect();
+        assert_eq!(back.len(), want.len(), "every undamaged record is replayed");
+        for (a, b) in want.iter().zip(&back) {
+            assert_eq!(a.data, b.data);
+        }
+        assert_eq!(spool.damaged_points(), 40, "the loss is counted");
+        let damaged = (offsets[21] - offsets[20]) + (offsets[36] - offsets[35]);
+        assert_eq!(
+            spool.quarantined(),
+            damaged,
+            "only the damaged records quarantined"
+        );
+        assert_eq!(spool.backlog(), 0);
+    }
+
+    /// A tmpfs of `size` mounted on a fresh directory, unmounted on drop.
+    struct Tmpfs(tempfile::TempDir);
+
+    impl Tmpfs {
+        fn mount(size: &str) -> Option<Tmpfs> {
+            let dir = tempfile::tempdir().unwrap();
+            let ok = std::process::Command::new("mount")
+                .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+                .arg(dir.path())
+                .output()
+                .is_ok_and(|o| o.status.success());
+            if !ok {
+                eprintln!("SKIPPED: cannot mount a tmpfs (needs root)");
+                return None;
+            }
+            Some(Tmpfs(dir))
+        }
+    }
+
+    impl Drop for Tmpfs {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(self.0.path())
+                .status();
+        }
+    }
+
+    fn try_append(spool: &Spool, c: &Chunk) -> bool {
+        if !spool.reserve(record_size(c.data.len())) {
+            return false;
+        }
+        spool.append(c).blocking_recv().unwrap().is_ok()
+    }
+
+    fn full_disk_then_space_again(durable: bool) {
+        let Some(fs) = Tmpfs::mount("2m") else {
+            return;
+        };
+        let spool = Spool::open(fs.0.path(), "d:5", 1 << 30, durable).unwrap();
+        let mut written = Vec::new();
+        let mut failed = 0;
+        for i in 0..200 {
+            let c = chunk(&format!("full{i}"), 500);
+            if try_append(&spool, &c) {
+                written.push(c);
+            } else {
+                failed += 1;
+            }
+        }
+        assert!(failed > 0 && !written.is_empty(), "{failed} failed");
+        let expected: u64 = written.iter().map(|c| record_size(c.data.len())).sum();
+        assert_eq!(
+            spool.backlog(),
+            expected,
+            "failed appends gave back their bytes"
+        );
+        // Exactly the appends that succeeded come back: nothing of a refused one.
+        let back = read_all(&spool);
+        assert_eq!(back.len(), written.len());
+        for (a, b) in written.iter().zip(&back) {
+            assert_eq!(a.data, b.data);
+        }
+        assert_eq!(spool.quarantined(), 0);
+        // Delivered segments are deleted (within a tick), and appends work again.
+        let again = chunk("again", 500);
+        let mut ok = false;
+        for _ in 0..50 {
+            if try_append(&spool, &again) {
+                ok = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert!(ok, "the spool accepts again once space is free");
+        let back = read_all(&spool);
+        assert_eq!(back.len(), 1);
+        assert_eq!(back[0].data, again.data);
+        spool.close();
+    }
+
+    #[test]
+    fn a_full_disk_fails_appends_and_the_spool_works_again_when_space_returns() {
+        full_disk_then_space_again(false);
+    }
+
+    #[test]
+    fn a_full_disk_with_durable_fails_appends_and_works_again_when_space_returns() {
+        full_disk_then_space_again(true);
     }
 }
