@@ -379,6 +379,16 @@ impl Destination {
         spool.append(chunk)
     }
 
+    /// [`append_spooled`](Self::append_spooled) for a batch with parts in several spools:
+    /// the record stays unreadable until the [`spool::Gate`] commits it (see there).
+    pub fn append_spooled_gated(&self, chunk: &Chunk) -> (spool::AppendDone, spool::Gate) {
+        let spool = self
+            .spool
+            .as_ref()
+            .expect("spool admission without a spool");
+        spool.append_gated(chunk)
+    }
+
     /// Hands a held share to where [`admit`](Self::admit) reserved room: the memory queue, or
     /// the books (a spool share was written by [`append_spooled`](Self::append_spooled); a
     /// dropped one is counted).

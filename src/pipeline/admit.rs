@@ -115,8 +115,8 @@ impl Pipeline {
         let spooled = write_spool_parts(&topo.dests, routed, &admitted).await;
         if let Err(refused) = spooled {
             for (part, a) in routed.parts.iter().zip(&admitted) {
-                // The spool returns its own reservation when a write fails; a part written to
-                // another spool stays there (it is delivered, and the retry may repeat it).
+                // The spool returns its own reservation when a write fails, and a part written
+                // to another spool was voided by its gate.
                 if *a != Admission::Spool {
                     topo.dests[part.dest].cancel(*a, part.points, part.data.len());
                 }
@@ -167,20 +167,31 @@ fn reserve(dests: &[Arc<Destination>], routed: &Routed) -> Result<Vec<Admission>
 }
 
 /// Appends the parts admitted to a spool and waits until each is written (synced with
-/// `-durable`). The first failure, if any, as the refusal to answer.
+/// `-durable`). The first failure, if any, as the refusal to answer. With parts in several
+/// spools each record is gated: readable only once all are written, voided otherwise, so a
+/// refused batch keeps nothing in any spool either.
 async fn write_spool_parts(
     dests: &[Arc<Destination>],
     routed: &Routed,
     admitted: &[Admission],
 ) -> Result<(), Refused> {
-    let mut waits = Vec::new();
+    let spooled = admitted.iter().filter(|a| **a == Admission::Spool).count();
+    let mut waits = Vec::with_capacity(spooled);
+    let mut gates = Vec::new();
     for (part, a) in routed.parts.iter().zip(admitted) {
         if *a == Admission::Spool {
             let chunk = Chunk {
                 data: part.data.clone(),
                 points: part.points,
             };
-            waits.push((part.dest, dests[part.dest].append_spooled(&chunk)));
+            let dest = &dests[part.dest];
+            if spooled > 1 {
+                let (done, gate) = dest.append_spooled_gated(&chunk);
+                waits.push((part.dest, done));
+                gates.push(gate);
+            } else {
+                waits.push((part.dest, dest.append_spooled(&chunk)));
+            }
         }
     }
     let mut failed = None;
@@ -197,6 +208,10 @@ async fn write_spool_parts(
             cap: dest.cap(),
             reason: format!("spool write failed: {err}"),
         });
+    }
+    // Dropped gates (a refusal, or this future cancelled) abort.
+    if failed.is_none() {
+        gates.into_iter().for_each(|g| g.commit());
     }
     failed.map_or(Ok(()), Err)
 }
@@ -218,8 +233,8 @@ mod tests {
         Batch::from_plaintext(s.into_bytes(), None).0
     }
 
-    /// A pipeline over one destination (nobody listening) whose spool write fails.
-    fn broken_spool_pipeline(dir: &std::path::Path, shutdown: Shutdown) -> Pipeline {
+    /// A destination (nobody listening) with a durable spool under `dir`.
+    fn spooled_dest(dir: &std::path::Path, port: u16, shutdown: Shutdown) -> Arc<Destination> {
         let config = DestConfig {
             queue_cap: 1000,
             drain_timeout: Duration::from_secs(1),
@@ -228,20 +243,61 @@ mod tests {
             overflow: Overflow::Refuse,
             durable: true,
         };
-        let (dest, _task) = Destination::spawn(
-            SinkKind::Tcp("127.0.0.1:1".parse().unwrap()),
-            &config,
-            shutdown,
-        );
-        // Every append now fails, as on a full disk.
-        dest.spool().expect("a spool").close();
+        let addr = format!("127.0.0.1:{port}").parse().unwrap();
+        Destination::spawn(SinkKind::Tcp(addr), &config, shutdown).0
+    }
+
+    fn broadcast(dests: Vec<Arc<Destination>>) -> Pipeline {
+        let n = dests.len();
         Pipeline::new(
             Topology {
-                dests: vec![dest],
-                router: Box::new(Broadcast { destinations: 1 }),
+                dests,
+                router: Box::new(Broadcast { destinations: n }),
             },
             Arc::new(Stats::default()),
         )
+    }
+
+    /// A pipeline over one destination whose spool write fails.
+    fn broken_spool_pipeline(dir: &std::path::Path, shutdown: Shutdown) -> Pipeline {
+        let dest = spooled_dest(dir, 1, shutdown);
+        // Every append now fails, as on a full disk.
+        dest.spool().expect("a spool").close();
+        broadcast(vec![dest])
+    }
+
+    /// Every record the destination's spool hands back now.
+    fn spooled_records(dest: &Destination) -> usize {
+        let spool = dest.spool().unwrap();
+        let mut n = 0;
+        loop {
+            let got = spool.read(1 << 20).unwrap();
+            if got.is_empty() {
+                return n;
+            }
+            n += got.len();
+        }
+    }
+
+    #[tokio::test]
+    async fn a_batch_refused_by_one_spool_leaves_nothing_in_the_other() {
+        let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (_t, shutdown) = Shutdown::new();
+        let a = spooled_dest(dir_a.path(), 1, shutdown.clone());
+        let b = spooled_dest(dir_b.path(), 2, shutdown);
+        let p = broadcast(vec![a.clone(), b.clone()]);
+        let held = batch(50);
+        assert!(p.admit(&held, Instant::now()).await.is_ok());
+        b.spool().unwrap().close();
+        assert!(p.admit(&batch(70), Instant::now()).await.is_err());
+        assert_eq!(
+            spooled_records(&a),
+            1,
+            "only the held batch is delivered by the spool that worked"
+        );
+        assert_eq!(a.spool().unwrap().backlog(), 0);
+        assert_eq!(a.stats.spooled.load(Ordering::Relaxed), 50);
+        assert_eq!(p.stats().received.load(Ordering::Relaxed), 50);
     }
 
     #[tokio::test]

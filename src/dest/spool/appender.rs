@@ -21,6 +21,7 @@ use bytes::Bytes;
 use tokio::sync::{oneshot, Notify};
 
 use super::format::{record_size, segment_path, Header, MAGIC_LEN, SEGMENT_MAGIC};
+use super::gate::SharedSlot;
 use super::{with_path, SpoolPos, Tail};
 
 /// How often the cursor is saved and fully delivered segments are deleted.
@@ -33,6 +34,8 @@ pub(super) struct Append {
     pub data: Bytes,
     pub points: u64,
     pub done: Option<oneshot::Sender<io::Result<()>>>,
+    /// Set for a gated append ([`super::gate`]).
+    pub gate: Option<SharedSlot>,
 }
 
 /// The segment being appended to.
@@ -136,6 +139,7 @@ impl Appender {
                 Some(e) if i >= ok => {
                     self.state
                         .fetch_sub(record_size(m.data.len()), Ordering::AcqRel);
+                    self.ungate(&m);
                     Err(io::Error::new(e.kind(), e.to_string()))
                 }
                 _ => Ok(()),
@@ -193,11 +197,44 @@ impl Appender {
                 "record over 4 GiB",
             ));
         }
-        let points = u32::try_from(m.points).unwrap_or(u32::MAX);
+        let mut points = u32::try_from(m.points).unwrap_or(u32::MAX);
+        if let Some(slot) = &m.gate {
+            let mut slot = slot.lock().unwrap_or_else(|e| e.into_inner());
+            if slot.decision == Some(false) {
+                // Aborted before it was written: write it void.
+                points = 0;
+            } else {
+                let at = SpoolPos {
+                    seq: live.seq,
+                    offset: live.len,
+                };
+                slot.at = Some(at);
+                self.tail
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .gates
+                    .insert(at);
+            }
+        }
         live.w.write_all(&Header::encode(points, &m.data))?;
         live.w.write_all(&m.data)?;
         live.len += record_size(m.data.len());
         Ok(())
+    }
+
+    /// A gated append failed: its gate no longer holds readers back.
+    fn ungate(&self, m: &Append) {
+        let Some(slot) = &m.gate else {
+            return;
+        };
+        let mut slot = slot.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(at) = slot.at.take() {
+            self.tail
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .gates
+                .remove(&at);
+        }
     }
 
     /// Flushes the live segment (and syncs it with `-durable`), then makes it readable.

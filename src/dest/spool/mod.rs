@@ -45,10 +45,11 @@
 
 mod appender;
 mod format;
+mod gate;
 mod reader;
 mod recovery;
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::fs::{self, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
@@ -62,6 +63,7 @@ use super::Chunk;
 use appender::{Append, Appender};
 pub use format::{dir_name, record_size, SpoolPos, RECORD_HEADER};
 use format::{segment_path, segment_seq, MAGIC_LEN};
+pub use gate::Gate;
 use reader::Reader;
 
 /// Top bit of `state`: the destination is spilling (new batches go to the spool).
@@ -82,6 +84,9 @@ struct Tail {
     /// Complete segments cut short by a failed write: readers stop at this length even if
     /// the file could not be truncated (the bytes after it belong to refused batches).
     sealed: HashMap<u64, u64>,
+    /// Where gated records start that wait for their producer's decision ([`gate`]):
+    /// readers stop before the first one of a segment.
+    gates: BTreeSet<SpoolPos>,
 }
 
 /// One destination's spool. See the module documentation.
@@ -209,6 +214,7 @@ impl Spool {
             live: None,
             published: 0,
             sealed: HashMap::new(),
+            gates: BTreeSet::new(),
         }));
         let ready = Arc::new(Notify::new());
         let delivered = Arc::new(Mutex::new(start));
@@ -344,12 +350,26 @@ impl Spool {
     /// Appends a chunk for which [`record_size`] bytes were reserved. The answer arrives once
     /// the record is written (and synced, with `-durable`).
     pub fn append(&self, chunk: &Chunk) -> AppendDone {
+        self.send(chunk, None)
+    }
+
+    /// [`append`](Self::append), but the record stays unreadable until the returned [`Gate`]
+    /// commits it; aborted (or dropped), it is never delivered. For a batch whose parts go to
+    /// several spools: it is held only once all of them are written.
+    pub fn append_gated(self: &Arc<Self>, chunk: &Chunk) -> (AppendDone, Gate) {
+        let slot = gate::SharedSlot::default();
+        let done = self.send(chunk, Some(slot.clone()));
+        (done, Gate::new(self.clone(), slot, chunk.data.clone()))
+    }
+
+    fn send(&self, chunk: &Chunk, gate: Option<gate::SharedSlot>) -> AppendDone {
         let (done, rx) = oneshot::channel();
         let size = record_size(chunk.data.len());
         let msg = Append {
             data: chunk.data.clone(),
             points: chunk.points,
             done: Some(done),
+            gate,
         };
         let sent = match &*self.tx.lock().unwrap_or_else(|e| e.into_inner()) {
             Some(tx) => tx.send(msg).map_err(|e| e.0),

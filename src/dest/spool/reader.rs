@@ -28,7 +28,7 @@ enum Found {
     Wait,
     /// The segment is read to its end: go to the next one.
     End,
-    /// Damage was skipped; read on.
+    /// Damage or a void record was skipped; read on.
     Skipped,
 }
 
@@ -79,7 +79,23 @@ impl Spool {
                 r.file = None;
             }
             let live = (tail.live == Some(r.seq)).then_some(tail.published);
-            (live, tail.sealed.get(&r.seq).copied())
+            let gate = tail
+                .gates
+                .range(
+                    SpoolPos {
+                        seq: r.seq,
+                        offset: 0,
+                    }..,
+                )
+                .next()
+                .filter(|g| g.seq == r.seq)
+                .map(|g| g.offset);
+            // An open gate holds readers back like the live segment's end does.
+            let open_until = match (gate, live) {
+                (Some(g), Some(l)) => Some(g.min(l)),
+                (g, l) => g.or(l),
+            };
+            (open_until, tail.sealed.get(&r.seq).copied())
         };
         if r.file.as_ref().map(|f| f.0) != Some(r.seq) {
             let path = segment_path(&self.dir, r.seq);
@@ -147,6 +163,10 @@ impl Spool {
         let end = off + RECORD_HEADER + h.len;
         r.offset = end;
         self.consumed(RECORD_HEADER + h.len);
+        if h.points == 0 {
+            // Void: a refused batch's record ([`super::gate`]).
+            return Ok(Found::Skipped);
+        }
         Ok(Found::Record(
             Chunk {
                 data: buf.freeze(),
