@@ -62,7 +62,8 @@ use tokio::sync::{oneshot, Notify};
 use super::Chunk;
 use appender::{Append, Appender};
 pub use format::{dir_name, record_size, SpoolPos, RECORD_HEADER};
-use format::{segment_path, segment_seq, MAGIC_LEN};
+#[cfg(test)]
+use format::{segment_path, MAGIC_LEN};
 pub use gate::Gate;
 use reader::Reader;
 
@@ -128,80 +129,13 @@ impl Spool {
     pub fn open(root: &Path, name: &str, max_bytes: u64, durable: bool) -> io::Result<Arc<Spool>> {
         let dir = root.join(dir_name(name));
         fs::create_dir_all(&dir).map_err(|e| with_path(e, &dir))?;
-        let canonical = dir.canonicalize().unwrap_or_else(|_| dir.clone());
-        if !open_dirs()
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(canonical)
-        {
-            return Err(io::Error::new(
-                io::ErrorKind::AlreadyExists,
-                format!("spool {} is already open in this process", dir.display()),
-            ));
-        }
-        let lock = match lock_dir(&dir) {
-            Ok(l) => l,
-            Err(e) => {
-                open_dirs()
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .remove(&dir.canonicalize().unwrap_or_else(|_| dir.clone()));
-                return Err(e);
-            }
-        };
-        let mut seqs: Vec<u64> = Vec::new();
-        for entry in fs::read_dir(&dir).map_err(|e| with_path(e, &dir))? {
-            let entry = entry?;
-            let fname = entry.file_name();
-            let fname = fname.to_string_lossy();
-            if let Some(seq) = segment_seq(&fname) {
-                seqs.push(seq);
-            }
-        }
-        seqs.sort_unstable();
-        let cursor = read_cursor(&dir);
-        // Segments wholly before the cursor were delivered: delete them.
-        let mut start = SpoolPos {
-            seq: seqs.first().copied().unwrap_or(1),
-            offset: 0,
-        };
-        if let Some(c) = cursor {
-            seqs.retain(|&s| {
-                if s < c.seq {
-                    let _ = fs::remove_file(segment_path(&dir, s));
-                    false
-                } else {
-                    true
-                }
-            });
-            if seqs.first() == Some(&c.seq) {
-                start = c;
-            } else if let Some(&first) = seqs.first() {
-                start = SpoolPos {
-                    seq: first,
-                    offset: 0,
-                };
-            }
-        }
-        let mut backlog = 0u64;
-        for &s in &seqs {
-            let len = fs::metadata(segment_path(&dir, s))
-                .map(|m| m.len())
-                .unwrap_or(0);
-            let from = if s == start.seq {
-                start.offset.max(MAGIC_LEN)
-            } else {
-                MAGIC_LEN
-            };
-            backlog += len.saturating_sub(from);
-        }
-        // Above every segment and the cursor: a new segment numbered at or below a cursor
-        // whose segment is gone would be skipped (or deleted) by the next start-up.
-        let next_seq = seqs
-            .last()
-            .map(|s| s + 1)
-            .unwrap_or(1)
-            .max(cursor.map_or(1, |c| c.seq + 1));
+        let lock = claim(&dir)?;
+        let recovery::Found {
+            seqs,
+            start,
+            backlog,
+            next_seq,
+        } = recovery::found(&dir)?;
         if backlog > 0 {
             tracing::info!(
                 "Spool for destination {name}: {backlog} bytes in {} segment(s) to replay from {}",
@@ -406,6 +340,32 @@ impl Spool {
             .unwrap_or_else(|e| e.into_inner())
             .remove(&canonical);
     }
+}
+
+/// Registers `dir` as open in this process and takes its lock.
+fn claim(dir: &Path) -> io::Result<fs::File> {
+    let canonical = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+    if !open_dirs()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(canonical)
+    {
+        return Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            format!("spool {} is already open in this process", dir.display()),
+        ));
+    }
+    let lock = match lock_dir(dir) {
+        Ok(l) => l,
+        Err(e) => {
+            open_dirs()
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf()));
+            return Err(e);
+        }
+    };
+    Ok(lock)
 }
 
 /// Takes the exclusive lock of a spool directory, or says who must let go of it.

@@ -12,8 +12,86 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::Ordering;
 
-use super::format::{segment_path, Header, MAGIC_LEN, RECORD_HEADER};
-use super::Spool;
+use std::path::Path;
+
+use super::format::{segment_path, segment_seq, Header, MAGIC_LEN, RECORD_HEADER};
+use super::{read_cursor, with_path, Spool, SpoolPos};
+
+/// What a start-up finds in a spool directory.
+pub(super) struct Found {
+    /// Segments to read, oldest first.
+    pub seqs: Vec<u64>,
+    /// Where reading starts (the saved cursor, when its segment still exists).
+    pub start: SpoolPos,
+    /// Bytes to replay.
+    pub backlog: u64,
+    /// The number of the first segment this process writes.
+    pub next_seq: u64,
+}
+
+/// Lists the segments of `dir`, deletes those wholly before the saved cursor, and works out
+/// where to read and write.
+pub(super) fn found(dir: &Path) -> io::Result<Found> {
+    let mut seqs: Vec<u64> = Vec::new();
+    for entry in fs::read_dir(dir).map_err(|e| with_path(e, dir))? {
+        let entry = entry?;
+        let fname = entry.file_name();
+        let fname = fname.to_string_lossy();
+        if let Some(seq) = segment_seq(&fname) {
+            seqs.push(seq);
+        }
+    }
+    seqs.sort_unstable();
+    let cursor = read_cursor(dir);
+    // Segments wholly before the cursor were delivered: delete them.
+    let mut start = SpoolPos {
+        seq: seqs.first().copied().unwrap_or(1),
+        offset: 0,
+    };
+    if let Some(c) = cursor {
+        seqs.retain(|&s| {
+            if s < c.seq {
+                let _ = fs::remove_file(segment_path(dir, s));
+                false
+            } else {
+                true
+            }
+        });
+        if seqs.first() == Some(&c.seq) {
+            start = c;
+        } else if let Some(&first) = seqs.first() {
+            start = SpoolPos {
+                seq: first,
+                offset: 0,
+            };
+        }
+    }
+    let mut backlog = 0u64;
+    for &s in &seqs {
+        let len = fs::metadata(segment_path(dir, s))
+            .map(|m| m.len())
+            .unwrap_or(0);
+        let from = if s == start.seq {
+            start.offset.max(MAGIC_LEN)
+        } else {
+            MAGIC_LEN
+        };
+        backlog += len.saturating_sub(from);
+    }
+    // Above every segment and the cursor: a new segment numbered at or below a cursor
+    // whose segment is gone would be skipped (or deleted) by the next start-up.
+    let next_seq = seqs
+        .last()
+        .map(|s| s + 1)
+        .unwrap_or(1)
+        .max(cursor.map_or(1, |c| c.seq + 1));
+    Ok(Found {
+        seqs,
+        start,
+        backlog,
+        next_seq,
+    })
+}
 
 /// Bytes scanned per read while looking for the next good record.
 const SCAN_WINDOW: usize = 1 << 20;
