@@ -202,3 +202,54 @@ fn disk_full_refuses_with_503_delivers_every_acknowledged_line_and_accepts_again
 fn disk_full_with_durable_refuses_with_503_delivers_every_acknowledged_line_and_accepts_again() {
     disk_full_refuses_then_delivers_and_accepts_again(true);
 }
+
+/// `N` of the shutdown line `Stopped: M points received, N undelivered`.
+fn undelivered(p: &Proc) -> Option<u64> {
+    let out = p.all_output();
+    let line = out.lines().find(|l| l.contains("Stopped:"))?;
+    let before = line.split(" undelivered").next()?;
+    before.rsplit(' ').next()?.parse().ok()
+}
+
+#[test]
+fn sigterm_on_a_full_disk_reports_exactly_the_acknowledged_points_it_could_not_keep() {
+    let Some(fs) = Tmpfs::mount("16m") else {
+        return;
+    };
+    let port = free_port();
+    let dest = format!("127.0.0.1:{port}");
+    let spool_dir = fs.path().to_str().unwrap().to_string();
+    let args = [
+        "-dev-mode",
+        "-destinations",
+        &dest,
+        "-spool-dir",
+        &spool_dir,
+        "-outgoing-queue-cap",
+        "5000",
+        "-drain-timeout",
+        "1s",
+    ];
+    let gw = Gateway::start(&args);
+    let (acked, _) = fill(&gw, "term", 3);
+    gw.proc.term();
+    assert!(gw.proc.wait_exit(secs(30)).is_some(), "exits after SIGTERM");
+    let lost = undelivered(&gw.proc).expect("a shutdown summary");
+
+    let sink = LineSink::start_on(port);
+    let gw2 = Gateway::start(&args);
+    sink.wait_idle(millis(1500), secs(90));
+    let missing = missing(&acked, &sink) as u64;
+    println!(
+        "SIGTERM on a full disk: {} lines acknowledged, {} delivered after restart, summary said {lost} undelivered",
+        acked.len(),
+        acked.len() as u64 - missing
+    );
+    assert_eq!(
+        missing,
+        lost,
+        "the summary counts exactly the acknowledged points that were neither delivered nor spooled\n{}",
+        gw.proc.all_output()
+    );
+    drop(gw2);
+}
