@@ -46,11 +46,18 @@ pub trait Intake: Send + Sync + 'static {
         batch: &'a Batch,
         prepared: &'a mut Prepared,
     ) -> BoxFuture<'a, Result<(), Full>>;
+
+    /// True when [`offer`](Self::offer) itself waits for room before refusing (the
+    /// pipeline's admission does), so the source offers again at once instead of pausing.
+    fn waits_for_room(&self) -> bool {
+        false
+    }
 }
 
-/// The relay's intake: the routing pipeline, all-or-nothing per batch. It waits until
-/// the batch is held (spool appends written), so a slow disk slows the clients down
-/// like a full queue does; a failed spool append is offered again (at least once).
+/// The relay's intake: the routing pipeline, all-or-nothing per batch, through its one
+/// admission path ([`Pipeline::admit_routed`]): it waits a moment for room and until the
+/// batch is held (spool appends written), so a slow or full disk slows the clients down
+/// like a full queue does.
 impl Intake for Pipeline {
     fn offer<'a>(
         &'a self,
@@ -59,11 +66,19 @@ impl Intake for Pipeline {
     ) -> BoxFuture<'a, Result<(), Full>> {
         Box::pin(async move {
             let routed = prepared.0.get_or_insert_with(|| self.route(batch));
-            self.admit_held(routed, batch).await.map_err(|refused| {
-                tracing::debug!("Batch of {} points not queued: {refused}", batch.len());
-                Full
-            })
+            let deadline = tokio::time::Instant::now() + crate::pipeline::ADMIT_WAIT;
+            match self.admit_routed(routed, batch, deadline).await {
+                Ok(crate::pipeline::Held) => Ok(()),
+                Err(refused) => {
+                    tracing::debug!("Batch of {} points not queued: {refused}", batch.len());
+                    Err(Full)
+                }
+            }
         })
+    }
+
+    fn waits_for_room(&self) -> bool {
+        true
     }
 }
 
@@ -71,9 +86,8 @@ impl Intake for Pipeline {
 const READ_CHUNK: usize = 128 * 1024;
 /// A line longer than this (no `\n` in sight) is garbage: it is counted and skipped.
 const MAX_LINE: usize = 64 * 1024;
-/// First pause before offering a refused batch again, unless a destination frees
-/// space sooner ([`crate::dest::space_freed`]); doubles up to [`MAX_RETRY_PAUSE`]
-/// (the fallback for intakes that do not signal, such as the proxy's batcher).
+/// First pause before offering a refused batch again to an intake that does not wait for
+/// room itself (the proxy's batcher); doubles up to [`MAX_RETRY_PAUSE`].
 const MIN_RETRY_PAUSE: Duration = Duration::from_millis(5);
 /// Longest pause between offers of a refused batch.
 const MAX_RETRY_PAUSE: Duration = Duration::from_millis(200);
@@ -289,11 +303,6 @@ impl PlaintextSource {
         let mut give_up_at = None;
         let mut prepared = Prepared::default();
         let held = loop {
-            // Registered before the offer, so space freed between a refusal and the
-            // wait still wakes this connection.
-            let freed = crate::dest::space_freed().notified();
-            tokio::pin!(freed);
-            freed.as_mut().enable();
             if self.intake.offer(&batch, &mut prepared).await.is_ok() {
                 break true;
             }
@@ -304,11 +313,10 @@ impl PlaintextSource {
                     break false;
                 }
             }
-            tokio::select! {
-                _ = &mut freed => {}
-                _ = tokio::time::sleep(pause) => {}
+            if !self.intake.waits_for_room() {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(MAX_RETRY_PAUSE);
             }
-            pause = (pause * 2).min(MAX_RETRY_PAUSE);
         };
         self.waiting.fetch_sub(points, Ordering::Relaxed);
         held || self.lost(points, peer)

@@ -396,6 +396,97 @@ fn corrupt_spool_tail_replays_the_good_part_and_quarantines_the_rest() {
     assert!(!gw3.proc.has_log("damaged"), "{}", gw3.proc.all_output());
 }
 
+/// Offsets where the records of a spool segment start (8-byte magic, then
+/// `len u32 LE | points u32 LE | crc u32 LE | data`).
+fn record_offsets(seg: &Path) -> Vec<u64> {
+    let bytes = std::fs::read(seg).unwrap();
+    let (mut at, mut out) = (8usize, Vec::new());
+    while at + 12 <= bytes.len() {
+        out.push(at as u64);
+        at += 12 + u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+    }
+    out
+}
+
+#[test]
+fn a_damaged_record_in_the_middle_of_a_segment_costs_only_its_own_points() {
+    let port = free_port();
+    let dest = format!("127.0.0.1:{port}");
+    let spool = tempfile::tempdir().unwrap();
+    let spool_dir = spool.path().to_str().unwrap().to_string();
+    let args = ["-destinations", &dest, "-spool-dir", &spool_dir, "-durable"];
+    let gw = gateway(&args);
+    let batches: Vec<Vec<String>> = (0..60).map(|i| lines(&format!("dmg{i}"), 100)).collect();
+    for b in &batches {
+        assert_eq!(post(&gw.http, b), Some(200));
+    }
+    gw.proc.term();
+    assert!(gw.proc.wait_exit(secs(20)).is_some_and(|s| s.success()));
+
+    // 16 bytes flipped in the middle of the segment: inside the data of record 30.
+    let dir = dest_spool(spool.path(), port);
+    let segs = segments(&dir);
+    assert_eq!(segs.len(), 1, "one segment with many records");
+    let offsets = record_offsets(&segs[0]);
+    assert_eq!(offsets.len(), 60, "one record per batch");
+    let at = (offsets[30] + offsets[31]) / 2;
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&segs[0])
+            .unwrap();
+        let mut buf = [0u8; 16];
+        f.read_exact_at(&mut buf, at).unwrap();
+        for b in &mut buf {
+            *b ^= 0xff;
+        }
+        f.write_all_at(&buf, at).unwrap();
+    }
+
+    let sink = LineSink::start_on(port);
+    let gw2 = gateway(&args);
+    let good: Vec<String> = batches
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != 30)
+        .flat_map(|(_, b)| b.clone())
+        .collect();
+    let left = wait_all(&sink, &good, secs(30));
+    assert!(
+        left.is_empty(),
+        "{} undamaged lines lost\n{}",
+        left.len(),
+        gw2.proc.all_output()
+    );
+    assert_eq!(sink.wait_idle(millis(500), secs(5)), good.len());
+    assert_eq!(sink.lines(), good, "every other record replayed, in order");
+    println!(
+        "damaged spool: 16 bytes flipped at offset {at} of a 60-record segment: {} of {} lines replayed, 100 lost (the damaged record)",
+        good.len(),
+        good.len() + 100
+    );
+    assert!(
+        gw2.proc.wait_log("100 points lost", secs(5)),
+        "the loss is logged: {}",
+        gw2.proc.all_output()
+    );
+    let metrics = http_get(&gw2.admin, "/metrics", &[]).unwrap().body;
+    let series = format!(
+        "polymur_dropped_points_total{{destination=\"{dest}\",reason=\"spool_damaged\"}} 100"
+    );
+    assert!(metrics.contains(&series), "{series} in {metrics}");
+    let q: Vec<_> = std::fs::read_dir(dir.join("quarantine")).unwrap().collect();
+    assert_eq!(q.len(), 1);
+    let qlen = q[0].as_ref().unwrap().metadata().unwrap().len();
+    assert_eq!(
+        qlen,
+        offsets[31] - offsets[30],
+        "only the damaged record quarantined"
+    );
+}
+
 #[test]
 fn overflow_drop_counts_and_logs_what_it_drops_and_acknowledges() {
     let port = free_port();

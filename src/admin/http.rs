@@ -189,15 +189,16 @@ pub fn render_metrics(state: &AdminState) -> String {
     );
     let _ = writeln!(out, "# HELP polymur_dropped_points_total Points dropped, by destination and reason.\n# TYPE polymur_dropped_points_total counter");
     for d in &dests {
-        for (reason, counter) in [
-            ("shutdown", &d.stats.abandoned),
-            ("overflow", &d.stats.dropped),
+        let damaged = d.spool().map_or(0, |s| s.damaged_points());
+        for (reason, count) in [
+            ("shutdown", load(&d.stats.abandoned)),
+            ("overflow", load(&d.stats.dropped)),
+            ("spool_damaged", damaged),
         ] {
             let _ = writeln!(
                 out,
-                "polymur_dropped_points_total{{destination=\"{}\",reason=\"{reason}\"}} {}",
+                "polymur_dropped_points_total{{destination=\"{}\",reason=\"{reason}\"}} {count}",
                 label(d.name()),
-                load(counter)
             );
         }
     }

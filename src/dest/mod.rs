@@ -368,28 +368,39 @@ impl Destination {
         }
     }
 
-    /// Hands an admitted chunk to where [`admit`](Self::admit) reserved room. For the spool,
-    /// returns what to await before acknowledging (written; synced with `-durable`).
-    pub fn deliver(&self, chunk: Chunk, admission: Admission) -> Option<spool::AppendDone> {
+    /// Writes a share admitted to the spool ([`Admission::Spool`]). Await the answer before
+    /// the batch counts as held, then [`deliver`](Self::deliver) it. When the write fails the
+    /// spool has returned the reservation itself (do not [`cancel`](Self::cancel) it).
+    pub fn append_spooled(&self, chunk: &Chunk) -> spool::AppendDone {
+        let spool = self
+            .spool
+            .as_ref()
+            .expect("spool admission without a spool");
+        spool.append(chunk)
+    }
+
+    /// [`append_spooled`](Self::append_spooled) for a batch with parts in several spools:
+    /// the record stays unreadable until the [`spool::Gate`] commits it (see there).
+    pub fn append_spooled_gated(&self, chunk: &Chunk) -> (spool::AppendDone, spool::Gate) {
+        let spool = self
+            .spool
+            .as_ref()
+            .expect("spool admission without a spool");
+        spool.append_gated(chunk)
+    }
+
+    /// Hands a held share to where [`admit`](Self::admit) reserved room: the memory queue, or
+    /// the books (a spool share was written by [`append_spooled`](Self::append_spooled); a
+    /// dropped one is counted).
+    pub fn deliver(&self, chunk: Chunk, admission: Admission) {
         match admission {
-            Admission::Memory => {
-                self.push(chunk);
-                None
-            }
+            Admission::Memory => self.push(chunk),
             Admission::Spool => {
-                let spool = self
-                    .spool
-                    .as_ref()
-                    .expect("spool admission without a spool");
                 self.stats
                     .spooled
                     .fetch_add(chunk.points, Ordering::Relaxed);
-                Some(spool.append(&chunk))
             }
-            Admission::Drop => {
-                self.note_drop(chunk.points);
-                None
-            }
+            Admission::Drop => self.note_drop(chunk.points),
         }
     }
 

@@ -21,10 +21,6 @@ use crate::keys::fingerprint;
 /// batch never stalls other connections on the same runtime thread.
 const BLOCKING_THRESHOLD: usize = 256 * 1024;
 
-/// How long a batch may wait for room in a full destination queue before the
-/// answer is 503 (well under the proxies' request timeout and `Retry-After: 1`).
-const ADMIT_WAIT: std::time::Duration = std::time::Duration::from_millis(250);
-
 type Resp = Response<Full<Bytes>>;
 
 fn reply(status: StatusCode, body: &'static str) -> Resp {
@@ -137,24 +133,13 @@ async fn ingest(state: Arc<Ingest>, req: Request<Incoming>, client: &str, tenant
         }
     };
 
-    // A full queue usually drains within a write or two: wait briefly for room
-    // before answering 503, so a busy destination slows clients down instead of
-    // bouncing them. A batch every destination must take, while one of them takes
-    // nothing, is refused before spending the CPU to decompress it.
-    let admit_by = tokio::time::Instant::now() + ADMIT_WAIT;
-    loop {
-        let freed = crate::dest::space_freed().notified();
-        tokio::pin!(freed);
-        freed.as_mut().enable();
-        match state.pipeline.refuses_now() {
-            None => break,
-            Some(refused) if tokio::time::Instant::now() >= admit_by => {
-                return refuse(&state, client, name, &refused);
-            }
-            Some(_) => {
-                let _ = tokio::time::timeout_at(admit_by, freed).await;
-            }
-        }
+    // A full queue usually drains within a write or two: admission waits briefly for room
+    // before the answer is 503, so a busy destination slows clients down instead of bouncing
+    // them. A batch every destination must take, while one of them takes nothing, is refused
+    // before spending the CPU to decompress it.
+    let admit_by = tokio::time::Instant::now() + crate::pipeline::ADMIT_WAIT;
+    if let Err(refused) = state.pipeline.room_by(admit_by).await {
+        return refuse(&state, client, name, &refused);
     }
     let big = body.len() >= BLOCKING_THRESHOLD;
     // The gzip trailer's size claim, when plausible for this body (deflate cannot
@@ -211,20 +196,9 @@ async fn ingest(state: Arc<Ingest>, req: Request<Incoming>, client: &str, tenant
             .stats()
             .note_invalid(&format!("key {name} ({client})"), &rejects);
     }
-    let mut routed = state.pipeline.route(&batch);
-    let held = loop {
-        let freed = crate::dest::space_freed().notified();
-        tokio::pin!(freed);
-        freed.as_mut().enable();
-        match state.pipeline.admit_held(&mut routed, &batch).await {
-            Err(_) if tokio::time::Instant::now() < admit_by => {
-                let _ = tokio::time::timeout_at(admit_by, freed).await;
-            }
-            result => break result,
-        }
-    };
+    let held = state.pipeline.admit(&batch, admit_by).await;
     match held {
-        Ok(()) => {
+        Ok(crate::pipeline::Held) => {
             tenant
                 .received
                 .fetch_add(batch.len() as u64, Ordering::Relaxed);
