@@ -113,17 +113,23 @@ impl Carbon {
             .open(self.dir.path().join("carbon.out"))
             .unwrap();
         let mut cmd = Command::new("carbon-cache");
-        cmd.arg(format!("--config={}", self.conf.join("carbon.conf").display()))
-            .arg("--nodaemon")
-            .arg(format!("--logfile={}", self.log.display()))
-            .arg(format!("--pidfile={}", self.dir.path().join("carbon.pid").display()))
-            .arg("start")
-            .env("GRAPHITE_ROOT", self.dir.path())
-            .env("GRAPHITE_CONF_DIR", &self.conf)
-            .env("GRAPHITE_STORAGE_DIR", &self.storage)
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().unwrap())
-            .stderr(out);
+        cmd.arg(format!(
+            "--config={}",
+            self.conf.join("carbon.conf").display()
+        ))
+        .arg("--nodaemon")
+        .arg(format!("--logfile={}", self.log.display()))
+        .arg(format!(
+            "--pidfile={}",
+            self.dir.path().join("carbon.pid").display()
+        ))
+        .arg("start")
+        .env("GRAPHITE_ROOT", self.dir.path())
+        .env("GRAPHITE_CONF_DIR", &self.conf)
+        .env("GRAPHITE_STORAGE_DIR", &self.storage)
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().unwrap())
+        .stderr(out);
         let port = self.line_port;
         let child = ns.exec(move || {
             let child = cmd.spawn().expect("spawn carbon-cache (graphite-carbon)");
@@ -163,7 +169,11 @@ impl Carbon {
             .stdin(Stdio::null())
             .output()
             .expect("run /usr/bin/python3 (python3-whisper)");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let mut stored = Stored {
             points: HashMap::new(),
             received: 0,

@@ -75,12 +75,7 @@ impl Netns {
                 let file = File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
                 // SAFETY: setns on a valid namespace fd; it changes only this thread.
                 let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-                assert_eq!(
-                    rc,
-                    0,
-                    "setns {path}: {}",
-                    std::io::Error::last_os_error()
-                );
+                assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
                 f()
             })
             .join()

@@ -64,7 +64,9 @@ impl WanLink {
         let shaper = match netem(site, central, central_dev, delay, loss_pct) {
             Ok(ends) => Shaper::Netem(ends),
             Err(why) => {
-                println!("topology: tc netem unavailable ({why}); using the userspace WAN emulator");
+                println!(
+                    "topology: tc netem unavailable ({why}); using the userspace WAN emulator"
+                );
                 tun_link(site, central, central_dev, delay, loss_pct)
             }
         };
@@ -133,11 +135,24 @@ fn netem(
     run(
         "ip",
         &[
-            "link", "add", SITE_DEV, "netns", &s, "type", "veth", "peer", "name", central_dev,
-            "netns", &c,
+            "link",
+            "add",
+            SITE_DEV,
+            "netns",
+            &s,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            central_dev,
+            "netns",
+            &c,
         ],
     )?;
-    let ends = vec![(s.clone(), SITE_DEV.to_string()), (c, central_dev.to_string())];
+    let ends = vec![
+        (s.clone(), SITE_DEV.to_string()),
+        (c, central_dev.to_string()),
+    ];
     let (d, l) = netem_args(delay, loss_pct);
     for (ns, dev) in &ends {
         let args = [
@@ -169,7 +184,11 @@ struct IfReq {
 fn open_tun(name: &str) -> File {
     // SAFETY: a plain open(2) of the TUN clone device.
     let fd = unsafe { libc::open(c"/dev/net/tun".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
-    assert!(fd >= 0, "open /dev/net/tun: {}", std::io::Error::last_os_error());
+    assert!(
+        fd >= 0,
+        "open /dev/net/tun: {}",
+        std::io::Error::last_os_error()
+    );
     // SAFETY: fd is a fresh descriptor this File now owns.
     let file = unsafe { File::from_raw_fd(fd) };
     let mut req = IfReq {
@@ -180,7 +199,12 @@ fn open_tun(name: &str) -> File {
     req.name[..name.len()].copy_from_slice(name.as_bytes());
     // SAFETY: TUNSETIFF reads and writes one ifreq at the valid pointer.
     let rc = unsafe { libc::ioctl(file.as_raw_fd(), TUNSETIFF as _, &mut req) };
-    assert_eq!(rc, 0, "TUNSETIFF {name}: {}", std::io::Error::last_os_error());
+    assert_eq!(
+        rc,
+        0,
+        "TUNSETIFF {name}: {}",
+        std::io::Error::last_os_error()
+    );
     file
 }
 
@@ -197,7 +221,11 @@ fn tun_link(
     let stop = Arc::new(AtomicBool::new(false));
     let mut threads = Vec::new();
     for (seed, from, to) in [
-        (0x9e37_79b9_7f4a_7c15_u64, site_tun.clone(), central_tun.clone()),
+        (
+            0x9e37_79b9_7f4a_7c15_u64,
+            site_tun.clone(),
+            central_tun.clone(),
+        ),
         (0xd1b5_4a32_d192_ed03_u64, central_tun, site_tun),
     ] {
         let (tx, rx) = mpsc::channel::<(Instant, Vec<u8>)>();
@@ -245,7 +273,10 @@ fn read_side(
         if (rng % 1_000_000) < u64::from(loss_ppm.load(Ordering::Relaxed)) {
             continue;
         }
-        if tx.send((Instant::now() + delay, buf[..n].to_vec())).is_err() {
+        if tx
+            .send((Instant::now() + delay, buf[..n].to_vec()))
+            .is_err()
+        {
             return;
         }
     }
