@@ -2,10 +2,10 @@
 //!
 //! The flag definitions are the one source of truth for `-h`, the environment
 //! variables and the packaged documentation, so the `.deb` ships pages generated from
-//! them rather than hand-written copies that drift. Each binary calls [`from_env`] as
-//! the first line of `main`: with `POLYMUR_GENERATE_DOCS=<dir>` set it writes its page
-//! and completions there and exits, without parsing flags or starting anything
-//! (scripts/package runs every binary that way).
+//! them rather than hand-written copies that drift. Each binary calls
+//! [`exit_if_requested`] as the first line of `main`: with `POLYMUR_GENERATE_DOCS=<dir>`
+//! set it writes its page and completions there and exits, without parsing flags or
+//! starting anything (scripts/package and tests/package.rs run every binary that way).
 
 use std::fs;
 use std::io;
@@ -64,8 +64,6 @@ pub fn generate(cmd: Command, out_dir: &Path) -> Result<Vec<PathBuf>, DocgenErro
     Ok(written)
 }
 
-/// The hook each binary's `main` starts with:
-/// `if let Some(code) = polymur::docgen::from_env::<Args>() { return code; }`.
 /// `None` (run normally) unless `POLYMUR_GENERATE_DOCS` names a directory; then the
 /// documentation of `C` is written there and the exit code says whether it worked.
 pub fn from_env<C: CommandFactory>() -> Option<ExitCode> {
@@ -82,6 +80,16 @@ pub fn from_env<C: CommandFactory>() -> Option<ExitCode> {
             ExitCode::FAILURE
         }
     })
+}
+
+/// The one line each binary's `main` starts with:
+/// `polymur::docgen::exit_if_requested::<Args>();` — [`from_env`], then exit with its
+/// code when the documentation was asked for. Nothing has started yet at that point,
+/// so exiting directly skips no cleanup.
+pub fn exit_if_requested<C: CommandFactory>() {
+    if let Some(code) = from_env::<C>() {
+        std::process::exit(if code == ExitCode::SUCCESS { 0 } else { 1 });
+    }
 }
 
 fn write(path: &Path, bytes: &[u8]) -> Result<PathBuf, DocgenError> {
