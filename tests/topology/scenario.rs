@@ -104,6 +104,17 @@ pub fn run() -> Option<Report> {
     let owners = owners(&dests, &points);
     let stored = settle(&carbons, from, &points, &owners);
     print_stats(&proxies, &haproxy.1, &carbons, &stored, &net);
+    for g in &gateways {
+        let lines = g
+            .proc
+            .as_ref()
+            .map(|p| p.stderr_lines())
+            .unwrap_or_default();
+        for l in lines.iter().filter(|l| l.contains("to replay from")) {
+            let msg = l.split_once("Spool").map_or(l.as_str(), |(_, m)| m);
+            println!("topology: {} at its restart: spool{msg}", g.name);
+        }
+    }
     let accepted = proxies
         .iter()
         .zip(&net.sites)
