@@ -27,6 +27,7 @@
 //! [`plaintext`] (TCP source); [`proxy`]; [`keys`]; [`admin`] (runtime API,
 //! runstats, admin HTTP); [`stats`], [`self_metrics`]; [`config`], [`logging`],
 //! [`shutdown`], [`daemon`], [`http_client`]; [`gateway`], [`relay`] (daemons);
+//! [`notify`] (systemd readiness and watchdog), [`docgen`] (man pages, completions);
 //! [`bench`] (the `polymur-bench` load generator).
 //!
 //! ```
@@ -47,12 +48,14 @@ pub mod bench;
 pub mod config;
 pub mod daemon;
 pub mod dest;
+pub mod docgen;
 pub mod gateway;
 pub mod http_client;
 pub mod ingest;
 pub mod keys;
 pub mod line;
 pub mod logging;
+pub mod notify;
 pub mod pipeline;
 pub mod plaintext;
 pub mod proxy;

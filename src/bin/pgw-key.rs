@@ -85,6 +85,7 @@ enum ListWhat {
 struct Refused(String);
 
 fn main() -> ExitCode {
+    polymur::docgen::exit_if_requested::<Args>();
     // reqwest is built without a default crypto provider; any TLS in this process
     // uses ring. An error only means some other code installed one first.
     let _ = rustls::crypto::ring::default_provider().install_default();
