@@ -192,6 +192,7 @@ pub fn render_metrics(state: &AdminState) -> String {
         for (reason, counter) in [
             ("shutdown", &d.stats.abandoned),
             ("overflow", &d.stats.dropped),
+            ("dead_letter", &d.stats.dead_lettered),
         ] {
             let _ = writeln!(
                 out,
