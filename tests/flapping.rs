@@ -51,9 +51,10 @@ struct Flapped {
 }
 
 /// Posts 5000-line batches for about `load` while one sink after the other is killed (its
-/// connections and buffers dropped) every 1-3 s and brought back on the same port.
+/// connections, kernel queue and read buffer dropped) every 1-3 s and brought back on the
+/// same port. The sinks read 64 KiB at a time, as carbon-cache does.
 fn flap(distribution: &str, sinks: usize, load: std::time::Duration) -> Flapped {
-    let sinks: Vec<LineSink> = (0..sinks).map(|_| LineSink::start()).collect();
+    let sinks: Vec<LineSink> = (0..sinks).map(|_| LineSink::start_like_carbon()).collect();
     let dests: Vec<String> = sinks.iter().map(|s| s.addr()).collect();
     let gw = Gateway::start(&[
         "-dev-mode",
@@ -133,6 +134,24 @@ fn flap(distribution: &str, sinks: usize, load: std::time::Duration) -> Flapped 
         s.wait_idle(millis(500), secs(10));
     }
     let received = got(&sinks);
+    if lost_of(&received) > 0 {
+        // What an investigation needs: which lines, and what the writer logged.
+        for (i, r) in received.iter().enumerate() {
+            let set: HashSet<&String> = r.iter().collect();
+            let gone: Vec<&String> = acked.iter().filter(|l| !set.contains(l)).collect();
+            println!(
+                "sink {i}: {} lost, first {:?} last {:?}",
+                gone.len(),
+                gone.first(),
+                gone.last()
+            );
+        }
+        for l in gw.proc.stderr_lines() {
+            if l.contains("Destination") {
+                println!("{l}");
+            }
+        }
+    }
     let duplicates: usize = received
         .iter()
         .map(|r| r.len() - r.iter().collect::<HashSet<_>>().len())

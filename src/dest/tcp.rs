@@ -96,6 +96,9 @@ struct Pending {
     /// what a break re-queues, so "did a connection get past what it started with" is a
     /// comparison of two positions.
     pos: u64,
+    /// The largest receive window the peer advertised on the current connection: how far
+    /// its window is below this tells how much it holds unread ([`unacked::at_risk`]).
+    max_window: u32,
 }
 
 impl Pending {
@@ -106,6 +109,7 @@ impl Pending {
             recent: VecDeque::new(),
             recent_bytes: 0,
             pos: 0,
+            max_window: 0,
         }
     }
 
@@ -421,7 +425,9 @@ impl Writer {
     /// such breaks in a row arms the probe that finds the record causing them.
     fn after_break(&mut self, target: &str, stream: &TcpStream) -> Option<Duration> {
         let high = self.pending.pos;
-        let again = self.pending.requeue_after_break(unacked::at_risk(stream));
+        let at_risk = unacked::at_risk(stream, self.pending.max_window);
+        self.pending.max_window = 0;
+        let again = self.pending.requeue_after_break(at_risk);
         if again > 0 {
             self.dest.stats.resent.fetch_add(again, Ordering::Relaxed);
             if let Some((n, points)) = self.resend_log.note(again) {
@@ -740,6 +746,9 @@ async fn write_pending(
             return Err(io::ErrorKind::WriteZero.into());
         }
         pending.pos += n as u64;
+        if let Some(w) = unacked::peer_window(stream) {
+            pending.max_window = pending.max_window.max(w);
+        }
         let mut left = n;
         while left > 0 {
             let rest = pending.items[0].chunk.data.len() - pending.front_off;

@@ -20,6 +20,9 @@ struct Shared {
     poison: Option<String>,
     /// Connections dropped because of `poison`.
     poisoned: AtomicUsize,
+    /// Bytes asked of the kernel per read: what a killed receiver loses besides its
+    /// kernel queue.
+    read_size: usize,
 }
 
 /// Open connections: a handle to shut each down, and its reader thread.
@@ -50,16 +53,22 @@ impl LineSink {
     /// under test before the destination exists ("destination comes up later"). Retries the
     /// bind for up to 10 s.
     pub fn start_on(port: u16) -> LineSink {
-        Self::start_with(port, None)
+        Self::start_with(port, None, 256 * 1024)
+    }
+
+    /// A sink that reads 64 KiB at a time, as carbon-cache does (Twisted's
+    /// `Connection.bufferSize`): killed, it loses what a killed carbon-cache loses.
+    pub fn start_like_carbon() -> LineSink {
+        Self::start_with(free_port(), None, 64 * 1024)
     }
 
     /// A sink that closes the connection whenever a line contains `marker` (the line and
     /// the rest of that read are not stored): a destination that refuses one record.
     pub fn start_closing_on(marker: &str) -> LineSink {
-        Self::start_with(free_port(), Some(marker.to_string()))
+        Self::start_with(free_port(), Some(marker.to_string()), 64 * 1024)
     }
 
-    fn start_with(port: u16, poison: Option<String>) -> LineSink {
+    fn start_with(port: u16, poison: Option<String>, read_size: usize) -> LineSink {
         let mut sink = LineSink {
             port,
             shared: Arc::new(Shared {
@@ -69,6 +78,7 @@ impl LineSink {
                 paused: AtomicBool::new(false),
                 poison,
                 poisoned: AtomicUsize::new(0),
+                read_size,
             }),
             running: None,
         };
@@ -255,7 +265,7 @@ fn accept_loop(listener: TcpListener, stop: Arc<AtomicBool>, conns: Conns, share
 }
 
 fn read_loop(mut stream: TcpStream, stop: Arc<AtomicBool>, shared: Arc<Shared>) {
-    let mut buf = vec![0u8; 256 * 1024];
+    let mut buf = vec![0u8; shared.read_size];
     let mut partial: Vec<u8> = Vec::new();
     loop {
         while shared.paused.load(Ordering::SeqCst) && !stop.load(Ordering::SeqCst) {
