@@ -321,3 +321,52 @@ fn without_a_spool_the_dropped_record_is_logged_and_counted() {
         metrics.body
     );
 }
+
+#[test]
+fn carbon_cache_dropping_the_connection_on_a_long_line_does_not_stop_later_points() {
+    // graphite-carbon 1.1.7 closes the connection on a line over 16 384 bytes; the
+    // gateway must not re-send it forever.
+    let carbon = CarbonCache::start();
+    let spool = tempfile::tempdir().unwrap();
+    let gw = Gateway::start(&[
+        "-dev-mode",
+        "-destinations",
+        &carbon.line_addr(),
+        "-spool-dir",
+        spool.path().to_str().unwrap(),
+    ]);
+    let base = now_ts() - 60;
+    let long = format!("long.{} 1 {base}", "x".repeat(20_000));
+    let poisoned = format!("with.a 1 {base}\n{long}\nwith.b 2 {base}\n");
+    assert_eq!(gw.ingest("123", &poisoned).status, 200);
+    let mut later = Vec::new();
+    for b in 0..3 {
+        let body: String = (0..5)
+            .map(|i| format!("later.s{b} {} {}\n", i + 1, base + i))
+            .collect();
+        assert_eq!(gw.ingest("123", &body).status, 200);
+        later.push(format!("later.s{b}"));
+    }
+    for name in &later {
+        let points = carbon.wait_points(name, base - 1, 5, secs(30));
+        assert_eq!(
+            points.len(),
+            5,
+            "{name}: carbon log:\n{}\ngateway:\n{}",
+            carbon.log_tail(),
+            gw.proc.all_output()
+        );
+    }
+    // The poisoned batch's other lines are stored, or kept in its dead-letter file.
+    let kept: String = dead_letters(spool.path(), &carbon.line_addr())
+        .iter()
+        .map(|p| std::fs::read_to_string(p).unwrap())
+        .collect();
+    for name in ["with.a", "with.b"] {
+        let stored = !carbon.fetch(name, base - 1).is_empty();
+        assert!(
+            stored || kept.contains(&format!("{name} ")),
+            "{name} neither stored nor kept"
+        );
+    }
+}
