@@ -294,7 +294,8 @@ impl Writer {
             let Some(mut stream) = self.connect(&target).await else {
                 return;
             };
-            let ended = if self.stuck.probe_until.is_some() {
+            // The probe has no drain deadline of its own: during shutdown, plain sending.
+            let ended = if self.stuck.probe_until.is_some() && self.deadline.is_none() {
                 match self.probe(&mut stream).await {
                     Ok(()) => self.serve(&mut stream).await,
                     Err(e) => Err(e),
