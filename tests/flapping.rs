@@ -370,3 +370,63 @@ fn carbon_cache_dropping_the_connection_on_a_long_line_does_not_stop_later_point
         );
     }
 }
+
+#[test]
+fn a_destination_that_closes_every_connection_gets_nothing_set_aside() {
+    // A load balancer without a backend accepts and closes at once: that is no record's
+    // fault, so nothing may go to dead-letter; everything waits for a real receiver.
+    let port = free_port();
+    let closer = std::thread::spawn(move || {
+        let listener = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let (until, mut closed) = (Instant::now() + secs(4), 0);
+        while Instant::now() < until {
+            match listener.accept() {
+                Ok((conn, _)) => {
+                    drop(conn);
+                    closed += 1;
+                }
+                Err(_) => std::thread::sleep(millis(5)),
+            }
+        }
+        closed
+    });
+    let spool = tempfile::tempdir().unwrap();
+    let dest = format!("127.0.0.1:{port}");
+    let gw = Gateway::start(&[
+        "-dev-mode",
+        "-destinations",
+        &dest,
+        "-spool-dir",
+        spool.path().to_str().unwrap(),
+    ]);
+    let mut sent = Vec::new();
+    for b in 0..3 {
+        let l = lines(&format!("closer{b}"), 1000);
+        assert!(post_until_held(&gw.http, &l, Instant::now() + secs(10)));
+        sent.extend(l);
+    }
+    let closed = closer.join().unwrap();
+    assert!(closed >= 3, "the closer saw only {closed} connections");
+    let sink = LineSink::start_on(port);
+    let arrived = wait_until(secs(30), || {
+        let got: HashSet<String> = sink.lines().into_iter().collect();
+        sent.iter().all(|l| got.contains(l))
+    });
+    assert!(arrived, "lines lost: {}", gw.proc.all_output());
+    assert_eq!(
+        dead_letters(spool.path(), &dest),
+        Vec::<PathBuf>::new(),
+        "nothing set aside"
+    );
+    assert!(
+        !gw.proc.has_log("dead-letter file"),
+        "{}",
+        gw.proc.all_output()
+    );
+    assert!(
+        gw.proc.has_log("one at a time"),
+        "the breaks did look like a refused record: {}",
+        gw.proc.all_output()
+    );
+}
