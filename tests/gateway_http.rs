@@ -610,3 +610,45 @@ fn slow_or_idle_clients_cannot_hold_a_connection() {
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert!(t.elapsed() < secs(8));
 }
+
+#[test]
+fn other_methods_get_405_with_allow_post_and_nothing_is_forwarded() {
+    let sink = LineSink::start();
+    let gw = gateway(&["-dev-mode", "-destinations", &sink.addr()]);
+    let body = batch(&lines("m405", 3));
+    for method in ["GET", "PUT", "DELETE", "PATCH"] {
+        for path in ["/ingest", "/ping", "//ingest", "//ping"] {
+            let r = try_http_request(method, &gw.http, path, &[KEY], &body)
+                .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+            assert_eq!(r.status, 405, "{method} {path}: {}", r.body);
+            assert_eq!(r.header("allow"), Some("POST"), "{method} {path}");
+        }
+    }
+    // HEAD gets the status and headers, without a body.
+    let r = try_http_request("HEAD", &gw.http, "/ingest", &[KEY], &[]).expect("HEAD /ingest");
+    assert_eq!((r.status, r.header("allow")), (405, Some("POST")));
+    // Unknown paths stay 404 whatever the method.
+    let r = http_get(&gw.http, "/other", &[KEY]).expect("GET /other");
+    assert_eq!(r.status, 404);
+    assert_eq!(
+        sink.wait_idle(millis(300), secs(3)),
+        0,
+        "no line of a refused method reaches a destination"
+    );
+}
+
+#[test]
+fn a_doubled_slash_is_served_like_the_path() {
+    // A gateway URL configured with a trailing slash makes the proxy ask for //ping, //ingest.
+    let sink = LineSink::start();
+    let gw = gateway(&["-dev-mode", "-destinations", &sink.addr()]);
+    let ok = http_post(&gw.http, "//ping", &[KEY], vec![]);
+    assert_eq!((ok.status, ok.body.as_str()), (200, "key is valid\n"));
+    let bad = http_post(&gw.http, "//ping", &[("X-Polymur-Key", "nope")], vec![]);
+    assert_eq!((bad.status, bad.body.as_str()), (401, "invalid key"));
+    let sent = lines("dbl", 20);
+    let r = http_post(&gw.http, "//ingest", &[KEY], batch(&sent));
+    assert_eq!((r.status, r.body.as_str()), (200, "Batch Received\n"));
+    assert!(sink.wait_count(20, secs(10)));
+    assert_eq!(sink.lines(), sent);
+}

@@ -194,6 +194,7 @@ pub fn render_metrics(state: &AdminState) -> String {
             ("shutdown", load(&d.stats.abandoned)),
             ("overflow", load(&d.stats.dropped)),
             ("spool_damaged", damaged),
+            ("dead_letter", load(&d.stats.dead_lettered)),
         ] {
             let _ = writeln!(
                 out,

@@ -22,8 +22,10 @@
 
 pub mod addr;
 pub mod console;
+pub mod dead_letter;
 pub mod spool;
 pub mod tcp;
+pub mod unacked;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -67,6 +69,8 @@ pub struct DestStats {
     pub spooled: AtomicU64,
     /// Points dropped by `-overflow drop` (nothing could hold them).
     pub dropped: AtomicU64,
+    /// Points of records the destination kept refusing, set aside ([`dead_letter`]).
+    pub dead_lettered: AtomicU64,
 }
 
 /// Where a destination's writer sends its lines.

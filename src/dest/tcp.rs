@@ -7,8 +7,18 @@
 //! Delivery is at-least-once. Bytes handed to the kernel are not yet at the receiver: when a
 //! connection breaks, whatever sat in our send buffer, in flight, or in the receiver's buffer
 //! is lost with it. So the writer keeps the chunks it wrote most recently (up to
-//! [`RESEND_WINDOW`] bytes, by reference count, no copy) and writes them again on the next
-//! connection; those points are counted in `DestStats::resent` and logged.
+//! [`RESEND_WINDOW`] bytes, by reference count, no copy) and, on the next connection, writes
+//! again the part the destination may not have: the kernel's unacknowledged bytes at the
+//! break plus an allowance for the receiver's buffers ([`unacked`]), from the start of the
+//! line that cuts into (the whole window where the kernel cannot tell). Those points are
+//! counted in `DestStats::resent` and logged.
+//!
+//! A destination that drops the connection on one record (carbon-cache on a line it cannot
+//! take) would get that record again on every connection and nothing after it. When
+//! [`STUCK_BREAKS`] breaks in a row each resume before where the previous connection had got
+//! to, the writer backs off and then sends the suspect records one at a time; the one after
+//! which the connection breaks goes to [`dead_letter`], and sending goes on. Reconnect-loop
+//! log lines are throttled to one per [`LOG_EVERY`] with counts.
 //!
 //! At shutdown it drains the memory queue to the destination for up to the drain timeout
 //! (it stops reading the spool, which stays on disk for the next start); what is left then
@@ -26,6 +36,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::spool::{self, Spool, SpoolPos};
+use super::{dead_letter, unacked};
 use super::{Chunk, DestAddr, DestShared};
 use crate::shutdown::Shutdown;
 
@@ -46,6 +57,15 @@ pub const RESEND_WINDOW: usize = 16 << 20;
 pub const RESEND_CHUNKS: usize = 1024;
 /// Bytes read back from the spool at a time.
 pub const SPOOL_READ: usize = 4 << 20;
+/// Breaks in a row at the same place before the writer probes for the record causing them.
+const STUCK_BREAKS: u32 = 3;
+/// While probing, how long a record must stay on an open connection, once the peer's kernel
+/// acknowledged it, to be taken as accepted (a receiver that refuses a line closes at once).
+const PROBE_GRACE: Duration = Duration::from_millis(250);
+/// Longest wait for the peer's kernel to acknowledge a probed record.
+const PROBE_ACK_WAIT: Duration = Duration::from_secs(5);
+/// At most one line per this for each kind of reconnect-loop log line.
+const LOG_EVERY: Duration = Duration::from_secs(5);
 
 /// Where a pending chunk came from, which decides what its completion releases.
 #[derive(Clone, Copy, Debug)]
@@ -72,9 +92,27 @@ struct Pending {
     /// Fully written chunks, newest last, at most [`RESEND_WINDOW`] bytes.
     recent: VecDeque<Chunk>,
     recent_bytes: usize,
+    /// Position in the stream of written bytes: grows with every write and moves back by
+    /// what a break re-queues, so "did a connection get past what it started with" is a
+    /// comparison of two positions.
+    pos: u64,
+    /// The largest receive window the peer advertised on the current connection: how far
+    /// its window is below this tells how much it holds unread ([`unacked::at_risk`]).
+    max_window: u32,
 }
 
 impl Pending {
+    fn new() -> Self {
+        Pending {
+            items: VecDeque::new(),
+            front_off: 0,
+            recent: VecDeque::new(),
+            recent_bytes: 0,
+            pos: 0,
+            max_window: 0,
+        }
+    }
+
     fn remember(&mut self, chunk: Chunk) {
         self.recent_bytes += chunk.data.len();
         self.recent.push_back(chunk);
@@ -86,24 +124,104 @@ impl Pending {
         }
     }
 
-    /// After a broken connection: everything recently written goes out again, then the
-    /// front chunk from its start. Returns the points that will be written twice.
-    fn requeue_after_break(&mut self) -> u64 {
+    /// After a broken connection: the last `at_risk` bytes written (all of the resend
+    /// window when `None`) go out again, from the start of the line they cut into. Returns
+    /// the points that will be written twice.
+    fn requeue_after_break(&mut self, at_risk: Option<usize>) -> u64 {
+        let mut budget = at_risk.unwrap_or(usize::MAX);
         let mut again = 0;
+        let mut requeued = 0;
         if let Some(front) = self.items.front() {
-            again += memchr::memchr_iter(b'\n', &front.chunk.data[..self.front_off]).count() as u64;
+            let off = self.front_off;
+            let from = if budget >= off {
+                0
+            } else {
+                line_start(&front.chunk.data, off - budget)
+            };
+            again += newlines(&front.chunk.data[from..off]);
+            requeued += off - from;
+            budget = budget.saturating_sub(off - from);
+            self.front_off = from;
         }
-        self.front_off = 0;
-        self.recent_bytes = 0;
-        while let Some(chunk) = self.recent.pop_back() {
+        while budget > 0 {
+            let Some(chunk) = self.recent.pop_back() else {
+                break;
+            };
+            let len = chunk.data.len();
+            let chunk = if len <= budget {
+                chunk
+            } else {
+                let from = line_start(&chunk.data, len - budget);
+                let data = chunk.data.slice(from..);
+                Chunk {
+                    points: newlines(&data),
+                    data,
+                }
+            };
+            budget -= chunk.data.len().min(budget);
+            requeued += chunk.data.len();
             again += chunk.points;
             self.items.push_front(Item {
                 chunk,
                 origin: Origin::Resend,
             });
         }
+        // What was not re-queued reached the destination: it leaves the window.
+        self.recent.clear();
+        self.recent_bytes = 0;
+        self.pos -= (requeued as u64).min(self.pos);
         again
     }
+}
+
+/// Where the line holding byte `at` of `data` starts.
+fn line_start(data: &[u8], at: usize) -> usize {
+    memchr::memrchr(b'\n', &data[..at]).map_or(0, |i| i + 1)
+}
+
+fn newlines(data: &[u8]) -> u64 {
+    memchr::memchr_iter(b'\n', data).count() as u64
+}
+
+/// Log lines of a reconnect loop: the first at once, then at most one per
+/// [`LOG_EVERY`] with what happened in between (a destination that drops every
+/// connection must not write thousands of lines a second).
+#[derive(Default)]
+struct Throttle {
+    next: Option<Instant>,
+    events: u64,
+    points: u64,
+}
+
+impl Throttle {
+    /// Notes one event of `points`; when a line may be logged now, returns the events
+    /// and points since the last line (this one included).
+    fn note(&mut self, points: u64) -> Option<(u64, u64)> {
+        self.events += 1;
+        self.points += points;
+        let now = Instant::now();
+        if self.next.is_some_and(|t| now < t) {
+            return None;
+        }
+        self.next = Some(now + LOG_EVERY);
+        let out = (self.events, self.points);
+        (self.events, self.points) = (0, 0);
+        Some(out)
+    }
+}
+
+/// Consecutive breaks that did not get past what the connection started by
+/// re-sending (the poison-record loop) before the writer looks for the record.
+struct Stuck {
+    /// Highest stream position written before the last break; `None` right after a
+    /// record was set aside (positions moved).
+    high: Option<u64>,
+    /// Breaks in a row without progress.
+    breaks: u32,
+    /// While probing: the suspect records end at this position.
+    probe_until: Option<u64>,
+    /// Pause before reconnecting after a break without progress.
+    backoff: Duration,
 }
 
 /// The writer task's state.
@@ -120,6 +238,14 @@ struct Writer {
     pending: Pending,
     /// The memory queue's senders are all gone.
     closed: bool,
+    /// Detects a connection that keeps breaking at the same place.
+    stuck: Stuck,
+    /// "Destination error" lines.
+    error_log: Throttle,
+    /// "Connected to destination" lines.
+    connect_log: Throttle,
+    /// "re-sending N points" lines.
+    resend_log: Throttle,
 }
 
 /// Runs until the memory queue is drained after shutdown (or the drain timeout passes),
@@ -141,13 +267,17 @@ pub async fn run(
         shutdown,
         drain_timeout,
         deadline: None,
-        pending: Pending {
-            items: VecDeque::new(),
-            front_off: 0,
-            recent: VecDeque::new(),
-            recent_bytes: 0,
-        },
+        pending: Pending::new(),
         closed: false,
+        stuck: Stuck {
+            high: None,
+            breaks: 0,
+            probe_until: None,
+            backoff: MIN_BACKOFF,
+        },
+        error_log: Throttle::default(),
+        connect_log: Throttle::default(),
+        resend_log: Throttle::default(),
     };
     w.run(addr).await;
     w.dest.stats.connected.store(false, Ordering::Relaxed);
@@ -160,104 +290,262 @@ pub async fn run(
 impl Writer {
     async fn run(&mut self, addr: DestAddr) {
         let target = addr.host_port();
-        let mut backoff = MIN_BACKOFF;
         loop {
-            // Connect, retrying with backoff; during a drain, give up at the deadline.
-            let mut stream = loop {
-                if let Some(d) = self.deadline {
-                    if self.memory_drained() {
-                        return;
-                    }
-                    if Instant::now() >= d {
-                        return self.abandon().await;
-                    }
-                }
-                let attempt =
-                    tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&target)).await;
-                let err = match attempt {
-                    Ok(Ok(s)) => break s,
-                    Ok(Err(e)) => e.to_string(),
-                    Err(_) => format!("connect to {target} timed out"),
-                };
-                self.dest.stats.errors.fetch_add(1, Ordering::Relaxed);
-                self.dest
-                    .stats
-                    .consecutive_failures
-                    .fetch_add(1, Ordering::Relaxed);
-                tracing::warn!("Destination error: {target}: {err}, retrying");
-                let pause = match self.deadline {
-                    Some(d) => backoff.min(d.saturating_duration_since(Instant::now())),
-                    None => backoff,
-                };
-                tokio::select! {
-                    _ = tokio::time::sleep(pause) => {}
-                    _ = self.shutdown.recv(), if self.deadline.is_none() => {
-                        self.deadline = Some(Instant::now() + self.drain_timeout);
-                    }
-                    Some(answer) = self.reclaim.recv() => {
-                        let _ = answer.send(self.give_back());
-                    }
-                }
-                backoff = (backoff * 2).min(MAX_BACKOFF);
+            let Some(mut stream) = self.connect(&target).await else {
+                return;
             };
-            let _ = stream.set_nodelay(true);
-            backoff = MIN_BACKOFF;
-            self.dest
-                .stats
-                .consecutive_failures
-                .store(0, Ordering::Relaxed);
-            self.dest.stats.connected.store(true, Ordering::Relaxed);
-            tracing::info!("Connected to destination {target}");
-
-            let err: io::Error = loop {
-                if self.pending.items.is_empty() && !self.fill().await {
-                    if self.deadline.is_some() || self.closed {
-                        // Memory queue drained; the spool stays on disk for the next start.
-                        return;
-                    }
-                    let spool = self.spool.clone();
-                    tokio::select! {
-                        c = self.rx.recv() => match c {
-                            Some(c) => self.pending.items.push_back(Item { chunk: c, origin: Origin::Memory }),
-                            None => { self.closed = true; continue; }
-                        },
-                        _ = async { spool.as_ref().expect("guarded").published().await }, if spool.is_some() => continue,
-                        e = peer_closed(&stream) => break e,
-                        _ = self.shutdown.recv() => {
-                            self.deadline = Some(Instant::now() + self.drain_timeout);
-                            continue;
-                        }
-                    }
+            // The probe has no drain deadline of its own: during shutdown, plain sending.
+            let ended = if self.stuck.probe_until.is_some() && self.deadline.is_none() {
+                match self.probe(&mut stream).await {
+                    Ok(()) => self.serve(&mut stream).await,
+                    Err(e) => Err(e),
                 }
-                self.top_up();
-                let written = match self.deadline {
-                    None => write_pending(&mut stream, &mut self.pending, &self.dest).await,
-                    Some(d) => match tokio::time::timeout_at(
-                        d,
-                        write_pending(&mut stream, &mut self.pending, &self.dest),
-                    )
-                    .await
-                    {
-                        Ok(r) => r,
-                        Err(_) => return self.abandon().await,
-                    },
-                };
-                if let Err(e) = written {
-                    break e;
-                }
+            } else {
+                self.serve(&mut stream).await
+            };
+            let err = match ended {
+                Ok(()) => return,
+                Err(Ended::Abandon) => return self.abandon().await,
+                Err(Ended::Broken(e)) => e,
             };
             self.dest.stats.errors.fetch_add(1, Ordering::Relaxed);
             self.dest.stats.connected.store(false, Ordering::Relaxed);
-            tracing::warn!("Destination error: {target}: {err}, retrying");
-            let again = self.pending.requeue_after_break();
-            if again > 0 {
-                self.dest.stats.resent.fetch_add(again, Ordering::Relaxed);
+            if let Some((n, _)) = self.error_log.note(0) {
+                tracing::warn!("Destination error: {target}: {err}, retrying{}", more(n));
+            }
+            let pause = self.after_break(&target, &stream);
+            drop(stream);
+            if let Some(pause) = pause {
+                self.pause(pause).await;
+            }
+        }
+    }
+
+    /// Connects, retrying with backoff; during a drain, gives up at the deadline (`None`).
+    async fn connect(&mut self, target: &str) -> Option<TcpStream> {
+        let mut backoff = MIN_BACKOFF;
+        let stream = loop {
+            if let Some(d) = self.deadline {
+                if self.memory_drained() {
+                    return None;
+                }
+                if Instant::now() >= d {
+                    self.abandon().await;
+                    return None;
+                }
+            }
+            let attempt = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(target)).await;
+            let err = match attempt {
+                Ok(Ok(s)) => break s,
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => format!("connect to {target} timed out"),
+            };
+            self.dest.stats.errors.fetch_add(1, Ordering::Relaxed);
+            self.dest
+                .stats
+                .consecutive_failures
+                .fetch_add(1, Ordering::Relaxed);
+            if let Some((n, _)) = self.error_log.note(0) {
+                tracing::warn!("Destination error: {target}: {err}, retrying{}", more(n));
+            }
+            self.pause(backoff).await;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        };
+        let _ = stream.set_nodelay(true);
+        self.dest
+            .stats
+            .consecutive_failures
+            .store(0, Ordering::Relaxed);
+        self.dest.stats.connected.store(true, Ordering::Relaxed);
+        if let Some((n, _)) = self.connect_log.note(0) {
+            tracing::info!("Connected to destination {target}{}", more(n));
+        }
+        Some(stream)
+    }
+
+    /// Sleeps `pause` (cut short by the drain deadline), answering shutdown and reclaim.
+    async fn pause(&mut self, pause: Duration) {
+        let pause = match self.deadline {
+            Some(d) => pause.min(d.saturating_duration_since(Instant::now())),
+            None => pause,
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = self.shutdown.recv(), if self.deadline.is_none() => {
+                self.deadline = Some(Instant::now() + self.drain_timeout);
+            }
+            Some(answer) = self.reclaim.recv() => {
+                let _ = answer.send(self.give_back());
+            }
+        }
+    }
+
+    /// Writes what comes until the connection breaks (`Broken`), the memory queue is
+    /// drained at shutdown or closed (`Ok`), or the drain deadline passes (`Abandon`).
+    async fn serve(&mut self, stream: &mut TcpStream) -> Result<(), Ended> {
+        loop {
+            if self.pending.items.is_empty() && !self.fill().await {
+                if self.deadline.is_some() || self.closed {
+                    // Memory queue drained; the spool stays on disk for the next start.
+                    return Ok(());
+                }
+                let spool = self.spool.clone();
+                tokio::select! {
+                    c = self.rx.recv() => match c {
+                        Some(c) => self.pending.items.push_back(Item { chunk: c, origin: Origin::Memory }),
+                        None => { self.closed = true; continue; }
+                    },
+                    _ = async { spool.as_ref().expect("guarded").published().await }, if spool.is_some() => continue,
+                    e = peer_closed(stream) => return Err(Ended::Broken(e)),
+                    _ = self.shutdown.recv() => {
+                        self.deadline = Some(Instant::now() + self.drain_timeout);
+                        continue;
+                    }
+                }
+            }
+            self.top_up();
+            let written = match self.deadline {
+                None => write_pending(stream, &mut self.pending, &self.dest).await,
+                Some(d) => match tokio::time::timeout_at(
+                    d,
+                    write_pending(stream, &mut self.pending, &self.dest),
+                )
+                .await
+                {
+                    Ok(r) => r,
+                    Err(_) => return Err(Ended::Abandon),
+                },
+            };
+            written.map_err(Ended::Broken)?;
+        }
+    }
+
+    /// After a break: re-queues what the destination may not have (see [`unacked`]),
+    /// and tells whether this connection got past what it started by re-sending. If
+    /// not, returns how long to wait before reconnecting, and after [`STUCK_BREAKS`]
+    /// such breaks in a row arms the probe that finds the record causing them.
+    fn after_break(&mut self, target: &str, stream: &TcpStream) -> Option<Duration> {
+        let high = self.pending.pos;
+        let at_risk = unacked::at_risk(stream, self.pending.max_window);
+        self.pending.max_window = 0;
+        let again = self.pending.requeue_after_break(at_risk);
+        if again > 0 {
+            self.dest.stats.resent.fetch_add(again, Ordering::Relaxed);
+            if let Some((n, points)) = self.resend_log.note(again) {
                 tracing::warn!(
-                    "Destination {target}: connection lost, re-sending {again} points written \
-                     just before (at-least-once: the destination may receive them twice)"
+                    "Destination {target}: connection lost, re-sending {points} points written \
+                     just before (at-least-once: the destination may receive them twice){}",
+                    more(n)
                 );
             }
         }
+        let resume = self.pending.pos;
+        let stuck = self.stuck.high.is_some_and(|h| resume < h);
+        self.stuck.high = Some(self.stuck.high.map_or(high, |h| h.max(high)));
+        if !stuck {
+            self.stuck.breaks = 0;
+            self.stuck.backoff = MIN_BACKOFF;
+            return None;
+        }
+        self.stuck.breaks += 1;
+        if self.stuck.breaks >= STUCK_BREAKS && self.stuck.probe_until.is_none() {
+            self.stuck.probe_until = self.stuck.high;
+            tracing::warn!(
+                "Destination {target}: the connection broke {} times in a row before getting \
+                 past the same data; sending the next records one at a time to find the one \
+                 it refuses (it goes to dead-letter)",
+                self.stuck.breaks
+            );
+        }
+        let pause = self.stuck.backoff;
+        self.stuck.backoff = (pause * 2).min(MAX_BACKOFF);
+        Some(pause)
+    }
+
+    /// Sends the suspect records one at a time, each only once the previous one was
+    /// acknowledged and the connection stayed open for [`PROBE_GRACE`]. The record after
+    /// which the connection breaks is set aside ([`dead_letter`]); once past the suspect
+    /// range, normal sending resumes. A peer that closes before it is sent anything
+    /// refuses connections, not a record: nothing is set aside then.
+    async fn probe(&mut self, stream: &mut TcpStream) -> Result<(), Ended> {
+        if let Ok(e) = tokio::time::timeout(PROBE_GRACE, peer_closed(stream)).await {
+            return Err(Ended::Broken(e));
+        }
+        while let Some(until) = self.stuck.probe_until {
+            if self.pending.pos >= until || (self.pending.items.is_empty() && !self.fill().await) {
+                break;
+            }
+            if let Err(e) = self.probe_front(stream).await {
+                self.set_aside_front().await;
+                return Err(Ended::Broken(e));
+            }
+        }
+        self.stuck.probe_until = None;
+        self.stuck.breaks = 0;
+        Ok(())
+    }
+
+    /// Writes the front record alone and waits until it is acknowledged and the
+    /// connection stays open for [`PROBE_GRACE`]; then completes it.
+    async fn probe_front(&mut self, stream: &mut TcpStream) -> io::Result<()> {
+        let item = self.pending.items.front().expect("filled");
+        let rest = item.chunk.data.slice(self.pending.front_off..);
+        stream.write_all(&rest).await?;
+        let acked = async {
+            let until = Instant::now() + PROBE_ACK_WAIT;
+            while unacked::unacknowledged(stream).is_some_and(|n| n > 0) && Instant::now() < until {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        tokio::select! {
+            e = peer_closed(stream) => return Err(e),
+            _ = acked => {}
+        }
+        if let Ok(e) = tokio::time::timeout(PROBE_GRACE, peer_closed(stream)).await {
+            return Err(e);
+        }
+        self.pending.pos += rest.len() as u64;
+        let item = self.pending.items.pop_front().expect("filled");
+        self.pending.front_off = 0;
+        complete(&item, &self.dest);
+        self.pending.remember(item.chunk);
+        Ok(())
+    }
+
+    /// The front record is the one the destination refuses: out of the queue (its
+    /// accounting released as if written), into [`dead_letter`].
+    async fn set_aside_front(&mut self) {
+        let Some(item) = self.pending.items.pop_front() else {
+            return;
+        };
+        let data = item.chunk.data.slice(self.pending.front_off..);
+        self.pending.front_off = 0;
+        match item.origin {
+            Origin::Memory => {
+                self.dest
+                    .queued
+                    .fetch_sub(item.chunk.points, Ordering::AcqRel);
+                super::space_freed().notify_waiters();
+            }
+            Origin::Spool(pos) => {
+                if let Some(s) = self.dest.spool() {
+                    s.delivered(pos);
+                }
+            }
+            Origin::Resend => {}
+        }
+        let chunk = Chunk {
+            points: newlines(&data),
+            data,
+        };
+        dead_letter::set_aside(&self.dest, chunk).await;
+        // Positions moved: the next break starts a new judgement.
+        self.stuck = Stuck {
+            high: None,
+            breaks: 0,
+            probe_until: None,
+            backoff: MIN_BACKOFF,
+        };
     }
 
     /// Hands back every memory-queue chunk not yet written (failover re-routes
@@ -458,6 +746,10 @@ async fn write_pending(
         if n == 0 {
             return Err(io::ErrorKind::WriteZero.into());
         }
+        pending.pos += n as u64;
+        if let Some(w) = unacked::peer_window(stream) {
+            pending.max_window = pending.max_window.max(w);
+        }
         let mut left = n;
         while left > 0 {
             let rest = pending.items[0].chunk.data.len() - pending.front_off;
@@ -465,18 +757,7 @@ async fn write_pending(
                 left -= rest;
                 let item = pending.items.pop_front().expect("not empty");
                 pending.front_off = 0;
-                match item.origin {
-                    Origin::Memory => dest.written(item.chunk.points),
-                    Origin::Spool(pos) => {
-                        dest.stats
-                            .sent
-                            .fetch_add(item.chunk.points, Ordering::Relaxed);
-                        if let Some(s) = dest.spool() {
-                            s.delivered(pos);
-                        }
-                    }
-                    Origin::Resend => {}
-                }
+                complete(&item, dest);
                 pending.remember(item.chunk);
             } else {
                 pending.front_off += left;
@@ -485,6 +766,40 @@ async fn write_pending(
         }
     }
     Ok(())
+}
+
+/// A chunk's last byte was handed to the kernel: memory chunks leave the queue
+/// accounting, spool chunks move the spool's delivered position.
+fn complete(item: &Item, dest: &DestShared) {
+    match item.origin {
+        Origin::Memory => dest.written(item.chunk.points),
+        Origin::Spool(pos) => {
+            dest.stats
+                .sent
+                .fetch_add(item.chunk.points, Ordering::Relaxed);
+            if let Some(s) = dest.spool() {
+                s.delivered(pos);
+            }
+        }
+        Origin::Resend => {}
+    }
+}
+
+/// How a connection's service ended other than by a clean finish.
+enum Ended {
+    /// The connection broke: reconnect.
+    Broken(io::Error),
+    /// The drain deadline passed: spool or count what is left.
+    Abandon,
+}
+
+/// " (N more since the last report)" for a throttled log line that stands for several events.
+fn more(events: u64) -> String {
+    if events > 1 {
+        format!(" ({} more since the last report)", events - 1)
+    } else {
+        String::new()
+    }
 }
 
 /// Completes when the peer closes the connection (or it fails) while we are idle,
@@ -519,25 +834,71 @@ mod tests {
         }
     }
 
+    fn pending() -> Pending {
+        Pending::new()
+    }
+
     #[test]
     fn a_break_resends_recent_chunks_then_the_cut_one_from_its_start() {
-        let mut p = Pending {
-            items: VecDeque::new(),
-            front_off: 0,
-            recent: VecDeque::new(),
-            recent_bytes: 0,
-        };
+        let mut p = pending();
         p.remember(chunk("a 1 1\nb 1 1\n"));
         p.items.push_back(Item {
             chunk: chunk("c 1 1\nd 1 1\n"),
             origin: Origin::Memory,
         });
         p.front_off = 8; // "c 1 1\nd " written
-        assert_eq!(p.requeue_after_break(), 3);
+        p.pos = 20;
+        assert_eq!(p.requeue_after_break(None), 3);
         assert_eq!(p.front_off, 0);
+        assert_eq!(p.pos, 0);
         assert_eq!(p.items.len(), 2);
         assert!(matches!(p.items[0].origin, Origin::Resend));
         assert_eq!(&p.items[1].chunk.data[..], b"c 1 1\nd 1 1\n");
         assert!(p.recent.is_empty());
+    }
+
+    #[test]
+    fn a_break_resends_only_the_bytes_at_risk_from_a_line_start() {
+        let mut p = pending();
+        p.remember(chunk("old 1 1\n"));
+        p.remember(chunk("a 1 1\nb 1 1\nc 1 1\n"));
+        p.pos = 26;
+        // 8 bytes at risk cut into "b 1 1\n": it and "c 1 1\n" go again, nothing older.
+        assert_eq!(p.requeue_after_break(Some(8)), 2);
+        assert_eq!(p.items.len(), 1);
+        assert_eq!(&p.items[0].chunk.data[..], b"b 1 1\nc 1 1\n");
+        assert_eq!(p.items[0].chunk.points, 2);
+        assert_eq!(p.pos, 14);
+        assert!(p.recent.is_empty(), "what was not re-queued was received");
+    }
+
+    #[test]
+    fn a_break_inside_the_front_chunk_restarts_it_at_the_line_at_risk() {
+        let mut p = pending();
+        p.remember(chunk("old 1 1\n"));
+        p.items.push_back(Item {
+            chunk: chunk("a 1 1\nb 1 1\nc 1 1\n"),
+            origin: Origin::Memory,
+        });
+        p.front_off = 15; // up to "c 1" written
+        p.pos = 23;
+        assert_eq!(
+            p.requeue_after_break(Some(4)),
+            1,
+            "\"b 1 1\\n\" was written"
+        );
+        assert_eq!(p.front_off, 6, "restarts at \"b\"");
+        assert_eq!(p.items.len(), 1, "the older chunk is not re-sent");
+        assert_eq!(p.pos, 14);
+    }
+
+    #[test]
+    fn a_throttled_line_reports_what_it_stood_for() {
+        let mut t = Throttle::default();
+        assert_eq!(t.note(5), Some((1, 5)));
+        assert_eq!(t.note(7), None);
+        assert_eq!(t.note(1), None);
+        t.next = Some(Instant::now());
+        assert_eq!(t.note(2), Some((3, 10)));
     }
 }

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
-use hyper::{Request, Response, StatusCode};
+use hyper::header::{HeaderValue, ALLOW, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
+use hyper::{Method, Request, Response, StatusCode};
 
 use super::inflate::{gunzip, InflateError};
 use super::Ingest;
@@ -59,9 +59,20 @@ pub async fn handle(
     peer: SocketAddr,
     req: Request<Incoming>,
 ) -> Result<Resp, Infallible> {
-    let path = req.uri().path();
-    if path != "/ping" && path != "/ingest" {
-        return Ok(reply(StatusCode::NOT_FOUND, "404 page not found\n"));
+    // A gateway URL configured with a trailing slash makes clients ask for `//ingest`:
+    // extra leading slashes name the same route.
+    let path = match req.uri().path().trim_start_matches('/') {
+        "ping" => "/ping",
+        "ingest" => "/ingest",
+        _ => return Ok(reply(StatusCode::NOT_FOUND, "404 page not found\n")),
+    };
+    if req.method() != Method::POST {
+        // Both routes only take POST: say so, so that a `GET` from a browser or a
+        // health check cannot be mistaken for an accepted batch.
+        let mut r = reply(StatusCode::METHOD_NOT_ALLOWED, "405 method not allowed\n");
+        r.headers_mut()
+            .insert(ALLOW, HeaderValue::from_static("POST"));
+        return Ok(r);
     }
     let client = client(&req, peer);
     let presented = req

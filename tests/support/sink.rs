@@ -15,6 +15,14 @@ struct Shared {
     arrived: Condvar,
     connections: AtomicUsize,
     paused: AtomicBool,
+    /// A line containing this makes the sink drop the connection before storing it, as
+    /// carbon-cache does on a line it cannot take (everything after it in that read is lost).
+    poison: Option<String>,
+    /// Connections dropped because of `poison`.
+    poisoned: AtomicUsize,
+    /// Bytes asked of the kernel per read: what a killed receiver loses besides its
+    /// kernel queue.
+    read_size: usize,
 }
 
 /// Open connections: a handle to shut each down, and its reader thread.
@@ -45,6 +53,22 @@ impl LineSink {
     /// under test before the destination exists ("destination comes up later"). Retries the
     /// bind for up to 10 s.
     pub fn start_on(port: u16) -> LineSink {
+        Self::start_with(port, None, 256 * 1024)
+    }
+
+    /// A sink that reads 64 KiB at a time, as carbon-cache does (Twisted's
+    /// `Connection.bufferSize`): killed, it loses what a killed carbon-cache loses.
+    pub fn start_like_carbon() -> LineSink {
+        Self::start_with(free_port(), None, 64 * 1024)
+    }
+
+    /// A sink that closes the connection whenever a line contains `marker` (the line and
+    /// the rest of that read are not stored): a destination that refuses one record.
+    pub fn start_closing_on(marker: &str) -> LineSink {
+        Self::start_with(free_port(), Some(marker.to_string()), 64 * 1024)
+    }
+
+    fn start_with(port: u16, poison: Option<String>, read_size: usize) -> LineSink {
         let mut sink = LineSink {
             port,
             shared: Arc::new(Shared {
@@ -52,6 +76,9 @@ impl LineSink {
                 arrived: Condvar::new(),
                 connections: AtomicUsize::new(0),
                 paused: AtomicBool::new(false),
+                poison,
+                poisoned: AtomicUsize::new(0),
+                read_size,
             }),
             running: None,
         };
@@ -165,6 +192,11 @@ impl LineSink {
         last
     }
 
+    /// How many connections were dropped on the poison marker.
+    pub fn poisoned(&self) -> usize {
+        self.shared.poisoned.load(Ordering::SeqCst)
+    }
+
     /// Waits until some connection was accepted (the process under test connected).
     pub fn wait_connections(&self, n: usize, timeout: Duration) -> bool {
         super::wait_until(timeout, || self.connections() >= n)
@@ -233,7 +265,7 @@ fn accept_loop(listener: TcpListener, stop: Arc<AtomicBool>, conns: Conns, share
 }
 
 fn read_loop(mut stream: TcpStream, stop: Arc<AtomicBool>, shared: Arc<Shared>) {
-    let mut buf = vec![0u8; 256 * 1024];
+    let mut buf = vec![0u8; shared.read_size];
     let mut partial: Vec<u8> = Vec::new();
     loop {
         while shared.paused.load(Ordering::SeqCst) && !stop.load(Ordering::SeqCst) {
@@ -251,22 +283,41 @@ fn read_loop(mut stream: TcpStream, stop: Arc<AtomicBool>, shared: Arc<Shared>) 
         let chunk = &buf[..n];
         let mut batch = Vec::new();
         let mut start = 0;
+        let mut poisoned = false;
         for (i, &b) in chunk.iter().enumerate() {
             if b == b'\n' {
-                if partial.is_empty() {
-                    batch.push(String::from_utf8_lossy(&chunk[start..i]).into_owned());
+                let line = if partial.is_empty() {
+                    String::from_utf8_lossy(&chunk[start..i]).into_owned()
                 } else {
                     partial.extend_from_slice(&chunk[start..i]);
-                    batch.push(String::from_utf8_lossy(&partial).into_owned());
+                    let l = String::from_utf8_lossy(&partial).into_owned();
                     partial.clear();
-                }
+                    l
+                };
                 start = i + 1;
+                if shared
+                    .poison
+                    .as_ref()
+                    .is_some_and(|p| line.contains(p.as_str()))
+                {
+                    poisoned = true;
+                    break;
+                }
+                batch.push(line);
             }
         }
-        partial.extend_from_slice(&chunk[start..]);
+        if !poisoned {
+            partial.extend_from_slice(&chunk[start..]);
+        }
         if !batch.is_empty() {
             shared.lines.lock().unwrap().extend(batch);
             shared.arrived.notify_all();
+        }
+        if poisoned {
+            shared.poisoned.fetch_add(1, Ordering::SeqCst);
+            // Unread bytes make the close a reset, as when carbon-cache drops a connection.
+            let _ = stream.shutdown(Shutdown::Both);
+            return;
         }
     }
     // Close our side too (the accept thread holds a clone of this socket for stop()).
