@@ -9,7 +9,11 @@ use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use polymur::batch::Batch;
-use polymur::bench::workload::Workload;
+/// The load generator's workload (it lives in the `polymur-bench` binary, outside the library).
+#[allow(dead_code)]
+#[path = "../src/bin/polymur-bench/workload.rs"]
+mod workload;
+use workload::Workload;
 use polymur::dest::DestAddr;
 use polymur::ingest::inflate::gunzip;
 use polymur::route::broadcast::Broadcast;

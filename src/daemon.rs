@@ -5,8 +5,6 @@
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use anyhow::bail;
-
 use crate::admin;
 use crate::admin::api::DestinationControl;
 use crate::dest::{DestAddr, DestConfig, Overflow};
@@ -20,13 +18,41 @@ use crate::route::Router;
 use crate::shutdown::Shutdown;
 use crate::stats::Stats;
 
+/// Why a daemon could not start (or stopped): each message names the flag, file or
+/// address involved, so the operator knows what to change.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// A flag, or a combination of flags, that cannot work.
+    #[error("{0}")]
+    Config(String),
+    /// A listener that cannot be bound, or another I/O failure at start.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    /// The HTTPS certificate or key (`-cert`, `-key`).
+    #[error(transparent)]
+    Tls(#[from] crate::ingest::tls::TlsError),
+    /// The API key store.
+    #[error(transparent)]
+    Keys(#[from] crate::keys::KeyStoreError),
+    /// The proxy's HTTPS client (`-cert`).
+    #[error("-cert: {0}")]
+    Client(#[from] crate::http_client::ClientError),
+}
+
+impl DaemonError {
+    /// A configuration error with its message.
+    pub fn config(message: impl Into<String>) -> Self {
+        DaemonError::Config(message.into())
+    }
+}
+
 /// The router factory for `-distribution` (`broadcast` or `hash-route` with `-hash`
 /// and `-replication-factor`).
 pub fn router_factory(
     distribution: &str,
     hash: HashKind,
     replication_factor: usize,
-) -> anyhow::Result<RouterFactory> {
+) -> Result<RouterFactory, DaemonError> {
     match distribution {
         "broadcast" => Ok(Arc::new(|addrs: &[DestAddr]| {
             Box::new(Broadcast {
@@ -36,7 +62,9 @@ pub fn router_factory(
         "hash-route" => Ok(Arc::new(move |addrs: &[DestAddr]| {
             Box::new(HashRouter::new(hash, addrs, replication_factor)) as Box<dyn Router>
         })),
-        other => bail!("-distribution {other}: use broadcast or hash-route"),
+        other => Err(DaemonError::config(format!(
+            "-distribution {other}: use broadcast or hash-route"
+        ))),
     }
 }
 
@@ -161,7 +189,7 @@ pub fn route_test(
 /// and printed (`<program>: <error>`) and becomes exit code 1.
 pub fn block_on(
     program: &str,
-    run: impl std::future::Future<Output = anyhow::Result<()>>,
+    run: impl std::future::Future<Output = Result<(), DaemonError>>,
 ) -> std::process::ExitCode {
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
@@ -173,8 +201,8 @@ pub fn block_on(
     match rt.block_on(run) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e:#}");
-            eprintln!("{program}: {e:#}");
+            tracing::error!("{e}");
+            eprintln!("{program}: {e}");
             std::process::ExitCode::FAILURE
         }
     }
@@ -201,11 +229,15 @@ pub fn read_destinations_file(path: &std::path::Path) -> Result<Vec<DestAddr>, S
 }
 
 /// `-destinations` plus the destinations file (if any), without duplicates.
-pub fn destinations(flag: &str, file: Option<&std::path::Path>) -> anyhow::Result<Vec<DestAddr>> {
-    let mut all = DestAddr::parse_list(flag).map_err(|e| anyhow::anyhow!("-destinations: {e}"))?;
+pub fn destinations(
+    flag: &str,
+    file: Option<&std::path::Path>,
+) -> Result<Vec<DestAddr>, DaemonError> {
+    let mut all = DestAddr::parse_list(flag)
+        .map_err(|e| DaemonError::config(format!("-destinations: {e}")))?;
     if let Some(path) = file {
-        for addr in
-            read_destinations_file(path).map_err(|e| anyhow::anyhow!("-destinations-file {e}"))?
+        for addr in read_destinations_file(path)
+            .map_err(|e| DaemonError::config(format!("-destinations-file {e}")))?
         {
             if !all.contains(&addr) {
                 all.push(addr);
@@ -248,7 +280,7 @@ pub fn reload_destinations(registry: &Registry, flag: &str, file: &std::path::Pa
                 file.display()
             );
         }
-        Err(e) => tracing::error!("SIGHUP: keeping the current destinations: {e:#}"),
+        Err(e) => tracing::error!("SIGHUP: keeping the current destinations: {e}"),
     }
 }
 

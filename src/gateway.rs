@@ -5,11 +5,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use anyhow::{bail, Context};
 use clap::{ArgAction, Parser};
 
 use crate::admin;
 use crate::config::{parse_bytes, parse_duration};
+use crate::daemon::DaemonError;
 use crate::dest::DestConfig;
 use crate::ingest::{self, Ingest, IngestConfig};
 use crate::keys::{self, KeyCache, KeyStoreConfig};
@@ -143,7 +143,7 @@ pub struct GatewayArgs {
 
 impl GatewayArgs {
     /// Which key store the flags select.
-    pub fn key_store_config(&self) -> anyhow::Result<KeyStoreConfig> {
+    pub fn key_store_config(&self) -> Result<KeyStoreConfig, DaemonError> {
         if self.dev_mode {
             return Ok(KeyStoreConfig::Dev);
         }
@@ -157,10 +157,9 @@ impl GatewayArgs {
             });
         Ok(match store {
             "file" => KeyStoreConfig::File {
-                path: self
-                    .keys_file
-                    .clone()
-                    .context("-key-store file needs -keys-file PATH")?,
+                path: self.keys_file.clone().ok_or_else(|| {
+                    DaemonError::config("-key-store file needs -keys-file PATH")
+                })?,
             },
             "etcd" => KeyStoreConfig::Etcd {
                 endpoints: self
@@ -180,7 +179,7 @@ impl GatewayArgs {
     }
 
     /// The router factory for `-distribution`.
-    pub fn router_factory(&self) -> anyhow::Result<RouterFactory> {
+    pub fn router_factory(&self) -> Result<RouterFactory, DaemonError> {
         crate::daemon::router_factory(
             &self.distribution,
             self.hash,
@@ -211,7 +210,7 @@ fn reload_tls(slot: &ingest::TlsSlot, cert: &std::path::Path, key: &std::path::P
 }
 
 /// Runs the gateway until SIGINT/SIGTERM, then drains and returns.
-pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
+pub async fn run(args: GatewayArgs) -> Result<(), DaemonError> {
     crate::logging::install_tls_provider();
     tracing::info!("::: Polymur-gateway :::");
     let started = SystemTime::now();
@@ -221,13 +220,15 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
     let tls = match (&args.cert, &args.key) {
         (Some(c), Some(k)) => Some(ingest::tls::acceptor(c, k)?),
         (None, None) => None,
-        _ => bail!("HTTPS needs both -cert and -key"),
+        _ => return Err(DaemonError::config("HTTPS needs both -cert and -key")),
     };
     if tls.is_none() && args.listen_https_port.is_some() {
         tracing::warn!("-listen-https-port is ignored: HTTPS starts only with both -cert and -key");
     }
     if args.durable && args.spool_dir.is_none() {
-        bail!("-durable needs -spool-dir (acknowledged batches are made durable there)");
+        return Err(DaemonError::config(
+            "-durable needs -spool-dir (acknowledged batches are made durable there)",
+        ));
     }
     if destinations.is_empty() && !args.console_out {
         tracing::warn!("No -destinations and no -console-out: accepted points are discarded");

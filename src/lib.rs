@@ -26,8 +26,9 @@
 //! runtime destination changes); [`ingest`] (the gateway's HTTP source);
 //! [`plaintext`] (TCP source); [`proxy`]; [`keys`]; [`admin`] (runtime API,
 //! runstats, admin HTTP); [`stats`], [`self_metrics`]; [`config`], [`logging`],
-//! [`shutdown`], [`daemon`], [`http_client`]; [`gateway`], [`relay`] (daemons);
-//! [`bench`] (the `polymur-bench` load generator).
+//! [`shutdown`], [`daemon`], [`http_client`]; [`gateway`], [`relay`] (daemons).
+//! The `polymur-bench` load generator is a binary (`src/bin/polymur-bench/`), not
+//! part of the library.
 //!
 //! ```
 //! use polymur::batch::Batch;
@@ -43,7 +44,6 @@
 //! ```
 pub mod admin;
 pub mod batch;
-pub mod bench;
 pub mod config;
 pub mod daemon;
 pub mod dest;

@@ -99,7 +99,7 @@ pub struct RelayArgs {
 }
 
 /// Runs the relay until SIGINT/SIGTERM, then drains and returns.
-pub async fn run(args: RelayArgs) -> anyhow::Result<()> {
+pub async fn run(args: RelayArgs) -> Result<(), crate::daemon::DaemonError> {
     tracing::info!("::: Polymur :::");
     let started = SystemTime::now();
     let destinations =

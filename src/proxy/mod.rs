@@ -21,7 +21,6 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use anyhow::{bail, Context};
 use clap::Parser;
 
 pub use config::ProxyArgs;
@@ -30,18 +29,21 @@ use self::batcher::Batcher;
 use self::queue::Outbox;
 use self::sink::Gateway;
 use self::spool::Spool;
+use crate::daemon::DaemonError;
 use crate::plaintext::{self, PlaintextConfig, PlaintextSource};
 use crate::shutdown::{self, Shutdown};
 use crate::stats::Stats;
 
 /// Runs the proxy until SIGINT/SIGTERM, then delivers or spools what it holds and
 /// returns. A gateway that refuses the key at start is an error (exit 1).
-pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
+pub async fn run(args: ProxyArgs) -> Result<(), DaemonError> {
     crate::logging::install_tls_provider();
     tracing::info!("::: Polymur-proxy :::");
     let started = SystemTime::now();
     if args.gateway.trim().is_empty() && !args.console_out {
-        bail!("-gateway is required (e.g. -gateway=https://gateway.example.com)");
+        return Err(DaemonError::config(
+            "-gateway is required (e.g. -gateway=https://gateway.example.com)",
+        ));
     }
     let base = args.gateway_url();
     let workers = args.workers as usize;
@@ -51,15 +53,16 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
             .pool_max_idle_per_host(workers)
             .pool_idle_timeout(Duration::from_secs(90))
             .timeout(timeout)
-    })
-    .context("-cert")?;
+    })?;
     let gateway = Gateway::new(client, base.clone(), args.api_key.clone(), args.verbose);
 
     if !args.console_out {
         match gateway.ping().await {
             Ok((200, _)) => tracing::info!("Gateway {base} accepts the API key"),
             Ok((status, text)) => {
-                bail!("gateway {base} refused the API key: {status} {text}")
+                return Err(DaemonError::config(format!(
+                    "gateway {base} refused the API key: {status} {text}"
+                )))
             }
             // The old proxy exited here; keeping the site's data flowing into the
             // queue (and spool) is more useful: workers retry until the gateway is up.

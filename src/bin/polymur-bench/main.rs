@@ -21,13 +21,13 @@
 //! - [`reference`]: inflate-only and in-process reference figures on the same batch;
 //! - [`report`]: the table and `-json`.
 
-pub mod driver;
-pub mod procstat;
-pub mod reference;
-pub mod report;
-pub mod sink;
-pub mod target;
-pub mod workload;
+mod driver;
+mod procstat;
+mod reference;
+mod report;
+mod sink;
+mod target;
+mod workload;
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
@@ -41,7 +41,7 @@ use bytes::Bytes;
 use clap::{ArgAction, Parser};
 use tokio::time::Instant;
 
-use crate::config::parse_duration;
+use polymur::config::parse_duration;
 use driver::{Budget, Tally};
 use report::{Report, TargetReport};
 use target::{Target, TargetSpec};
@@ -142,7 +142,7 @@ pub struct BenchArgs {
     pub retry_pause: Duration,
 
     /// Use https:// for the gateway
-    #[arg(long, action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_parser = crate::go_bool!())]
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_parser = polymur::go_bool!())]
     pub https: bool,
     /// CA or self-signed certificate (PEM) to trust for -https
     #[arg(long)]
@@ -152,16 +152,16 @@ pub struct BenchArgs {
     pub api_key: String,
 
     /// Also measure zlib-rs, libdeflate and Python zlib inflate of the same batch (gateway)
-    #[arg(long, action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "true", value_parser = crate::go_bool!())]
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "true", value_parser = polymur::go_bool!())]
     pub reference: bool,
     /// CPU seconds spent on each reference figure
     #[arg(long, default_value_t = 1.0)]
     pub reference_secs: f64,
     /// Print the report as JSON instead of a table
-    #[arg(long, action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_parser = crate::go_bool!())]
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_parser = polymur::go_bool!())]
     pub json: bool,
     /// No progress line
-    #[arg(long, action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_parser = crate::go_bool!())]
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_parser = polymur::go_bool!())]
     pub quiet: bool,
 }
 
@@ -351,7 +351,7 @@ fn finish(mut acc: Acc, copies: u64) -> TargetReport {
 
 /// Runs the whole benchmark described by `args` and returns the report.
 pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
-    crate::logging::install_tls_provider();
+    polymur::logging::install_tls_provider();
     let gateway = args.target == "gateway";
     let w = Workload {
         series: args.series.max(1),
@@ -368,7 +368,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
     };
     let client = if gateway {
         Some(
-            crate::http_client::reqwest_client(args.ca.as_deref(), |b| {
+            polymur::http_client::reqwest_client(args.ca.as_deref(), |b| {
                 b.pool_max_idle_per_host(args.clients.max(1))
                     .timeout(args.drain_timeout)
             })
@@ -478,8 +478,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
 }
 
 /// Entry point of the `polymur-bench` binary.
-pub fn main() -> std::process::ExitCode {
-    let args = BenchArgs::parse_from(crate::config::normalize_args(std::env::args_os()));
+fn main() -> std::process::ExitCode {
+    let args = BenchArgs::parse_from(polymur::config::normalize_args(std::env::args_os()));
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {

@@ -154,12 +154,12 @@ mod tests {
             ..Workload::default()
         };
         let raw = w.batch(3);
-        let (b, rejects) = crate::batch::Batch::from_plaintext(raw, None);
+        let (b, rejects) = polymur::batch::Batch::from_plaintext(raw, None);
         assert_eq!(rejects.count, 0);
         assert_eq!(b.len(), 500);
         let body = w.gzip(b.data());
         assert_eq!(
-            crate::ingest::inflate::gunzip(&body, 1 << 24).unwrap(),
+            polymur::ingest::inflate::gunzip(&body, 1 << 24).unwrap(),
             &b.data()[..]
         );
     }
