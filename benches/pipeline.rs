@@ -17,8 +17,8 @@ use workload::Workload;
 use polymur::dest::DestAddr;
 use polymur::ingest::inflate::gunzip;
 use polymur::route::broadcast::Broadcast;
-use polymur::route::hash::HashKind;
-use polymur::route::hashed::HashRouter;
+use polymur::route::ring::HashKind;
+use polymur::route::hash_router::HashRouter;
 use polymur::route::{RoutedPart, Router};
 
 /// Body in, parts out; returns the bytes that would be written.

@@ -14,7 +14,7 @@ use crate::dest::DestConfig;
 use crate::ingest::{self, Ingest, IngestConfig};
 use crate::keys::{self, KeyCache, KeyStoreConfig};
 use crate::registry::RouterFactory;
-use crate::route::hash::HashKind;
+use crate::route::ring::HashKind;
 use crate::shutdown::{self, Shutdown};
 
 /// Flags of polymur-gateway. Every flag of the Go original keeps its name and

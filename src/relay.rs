@@ -14,7 +14,7 @@ use clap::{ArgAction, Parser};
 use crate::config::{parse_bytes, parse_duration};
 use crate::dest::DestConfig;
 use crate::plaintext::{self, PlaintextConfig, PlaintextSource};
-use crate::route::hash::HashKind;
+use crate::route::ring::HashKind;
 use crate::shutdown::{self, Shutdown};
 
 /// Flags of polymur (the relay). Every flag of the Go original keeps its name and
