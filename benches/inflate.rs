@@ -14,8 +14,8 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 #[allow(dead_code)]
 #[path = "../src/bin/polymur-bench/workload.rs"]
 mod workload;
-use workload::Workload;
 use polymur::ingest::inflate::gunzip;
+use workload::Workload;
 
 fn inflate(c: &mut Criterion) {
     let w = Workload::default();

@@ -13,13 +13,13 @@ use polymur::batch::Batch;
 #[allow(dead_code)]
 #[path = "../src/bin/polymur-bench/workload.rs"]
 mod workload;
-use workload::Workload;
 use polymur::dest::DestAddr;
 use polymur::ingest::inflate::gunzip;
 use polymur::route::broadcast::Broadcast;
-use polymur::route::ring::HashKind;
 use polymur::route::hash_router::HashRouter;
+use polymur::route::ring::HashKind;
 use polymur::route::{RoutedPart, Router};
+use workload::Workload;
 
 /// Body in, parts out; returns the bytes that would be written.
 fn path(

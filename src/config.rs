@@ -7,6 +7,163 @@
 //! single-dash long flags to clap's `--flag` form before parsing.
 
 use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::builder::PossibleValue;
+use clap::{ArgAction, ValueEnum};
+
+use crate::dest::Overflow;
+use crate::route::ring::HashKind;
+
+/// `-distribution`: how a batch is split over the destinations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Distribution {
+    // Every destination receives every line.
+    Broadcast,
+    // Each metric goes to its owners on a consistent-hash ring (`-hash`).
+    HashRoute,
+}
+
+/// `-overflow`: what happens to a batch no queue or spool can hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum OverflowMode {
+    // Refuse it: the gateway answers 503 (the proxy retries), the relay slows clients down.
+    Refuse,
+    // Drop it, counted and logged.
+    Drop,
+}
+
+impl From<OverflowMode> for Overflow {
+    fn from(mode: OverflowMode) -> Overflow {
+        match mode {
+            OverflowMode::Refuse => Overflow::Refuse,
+            OverflowMode::Drop => Overflow::Drop,
+        }
+    }
+}
+
+/// `-log-format`: the human text format, or one JSON object per line for log shippers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    // Human text.
+    Text,
+    // One JSON object per line.
+    Json,
+}
+
+/// `-hash` takes the reference implementations' own spellings (`carbon_ch`, ...).
+impl ValueEnum for HashKind {
+    fn value_variants<'a>() -> &'a [Self] {
+        &HashKind::ALL
+    }
+
+    fn to_possible_value(&self) -> Option<PossibleValue> {
+        Some(PossibleValue::new(self.name()))
+    }
+}
+
+/// Flags every daemon has (gateway, relay, proxy), with the same meaning and default.
+#[derive(clap::Args, Debug, Clone)]
+pub struct CommonFlags {
+    /// Graphite flush interval for runtime metrics in seconds (0 is disabled)
+    #[arg(long, default_value_t = 0)]
+    pub metrics_flush: u64,
+    /// runstats listen address ("" disables)
+    #[arg(long, default_value = "localhost:2020")]
+    pub stat_addr: String,
+    /// Log format: text or json
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// Flags of the daemons that route into Graphite destinations (gateway, relay):
+/// the pipeline, its destinations and how they are chosen.
+#[derive(clap::Args, Debug, Clone)]
+pub struct PipelineFlags {
+    /// API listen address ("" disables)
+    #[arg(long, default_value = "localhost:2030")]
+    pub api_addr: String,
+    /// Dump output to console instead of the destinations
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_parser = crate::go_bool!())]
+    pub console_out: bool,
+    /// Comma-delimited list of host:port[:instance] destinations
+    #[arg(long, default_value = "")]
+    pub destinations: String,
+    /// Destination distribution methods: broadcast, hash-route
+    #[arg(long, value_enum, default_value_t = Distribution::Broadcast)]
+    pub distribution: Distribution,
+    /// In-flight incoming capacity, in units of 100 points (the original's batch size):
+    /// points received (read from clients, or being decoded) and not yet queued for the
+    /// destinations
+    #[arg(long, default_value_t = 32768)]
+    pub incoming_queue_cap: u64,
+    /// In-flight message queue capacity per destination (number of data points)
+    #[arg(long, default_value_t = 4096)]
+    pub outgoing_queue_cap: u64,
+    /// File of destinations (`host:port[:instance]` per line, `#` comments), added to
+    /// -destinations and re-read on SIGHUP
+    #[arg(long)]
+    pub destinations_file: Option<PathBuf>,
+    /// Hash for -distribution hash-route: carbon_ch (graphite-carbon), carbon_ch_c_relay,
+    /// fnv1a_ch, jump_fnv1a_ch (carbon-c-relay)
+    #[arg(long, value_enum, default_value_t = HashKind::CarbonCh)]
+    pub hash: HashKind,
+    /// Destinations per metric for hash-route (the next distinct ones on the ring)
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    pub replication_factor: u16,
+    /// hash-route availability mode: a destination failing 3 reconnects leaves the ring and its
+    /// queued lines are re-routed (placement is no longer guaranteed while it is out)
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_parser = crate::go_bool!())]
+    pub hash_failover: bool,
+    /// Per-destination disk spool for lines the memory queue cannot hold (survives restarts)
+    #[arg(long)]
+    pub spool_dir: Option<PathBuf>,
+    /// Spool size limit per destination, bytes or with K/M/G
+    #[arg(long, default_value = "1G", value_parser = parse_bytes)]
+    pub spool_max_bytes: u64,
+    /// What to do with a batch no queue or spool can hold: refuse (the gateway answers 503
+    /// and the proxy retries; the relay slows its clients down until there is room) or drop
+    /// (counted and logged; for mirrors you can afford to lose)
+    #[arg(long, value_enum, default_value_t = OverflowMode::Refuse)]
+    pub overflow: OverflowMode,
+    /// On SIGTERM/SIGINT, how long queues may take to drain to destinations
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
+    /// Routing dry-run: read lines or metric names on stdin, print `metric<TAB>dest[,dest]`, exit
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_parser = crate::go_bool!())]
+    pub route_test: bool,
+}
+
+/// Flags read from the command line only: `-route-test` makes a daemon exit after a
+/// dry run, so a variable left in a unit's environment must never turn it on.
+const COMMAND_LINE_ONLY: &[&str] = &["route-test"];
+
+/// Gives every long flag without an environment variable its `<prefix><FLAG>` one
+/// (upper case, dashes as underscores), as PROTOCOL.md specifies. Shared flag structs
+/// are flattened into several daemons, so their variables are named here, per daemon,
+/// rather than in the struct.
+pub fn with_env_prefix(cmd: clap::Command, prefix: &str) -> clap::Command {
+    cmd.mut_args(|arg| {
+        let Some(long) = arg.get_long() else {
+            return arg;
+        };
+        if arg.get_env().is_some() || COMMAND_LINE_ONLY.contains(&long) {
+            return arg;
+        }
+        let name = format!("{prefix}{}", long.to_ascii_uppercase().replace('-', "_"));
+        // Built once per process, at start-up: leaking a few short names is the price of
+        // clap's `&'static` environment names.
+        arg.env(&*Box::leak(name.into_boxed_str()))
+    })
+}
+
+/// Parses a daemon's flags: Go-style single-dash flags accepted ([`normalize_args`]),
+/// every flag also read from `<env_prefix><FLAG>`. Exits with clap's message on an error.
+pub fn parse<P: clap::Parser>(env_prefix: &str, args: impl IntoIterator<Item = OsString>) -> P {
+    let matches = with_env_prefix(P::command(), env_prefix).get_matches_from(normalize_args(args));
+    P::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+}
 
 /// Rewrites Go-style `-long-flag[=v]` arguments to `--long-flag[=v]`. Short flags
 /// (`-h`, `-V`), negative numbers, a lone `-` and everything after `--` pass through.

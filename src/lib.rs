@@ -53,6 +53,7 @@ pub mod ingest;
 pub mod keys;
 pub mod line;
 pub mod logging;
+pub mod net;
 pub mod pipeline;
 pub mod plaintext;
 pub mod proxy;

@@ -1,12 +1,9 @@
 //! Process-wide counters and the operator's 5-second log line.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::batch::Rejects;
-use crate::pipeline::Pipeline;
-use crate::shutdown::Shutdown;
 
 /// Counters updated per batch (never per line), read by logs and admin endpoints.
 #[derive(Debug, Default)]
@@ -149,32 +146,6 @@ impl RateLog {
                 "Last {secs:.2}s: Received {n} data points | Avg: {:.2}/sec.",
                 n as f64 / secs
             );
-        }
-    }
-}
-
-/// Every `interval`, logs `Last 5.00s: Received N data points | Avg: X/sec.` when
-/// data flowed, and the length of every non-empty destination queue.
-pub async fn report(pipeline: Arc<Pipeline>, interval: Duration, mut shutdown: Shutdown) {
-    let stats = pipeline.stats().clone();
-    let mut rate = RateLog::new(stats.received.load(Ordering::Relaxed));
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(interval) => {}
-            _ = shutdown.recv() => return,
-        }
-        rate.log(stats.received.load(Ordering::Relaxed));
-        for dest in pipeline.destinations().iter() {
-            let q = dest.queued();
-            if q >= dest.cap() {
-                tracing::warn!(
-                    "Destination {} queue is at capacity ({}) - further batches are refused with 503",
-                    dest.name(),
-                    dest.cap()
-                );
-            } else if q > 0 {
-                tracing::info!("Destination {} queue length: {q}", dest.name());
-            }
         }
     }
 }

@@ -14,13 +14,13 @@ use polymur::batch::Batch;
 #[allow(dead_code)]
 #[path = "../src/bin/polymur-bench/workload.rs"]
 mod workload;
-use workload::Workload;
 use polymur::dest::DestAddr;
 use polymur::ingest::inflate::gunzip;
 use polymur::route::broadcast::Broadcast;
-use polymur::route::ring::HashKind;
 use polymur::route::hash_router::HashRouter;
+use polymur::route::ring::HashKind;
 use polymur::route::{RoutedPart, Router};
+use workload::Workload;
 
 /// Counts allocations (and reallocations, which are allocations too) of threads
 /// that switched counting on, so tests running in parallel do not disturb each other.

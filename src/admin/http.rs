@@ -501,7 +501,7 @@ async fn handle(state: Arc<AdminState>, req: Request<Incoming>) -> Result<Resp, 
 /// Serves the admin endpoint until shutdown.
 pub async fn serve(listener: TcpListener, state: Arc<AdminState>, mut shutdown: Shutdown) {
     loop {
-        let Some((stream, _)) = crate::shutdown::accept(&listener, &mut shutdown).await else {
+        let Some((stream, _)) = crate::net::accept(&listener, &mut shutdown).await else {
             return;
         };
         let state = state.clone();

@@ -4,7 +4,6 @@ pub mod handler;
 pub mod inflate;
 pub mod tls;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -108,7 +107,7 @@ pub async fn serve(
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let read_timeout = state.config.read_timeout;
     loop {
-        let Some((stream, peer)) = crate::shutdown::accept(&listener, &mut shutdown).await else {
+        let Some((stream, peer)) = crate::net::accept(&listener, &mut shutdown).await else {
             break;
         };
         let _ = stream.set_nodelay(true);
@@ -170,13 +169,4 @@ pub async fn serve(
     {
         tracing::warn!("in-flight requests still open after {GRACE:?}; closing them");
     }
-}
-
-/// Binds a listener, naming the address in the error.
-pub async fn bind(addr: &str) -> std::io::Result<(TcpListener, SocketAddr)> {
-    let l = TcpListener::bind(addr)
-        .await
-        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
-    let local = l.local_addr()?;
-    Ok((l, local))
 }

@@ -41,8 +41,8 @@ use bytes::Bytes;
 use clap::{ArgAction, Parser};
 use tokio::time::Instant;
 
-use polymur::config::parse_duration;
 use driver::{Budget, Tally};
+use polymur::config::parse_duration;
 use report::{Report, TargetReport};
 use target::{Target, TargetSpec};
 use workload::Workload;
