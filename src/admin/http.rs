@@ -291,7 +291,7 @@ pub fn render_metrics(state: &AdminState) -> String {
 pub fn not_ready(state: &AdminState) -> Option<String> {
     let mut why = Vec::new();
     if !state.listening.load(Ordering::Relaxed) {
-        why.push("listeners not bound yet".to_string());
+        why.push("not listening (listeners not bound yet, or closed for shutdown)".to_string());
     }
     if let Some((keys, store)) = &state.keys {
         if keys.last_sync_ok.load(Ordering::Relaxed) == 0 {
