@@ -158,11 +158,27 @@ pub fn with_env_prefix(cmd: clap::Command, prefix: &str) -> clap::Command {
     })
 }
 
-/// Parses a daemon's flags: Go-style single-dash flags accepted ([`normalize_args`]),
-/// every flag also read from `<env_prefix><FLAG>`. Exits with clap's message on an error.
-pub fn parse<P: clap::Parser>(env_prefix: &str, args: impl IntoIterator<Item = OsString>) -> P {
-    let matches = with_env_prefix(P::command(), env_prefix).get_matches_from(normalize_args(args));
-    P::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+/// Parses a daemon's flags into `A` under the binary's `command` (name, version,
+/// about): Go-style single-dash flags accepted ([`normalize_args`]), every flag also
+/// read from `<env_prefix><FLAG>`. Exits with clap's message on an error.
+pub fn parse<A: clap::Args>(
+    command: clap::Command,
+    env_prefix: &str,
+    args: impl IntoIterator<Item = OsString>,
+) -> A {
+    // A flag struct's doc comment would replace the binary's `about`; keep the binary's.
+    let about = command.get_about().cloned();
+    let long_about = command.get_long_about().cloned();
+    let mut command = A::augment_args(command).long_about(None::<&str>);
+    if let Some(about) = about {
+        command = command.about(about);
+    }
+    if let Some(long_about) = long_about {
+        command = command.long_about(long_about);
+    }
+    let command = with_env_prefix(command, env_prefix);
+    let matches = command.get_matches_from(normalize_args(args));
+    A::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
 }
 
 /// Rewrites Go-style `-long-flag[=v]` arguments to `--long-flag[=v]`. Short flags

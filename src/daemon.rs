@@ -370,6 +370,25 @@ pub fn route_test(program: &str, flags: &PipelineFlags) -> std::process::ExitCod
     }
 }
 
+/// The `main` of a daemon binary once its flags are parsed: `-route-test` (when the
+/// daemon routes, `dry_run`) answers and exits; otherwise logging starts and `run`
+/// runs to completion ([`block_on`]).
+pub fn main<F>(
+    program: &str,
+    log_format: crate::config::LogFormat,
+    dry_run: Option<&PipelineFlags>,
+    run: impl FnOnce() -> F,
+) -> std::process::ExitCode
+where
+    F: Future<Output = Result<(), DaemonError>>,
+{
+    if let Some(flags) = dry_run.filter(|f| f.route_test) {
+        return route_test(program, flags);
+    }
+    crate::logging::init(log_format);
+    block_on(program, run())
+}
+
 /// Runs a daemon's `run` future on a multi-threaded runtime; an error is logged
 /// and printed (`<program>: <error>`) and becomes exit code 1.
 pub fn block_on(

@@ -1,22 +1,17 @@
-//! polymur-proxy: flags and `main`. The daemon is [`polymur::proxy`].
+//! polymur-proxy: flags and `main`. The daemon is [`polymur::proxy`]; it has no
+//! `-route-test` (it routes nothing, it batches for one gateway).
 
-use clap::Parser;
-
-/// The proxy's command line: its flags, each also read from `POLYMUR_PROXY_<FLAG>`.
-#[derive(Parser)]
-#[command(
-    name = "polymur-proxy",
-    version,
-    about = "Receives Graphite plaintext metrics over TCP and forwards them in gzip'ed batches to a polymur-gateway over HTTPS",
-    after_help = "Flags may be written Go-style with one dash (-gateway=https://gw.example.com, -verbose)."
-)]
-struct Cli {
-    #[command(flatten)]
-    config: polymur::proxy::ProxyConfig,
-}
+const ABOUT: &str = "Receives Graphite plaintext metrics over TCP and forwards them in gzip'ed batches to a polymur-gateway over HTTPS";
 
 fn main() -> std::process::ExitCode {
-    let Cli { config } = polymur::config::parse("POLYMUR_PROXY_", std::env::args_os());
-    polymur::logging::init(config.common.log_format);
-    polymur::daemon::block_on("polymur-proxy", polymur::proxy::run(config))
+    let command = clap::Command::new("polymur-proxy")
+        .version(env!("CARGO_PKG_VERSION"))
+        .about(ABOUT)
+        .after_help("Flags may be written Go-style with one dash (-gateway=https://gw.example.com, -verbose).");
+    let config: polymur::proxy::ProxyConfig =
+        polymur::config::parse(command, "POLYMUR_PROXY_", std::env::args_os());
+    let log_format = config.common.log_format;
+    polymur::daemon::main("polymur-proxy", log_format, None, || {
+        polymur::proxy::run(config)
+    })
 }

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
+use super::StoreErrors as _;
 use super::{b64_decode, usable_key, BoxFuture, KeySet, KeyStore, KeyStoreError, KEY_PREFIX};
 
 /// Timeout of the plain (non-blocking) requests.
@@ -79,20 +80,6 @@ impl ConsulStore {
             client,
             index: AtomicU64::new(0),
         })
-    }
-
-    fn unavailable(&self, message: impl std::fmt::Display) -> KeyStoreError {
-        KeyStoreError::Unavailable {
-            store: self.describe(),
-            message: message.to_string(),
-        }
-    }
-
-    fn invalid(&self, message: impl std::fmt::Display) -> KeyStoreError {
-        KeyStoreError::Invalid {
-            store: self.describe(),
-            message: message.to_string(),
-        }
     }
 
     /// URL of the KV entry `<prefix><name>`, with `name` percent-encoded so that any

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use super::consul::error_chain;
+use super::StoreErrors as _;
 use super::KEY_PREFIX;
 use super::{b64_decode, b64_encode, usable_key, BoxFuture, KeySet, KeyStore, KeyStoreError};
 
@@ -72,20 +73,6 @@ impl EtcdStore {
             client,
             revision: AtomicI64::new(0),
         })
-    }
-
-    fn unavailable(&self, message: impl std::fmt::Display) -> KeyStoreError {
-        KeyStoreError::Unavailable {
-            store: self.describe(),
-            message: message.to_string(),
-        }
-    }
-
-    fn invalid(&self, message: impl std::fmt::Display) -> KeyStoreError {
-        KeyStoreError::Invalid {
-            store: self.describe(),
-            message: message.to_string(),
-        }
     }
 
     /// POSTs `body` to `path` on the current endpoint, then on each other one until

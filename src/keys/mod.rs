@@ -42,6 +42,28 @@ pub enum KeyStoreError {
     ReadOnly(String),
 }
 
+/// The errors every store builds the same way: named after the store (its
+/// [`KeyStore::describe`]), so the operator sees which one failed.
+pub(crate) trait StoreErrors: KeyStore {
+    /// The store cannot be reached or answered with an error.
+    fn unavailable(&self, message: impl std::fmt::Display) -> KeyStoreError {
+        KeyStoreError::Unavailable {
+            store: self.describe(),
+            message: message.to_string(),
+        }
+    }
+
+    /// The store answered with data that cannot be used.
+    fn invalid(&self, message: impl std::fmt::Display) -> KeyStoreError {
+        KeyStoreError::Invalid {
+            store: self.describe(),
+            message: message.to_string(),
+        }
+    }
+}
+
+impl<T: KeyStore> StoreErrors for T {}
+
 /// A source of registered API keys.
 pub trait KeyStore: Send + Sync + 'static {
     /// Human-readable description for logs, e.g. `consul http://127.0.0.1:8500`.

@@ -104,20 +104,14 @@ impl ProxyConfig {
 mod tests {
     use super::*;
 
-    #[derive(clap::Parser)]
-    struct Cli {
-        #[command(flatten)]
-        config: ProxyConfig,
-    }
-
     fn parse(args: &[&str]) -> ProxyConfig {
         let mut v = vec!["polymur-proxy"];
         v.extend_from_slice(args);
-        let cli: Cli = crate::config::parse(
+        crate::config::parse(
+            clap::Command::new("polymur-proxy"),
             "POLYMUR_PROXY_",
             v.into_iter().map(std::ffi::OsString::from),
-        );
-        cli.config
+        )
     }
 
     #[test]
