@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod http;
+pub mod prometheus;
 pub mod runstats;
 
 use std::sync::Arc;
