@@ -24,11 +24,14 @@
 //! Module map: [`line`], [`batch`] (data); [`route`] (routers, rings, dry run);
 //! [`dest`] (queues, spool, writers); [`pipeline`], [`registry`] (routing core,
 //! runtime destination changes); [`ingest`] (the gateway's HTTP source);
-//! [`plaintext`] (TCP source); [`proxy`]; [`keys`]; [`admin`] (runtime API,
-//! runstats, admin HTTP); [`stats`], [`self_metrics`]; [`config`], [`logging`],
-//! [`shutdown`], [`daemon`], [`http_client`]; [`gateway`], [`relay`] (daemons).
-//! The `polymur-bench` load generator is a binary (`src/bin/polymur-bench/`), not
-//! part of the library.
+//! [`plaintext`] (TCP source); [`daemon`] (the one daemon layer: a source into the
+//! pipeline with registry, operator endpoints, reports and staged shutdown);
+//! [`gateway`], [`relay`], [`proxy`] (what each daemon adds to it); [`keys`];
+//! [`admin`] (runtime API, runstats, admin HTTP, Prometheus); [`stats`],
+//! [`self_metrics`]; [`config`] (flag conventions, shared flags), [`net`],
+//! [`shutdown`], [`logging`], [`http_client`]. The binaries in `src/bin/` parse
+//! flags and call the library; `polymur-bench` (the load generator) lives there
+//! too, outside the library.
 //!
 //! ```
 //! use polymur::batch::Batch;
