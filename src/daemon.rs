@@ -129,6 +129,8 @@ pub struct Source {
     pub stopping: &'static str,
     /// The incoming side's current size and limit, in points (self-metrics).
     pub incoming: Arc<dyn Fn() -> (f64, f64) + Send + Sync>,
+    /// The HTTP source's counters, for the admin page (gateway only).
+    pub http: Option<Arc<crate::ingest::stats::HttpStats>>,
     /// Keys and a description of their store, for the admin page (gateway only).
     pub keys: Option<(Arc<KeyCache>, String)>,
     /// The source's own SIGHUP reload, if it has one.
@@ -229,6 +231,7 @@ impl RoutingDaemon {
                 pipeline: self.pipeline.clone(),
                 control: Some(self.registry.clone()),
                 extra: None,
+                http: source.http.clone(),
                 keys: source.keys.clone(),
                 listening: source.listeners.listening(),
             },

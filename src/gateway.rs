@@ -199,6 +199,7 @@ pub async fn run(config: GatewayConfig) -> Result<(), DaemonError> {
         },
         keys: cache,
         pipeline: daemon.pipeline.clone(),
+        http: Arc::default(),
         decode_budget: ingest::DecodeBudget::from_incoming_queue_cap(
             config.pipeline.incoming_queue_cap,
         ),
@@ -258,6 +259,7 @@ async fn listen(
         listeners,
         stopping: "Shutting down: closing listeners, finishing in-flight requests",
         incoming,
+        http: Some(state.http.clone()),
         keys: Some((state.keys.clone(), describe)),
         reload: Some(reload),
     })

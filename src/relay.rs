@@ -71,6 +71,7 @@ pub async fn run(config: RelayConfig) -> Result<(), DaemonError> {
                     source.max_waiting_points() as f64,
                 )
             }),
+            http: None,
             keys: None,
             reload: None,
         })

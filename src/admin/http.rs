@@ -37,6 +37,8 @@ pub struct AdminState {
     pub control: Option<Arc<dyn DestinationControl>>,
     /// Daemon-specific figures (the proxy's gateway side).
     pub extra: Option<Arc<dyn AdminExtra>>,
+    /// The HTTP source's counters (gateway only).
+    pub http: Option<Arc<crate::ingest::stats::HttpStats>>,
     /// Keys (gateway only) and a description of their store.
     pub keys: Option<(Arc<KeyCache>, String)>,
     /// Set once every data listener is bound.
@@ -91,7 +93,9 @@ pub fn render_metrics(state: &AdminState) -> String {
     let stats = state.pipeline.stats();
     prometheus::pipeline(&mut out, stats);
     prometheus::destinations(&mut out, &state.pipeline.destinations());
-    prometheus::http(&mut out, stats);
+    if let Some(http) = &state.http {
+        prometheus::http(&mut out, http);
+    }
     if let Some((keys, _)) = &state.keys {
         prometheus::keys(&mut out, keys, unix_now());
     }
@@ -153,15 +157,22 @@ th{{background:#f3f3f3}}td:first-child,th:first-child{{text-align:left}}.ok{{col
         page,
         "<h2>Traffic</h2><table><tr><th>counter</th><th>value</th></tr>\
 <tr><td>points received</td><td>{}</td></tr><tr><td>batches received</td><td>{}</td></tr>\
-<tr><td>batches refused (503)</td><td>{}</td></tr><tr><td>bodies malformed (400)</td><td>{}</td></tr>\
-<tr><td>bodies too large (413)</td><td>{}</td></tr><tr><td>unknown keys (401)</td><td>{}</td></tr></table>",
+<tr><td>batches refused (503)</td><td>{}</td></tr>",
         load(&stats.received),
         load(&stats.batches),
         load(&stats.refused),
-        load(&stats.malformed),
-        load(&stats.too_large),
-        load(&stats.unauthorized),
     );
+    if let Some(http) = &state.http {
+        let _ = write!(
+            page,
+            "<tr><td>bodies malformed (400)</td><td>{}</td></tr>\
+<tr><td>bodies too large (413)</td><td>{}</td></tr><tr><td>unknown keys (401)</td><td>{}</td></tr>",
+            load(&http.malformed),
+            load(&http.too_large),
+            load(&http.unauthorized),
+        );
+    }
+    page.push_str("</table>");
     page.push_str("<h2>Invalid lines</h2><table><tr><th>reason</th><th>lines</th></tr>");
     for e in LineError::ALL {
         let _ = write!(

@@ -6,9 +6,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
 use crate::dest::Destination;
+use crate::ingest::stats::{HttpStats, HTTP_CODES, HTTP_PATHS, LATENCY_BUCKETS};
 use crate::keys::KeyCache;
 use crate::line::LineError;
-use crate::stats::{Stats, HTTP_CODES, HTTP_PATHS, LATENCY_BUCKETS};
+use crate::stats::Stats;
 
 fn load(a: &AtomicU64) -> u64 {
     a.load(Ordering::Relaxed)
@@ -179,7 +180,7 @@ pub fn destinations(out: &mut String, dests: &[std::sync::Arc<Destination>]) {
 }
 
 /// HTTP answers by route and status, and the `/ingest` latency histogram.
-pub fn http(out: &mut String, stats: &Stats) {
+pub fn http(out: &mut String, stats: &HttpStats) {
     header(
         out,
         "polymur_http_requests_total",

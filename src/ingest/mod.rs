@@ -2,6 +2,7 @@
 
 pub mod handler;
 pub mod inflate;
+pub mod stats;
 pub mod tls;
 
 use std::sync::Arc;
@@ -38,6 +39,8 @@ pub struct Ingest {
     pub keys: Arc<KeyCache>,
     /// Where accepted batches go.
     pub pipeline: Arc<Pipeline>,
+    /// Answers, refusals and latency of the HTTP listeners.
+    pub http: Arc<stats::HttpStats>,
     /// Decode budget in KiB (`-incoming-queue-cap`): bounds the memory of batches
     /// being decompressed and routed at once, whatever the number of clients.
     pub decode_budget: DecodeBudget,
@@ -126,7 +129,7 @@ pub async fn serve(
                     let started = std::time::Instant::now();
                     let answer = handler::handle(state.clone(), peer, req).await;
                     if let Ok(resp) = &answer {
-                        let stats = state.pipeline.stats();
+                        let stats = &state.http;
                         stats.count_http(path, resp.status().as_u16());
                         if path == "/ingest" {
                             stats.batch_latency.observe(started.elapsed());

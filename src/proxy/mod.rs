@@ -233,6 +233,7 @@ async fn observe(
                 gateway: parts.gateway.clone(),
                 outbox: parts.outbox.clone(),
             })),
+            http: None,
             keys: None,
             listening: listeners.listening(),
         },
