@@ -258,6 +258,69 @@ macro_rules! go_bool {
 mod tests {
     use super::*;
 
+    /// The shared flags as a gateway or relay flattens them.
+    #[derive(clap::Args, Debug)]
+    struct Daemon {
+        #[command(flatten)]
+        common: CommonFlags,
+        #[command(flatten)]
+        pipeline: PipelineFlags,
+    }
+
+    #[test]
+    fn shared_flags_take_each_daemons_env_prefix() {
+        for prefix in ["POLYMUR_GW_", "POLYMUR_"] {
+            let cmd = with_env_prefix(
+                <Daemon as clap::Args>::augment_args(clap::Command::new("t")),
+                prefix,
+            );
+            let env = |long: &str| {
+                cmd.get_arguments()
+                    .find(|a| a.get_long() == Some(long))
+                    .and_then(|a| a.get_env())
+                    .map(|e| e.to_string_lossy().into_owned())
+            };
+            assert_eq!(env("destinations"), Some(format!("{prefix}DESTINATIONS")));
+            assert_eq!(
+                env("outgoing-queue-cap"),
+                Some(format!("{prefix}OUTGOING_QUEUE_CAP"))
+            );
+            assert_eq!(env("stat-addr"), Some(format!("{prefix}STAT_ADDR")));
+            // A dry run is never switched on by a unit's environment.
+            assert_eq!(env("route-test"), None);
+        }
+    }
+
+    #[test]
+    fn options_parse_with_the_originals_spellings() {
+        let d: Daemon = parse(
+            clap::Command::new("t"),
+            "POLYMUR_TEST_UNSET_",
+            [
+                "t",
+                "-distribution=hash-route",
+                "-hash=jump_fnv1a_ch",
+                "-overflow=drop",
+                "-log-format=json",
+            ]
+            .map(OsString::from),
+        );
+        assert_eq!(d.pipeline.distribution, Distribution::HashRoute);
+        assert_eq!(d.pipeline.hash, HashKind::JumpFnv1aCh);
+        assert_eq!(d.pipeline.overflow, OverflowMode::Drop);
+        assert_eq!(d.common.log_format, LogFormat::Json);
+        let d: Daemon = parse(
+            clap::Command::new("t"),
+            "POLYMUR_TEST_UNSET_",
+            ["t"].map(OsString::from),
+        );
+        assert_eq!(d.pipeline.distribution, Distribution::Broadcast);
+        assert_eq!(d.pipeline.hash, HashKind::CarbonCh);
+        assert_eq!(d.pipeline.overflow, OverflowMode::Refuse);
+        assert_eq!(d.common.log_format, LogFormat::Text);
+        assert_eq!(d.common.stat_addr, "localhost:2020");
+    }
+
     fn norm(v: &[&str]) -> Vec<String> {
         normalize_args(v.iter().map(OsString::from))
             .into_iter()
