@@ -164,22 +164,14 @@ async fn run(args: Args) -> anyhow::Result<Result<Vec<String>, Refused>> {
             if !new_file && store.load().await?.contains_key(&name) {
                 Err(Refused(format!("Key {name} already exists")))
             } else {
-                let key = new_key()?;
-                store.put(&name, &key).await?;
-                Ok(vec![format!(
-                    "Successfully registered {name} with key {key}"
-                )])
+                Ok(vec![put_new_key(store, &name, "registered").await?])
             }
         }
         Command::Regen { name } => {
             if !store.load().await?.contains_key(&name) {
                 Err(Refused(format!("Key {name} doesn't exist")))
             } else {
-                let key = new_key()?;
-                store.put(&name, &key).await?;
-                Ok(vec![format!(
-                    "Successfully regenerated {name} with key {key}"
-                )])
+                Ok(vec![put_new_key(store, &name, "regenerated").await?])
             }
         }
         Command::Delete { name } => {
@@ -190,6 +182,13 @@ async fn run(args: Args) -> anyhow::Result<Result<Vec<String>, Refused>> {
             }
         }
     })
+}
+
+/// Gives `name` a new random key; the answer line says what was `done` (the original's wording).
+async fn put_new_key(store: &dyn KeyStore, name: &str, done: &str) -> anyhow::Result<String> {
+    let key = new_key()?;
+    store.put(name, &key).await?;
+    Ok(format!("Successfully {done} {name} with key {key}"))
 }
 
 /// A name becomes a KV path segment, a key-file field and (with -key-prefix) the first
