@@ -150,16 +150,7 @@ impl ConsulStore {
         if status == reqwest::StatusCode::NOT_FOUND {
             return Ok((None, index));
         }
-        let body = resp
-            .bytes()
-            .await
-            .map_err(|e| self.unavailable(error_chain(&e)))?;
-        if !status.is_success() {
-            return Err(self.unavailable(format!(
-                "GET {url}: {status} {}",
-                String::from_utf8_lossy(&body).trim()
-            )));
-        }
+        let body = self.success_body(&format!("GET {url}"), resp).await?;
         let entries: Vec<KvEntry> = serde_json::from_slice(&body)
             .map_err(|e| self.invalid(format!("KV listing is not Consul JSON: {e}")))?;
         Ok((Some(entries), index))

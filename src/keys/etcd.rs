@@ -113,17 +113,7 @@ impl EtcdStore {
     /// A unary call: POST, then parse the JSON answer (an error status is an error).
     async fn call(&self, path: &str, body: Value) -> Result<Value, KeyStoreError> {
         let resp = self.post(path, &body, Some(REQUEST_TIMEOUT)).await?;
-        let status = resp.status();
-        let bytes = resp
-            .bytes()
-            .await
-            .map_err(|e| self.unavailable(error_chain(&e)))?;
-        if !status.is_success() {
-            return Err(self.unavailable(format!(
-                "{path}: {status} {}",
-                String::from_utf8_lossy(&bytes).trim()
-            )));
-        }
+        let bytes = self.success_body(path, resp).await?;
         serde_json::from_slice(&bytes).map_err(|e| self.invalid(format!("{path}: {e}")))
     }
 

@@ -60,6 +60,32 @@ pub(crate) trait StoreErrors: KeyStore {
             message: message.to_string(),
         }
     }
+
+    /// The body of an HTTP answer, or an error naming the request (`what`), the
+    /// status and what the store said, when the status is not a success.
+    fn success_body(
+        &self,
+        what: &str,
+        resp: reqwest::Response,
+    ) -> impl Future<Output = Result<bytes::Bytes, KeyStoreError>> + Send
+    where
+        Self: Sync,
+    {
+        async move {
+            let status = resp.status();
+            let body = resp
+                .bytes()
+                .await
+                .map_err(|e| self.unavailable(consul::error_chain(&e)))?;
+            if !status.is_success() {
+                return Err(self.unavailable(format!(
+                    "{what}: {status} {}",
+                    String::from_utf8_lossy(&body).trim()
+                )));
+            }
+            Ok(body)
+        }
+    }
 }
 
 impl<T: KeyStore> StoreErrors for T {}
