@@ -12,7 +12,7 @@
 //!
 //! The shapes that matter:
 //! - a [`batch::Batch`] is one buffer plus a line index: lines are validated in
-//!   place ([`line`]) and never allocated one by one;
+//!   place ([`mod@line`]) and never allocated one by one;
 //! - a [`route::Router`] splits a batch into one buffer per destination
 //!   (broadcast shares the batch's own buffer; hash rings follow graphite-carbon);
 //! - the [`pipeline::Pipeline`] admits a batch to every destination it routes to,
@@ -21,7 +21,7 @@
 //!   writer task that reconnects; nothing one destination does stalls another;
 //! - [`keys`] syncs API keys from Consul, etcd or a file into a lock-free cache.
 //!
-//! Module map: [`line`], [`batch`] (data); [`route`] (routers, rings, dry run);
+//! Module map: [`mod@line`], [`batch`] (data); [`route`] (routers, rings, dry run);
 //! [`dest`] (queues, spool, writers); [`pipeline`], [`registry`] (routing core,
 //! runtime destination changes); [`ingest`] (the gateway's HTTP source);
 //! [`plaintext`] (TCP source); [`daemon`] (the one daemon layer: a source into the
