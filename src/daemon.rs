@@ -228,7 +228,8 @@ impl RoutingDaemon {
             crate::admin::http::AdminState {
                 service: self.service,
                 started: self.started,
-                pipeline: self.pipeline.clone(),
+                stats: self.stats.clone(),
+                pipeline: Some(self.pipeline.clone()),
                 control: Some(self.registry.clone()),
                 extra: None,
                 http: source.http.clone(),

@@ -19,10 +19,12 @@ use tokio::net::TcpListener;
 
 use super::api::DestinationControl;
 use super::prometheus;
+use crate::dest::Destination;
 use crate::keys::KeyCache;
 use crate::line::LineError;
 use crate::pipeline::Pipeline;
 use crate::shutdown::Shutdown;
+use crate::stats::Stats;
 
 /// What the admin endpoint reports on.
 pub struct AdminState {
@@ -30,8 +32,11 @@ pub struct AdminState {
     pub service: &'static str,
     /// Process start.
     pub started: SystemTime,
-    /// Counters, destinations, queues.
-    pub pipeline: Arc<Pipeline>,
+    /// What the source accepted, refused and found invalid.
+    pub stats: Arc<Stats>,
+    /// Destinations and their queues; `None` where the daemon has no Graphite
+    /// destinations (the proxy).
+    pub pipeline: Option<Arc<Pipeline>>,
     /// Runtime destination changes (`/api/destinations`); `None` where the daemon
     /// has no Graphite destinations (the proxy).
     pub control: Option<Arc<dyn DestinationControl>>,
@@ -43,6 +48,15 @@ pub struct AdminState {
     pub keys: Option<(Arc<KeyCache>, String)>,
     /// Set once every data listener is bound.
     pub listening: Arc<AtomicBool>,
+}
+
+impl AdminState {
+    /// The destinations in service (none without a pipeline).
+    pub fn destinations(&self) -> Vec<Arc<Destination>> {
+        self.pipeline
+            .as_ref()
+            .map_or_else(Vec::new, |p| p.destinations())
+    }
 }
 
 /// What a daemon adds to the shared admin surface.
@@ -90,9 +104,9 @@ fn html(v: &str) -> String {
 /// The Prometheus text exposition of every counter (see [`super::prometheus`]).
 pub fn render_metrics(state: &AdminState) -> String {
     let mut out = String::with_capacity(4096);
-    let stats = state.pipeline.stats();
+    let stats = &state.stats;
     prometheus::pipeline(&mut out, stats);
-    prometheus::destinations(&mut out, &state.pipeline.destinations());
+    prometheus::destinations(&mut out, &state.destinations());
     if let Some(http) = &state.http {
         prometheus::http(&mut out, http);
     }
@@ -117,7 +131,7 @@ pub fn not_ready(state: &AdminState) -> Option<String> {
             why.push(format!("no key sync has succeeded yet ({store})"));
         }
     }
-    let dests = state.pipeline.destinations();
+    let dests = state.destinations();
     if !dests.is_empty()
         && !dests
             .iter()
@@ -133,7 +147,7 @@ pub fn not_ready(state: &AdminState) -> Option<String> {
 
 /// The HTML status page: refreshes itself every 5 s.
 pub fn render_status(state: &AdminState) -> String {
-    let stats = state.pipeline.stats();
+    let stats = &state.stats;
     let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
     let uptime = SystemTime::now()
         .duration_since(state.started)
@@ -183,7 +197,7 @@ th{{background:#f3f3f3}}td:first-child,th:first-child{{text-align:left}}.ok{{col
         );
     }
     page.push_str("</table><h2>Destinations</h2><table><tr><th>destination</th><th>state</th><th>queued</th><th>limit</th><th>spool bytes</th><th>forwarded</th><th>errors</th><th>resent</th><th>dropped (overflow)</th><th>dropped at shutdown</th></tr>");
-    for d in state.pipeline.destinations() {
+    for d in state.destinations() {
         let up = d.stats.connected.load(Ordering::Relaxed);
         let _ = write!(
             page,

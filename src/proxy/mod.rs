@@ -213,21 +213,14 @@ async fn observe(
     stop: Shutdown,
 ) -> Result<(), DaemonError> {
     operator::start_lines("", &config.common.stat_addr, None, started, stop.clone()).await?;
-    // The proxy has no Graphite destinations: the pipeline here only carries the
-    // counters of what clients sent, for the shared admin page.
-    let counters = Arc::new(crate::pipeline::Pipeline::new(
-        crate::pipeline::Topology {
-            dests: Vec::new(),
-            router: Box::new(crate::route::broadcast::Broadcast { destinations: 0 }),
-        },
-        parts.stats.clone(),
-    ));
     operator::start_http(
         &config.admin_addr,
         crate::admin::http::AdminState {
             service: "polymur-proxy",
             started,
-            pipeline: counters,
+            stats: parts.stats.clone(),
+            // No Graphite destinations: the gateway side is the `extra` part.
+            pipeline: None,
             control: None,
             extra: Some(Arc::new(admin::ProxyAdmin {
                 gateway: parts.gateway.clone(),
