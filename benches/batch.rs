@@ -9,7 +9,11 @@ use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use polymur::batch::Batch;
-use polymur::bench::workload::Workload;
+/// The load generator's workload (it lives in the `polymur-bench` binary, outside the library).
+#[allow(dead_code)]
+#[path = "../src/bin/polymur-bench/workload.rs"]
+mod workload;
+use workload::Workload;
 
 fn batch(c: &mut Criterion) {
     let mut group = c.benchmark_group("from_plaintext_5000_lines");

@@ -10,8 +10,12 @@ use std::hint::black_box;
 use std::io::Read;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use polymur::bench::workload::Workload;
+/// The load generator's workload (it lives in the `polymur-bench` binary, outside the library).
+#[allow(dead_code)]
+#[path = "../src/bin/polymur-bench/workload.rs"]
+mod workload;
 use polymur::ingest::inflate::gunzip;
+use workload::Workload;
 
 fn inflate(c: &mut Criterion) {
     let w = Workload::default();
@@ -19,7 +23,7 @@ fn inflate(c: &mut Criterion) {
     let mut group = c.benchmark_group("inflate_5000_lines");
     group.throughput(Throughput::Elements(w.batch_lines as u64));
     for level in [1u32, 6, 9] {
-        let body = polymur::bench::workload::gzip(&plain, level);
+        let body = workload::gzip(&plain, level);
         let mut out = Vec::with_capacity(plain.len());
         group.bench_function(format!("zlib_rs_gz{level}"), |b| {
             b.iter(|| {

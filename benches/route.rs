@@ -10,7 +10,7 @@ use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use polymur::dest::addr::DestAddr;
-use polymur::route::hash::{HashKind, HashRing};
+use polymur::route::ring::{HashKind, HashRing};
 
 const NAMES: usize = 4096;
 

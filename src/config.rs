@@ -7,6 +7,185 @@
 //! single-dash long flags to clap's `--flag` form before parsing.
 
 use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::builder::PossibleValue;
+use clap::{ArgAction, ValueEnum};
+
+use crate::dest::Overflow;
+use crate::route::ring::HashKind;
+
+/// `-distribution`: how a batch is split over the destinations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Distribution {
+    // Every destination receives every line.
+    Broadcast,
+    // Each metric goes to its owners on a consistent-hash ring (`-hash`).
+    HashRoute,
+}
+
+/// `-overflow`: what happens to a batch no queue or spool can hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum OverflowMode {
+    // Refuse it: the gateway answers 503 (the proxy retries), the relay slows clients down.
+    Refuse,
+    // Drop it, counted and logged.
+    Drop,
+}
+
+impl From<OverflowMode> for Overflow {
+    fn from(mode: OverflowMode) -> Overflow {
+        match mode {
+            OverflowMode::Refuse => Overflow::Refuse,
+            OverflowMode::Drop => Overflow::Drop,
+        }
+    }
+}
+
+/// `-log-format`: the human text format, or one JSON object per line for log shippers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    // Human text.
+    Text,
+    // One JSON object per line.
+    Json,
+}
+
+/// `-hash` takes the reference implementations' own spellings (`carbon_ch`, ...).
+impl ValueEnum for HashKind {
+    fn value_variants<'a>() -> &'a [Self] {
+        &HashKind::ALL
+    }
+
+    fn to_possible_value(&self) -> Option<PossibleValue> {
+        Some(PossibleValue::new(self.name()))
+    }
+}
+
+/// Flags every daemon has (gateway, relay, proxy), with the same meaning and default.
+#[derive(clap::Args, Debug, Clone)]
+pub struct CommonFlags {
+    /// Graphite flush interval for runtime metrics in seconds (0 is disabled)
+    #[arg(long, default_value_t = 0)]
+    pub metrics_flush: u64,
+    /// runstats listen address ("" disables)
+    #[arg(long, default_value = "localhost:2020")]
+    pub stat_addr: String,
+    /// Log format: text or json
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// Flags of the daemons that route into Graphite destinations (gateway, relay):
+/// the pipeline, its destinations and how they are chosen.
+#[derive(clap::Args, Debug, Clone)]
+pub struct PipelineFlags {
+    /// API listen address ("" disables)
+    #[arg(long, default_value = "localhost:2030")]
+    pub api_addr: String,
+    /// Dump output to console instead of the destinations
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_parser = crate::go_bool!())]
+    pub console_out: bool,
+    /// Comma-delimited list of host:port[:instance] destinations
+    #[arg(long, default_value = "")]
+    pub destinations: String,
+    /// Destination distribution methods: broadcast, hash-route
+    #[arg(long, value_enum, default_value_t = Distribution::Broadcast)]
+    pub distribution: Distribution,
+    /// In-flight incoming capacity, in units of 100 points (the original's batch size):
+    /// points received (read from clients, or being decoded) and not yet queued for the
+    /// destinations
+    #[arg(long, default_value_t = 32768)]
+    pub incoming_queue_cap: u64,
+    /// In-flight message queue capacity per destination (number of data points)
+    #[arg(long, default_value_t = 4096)]
+    pub outgoing_queue_cap: u64,
+    /// File of destinations (`host:port[:instance]` per line, `#` comments), added to
+    /// -destinations and re-read on SIGHUP
+    #[arg(long)]
+    pub destinations_file: Option<PathBuf>,
+    /// Hash for -distribution hash-route: carbon_ch (graphite-carbon), carbon_ch_c_relay,
+    /// fnv1a_ch, jump_fnv1a_ch (carbon-c-relay)
+    #[arg(long, value_enum, default_value_t = HashKind::CarbonCh)]
+    pub hash: HashKind,
+    /// Destinations per metric for hash-route (the next distinct ones on the ring)
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    pub replication_factor: u16,
+    /// hash-route availability mode: a destination failing 3 reconnects leaves the ring and its
+    /// queued lines are re-routed (placement is no longer guaranteed while it is out)
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_parser = crate::go_bool!())]
+    pub hash_failover: bool,
+    /// Per-destination disk spool for lines the memory queue cannot hold (survives restarts)
+    #[arg(long)]
+    pub spool_dir: Option<PathBuf>,
+    /// Spool size limit per destination, bytes or with K/M/G
+    #[arg(long, default_value = "1G", value_parser = parse_bytes)]
+    pub spool_max_bytes: u64,
+    /// What to do with a batch no queue or spool can hold: refuse (the gateway answers 503
+    /// and the proxy retries; the relay slows its clients down until there is room) or drop
+    /// (counted and logged; for mirrors you can afford to lose)
+    #[arg(long, value_enum, default_value_t = OverflowMode::Refuse)]
+    pub overflow: OverflowMode,
+    /// On SIGTERM/SIGINT, how long queues may take to drain to destinations
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
+    /// Routing dry-run: read lines or metric names on stdin, print `metric<TAB>dest[,dest]`, exit
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_parser = crate::go_bool!())]
+    pub route_test: bool,
+}
+
+/// Flags read from the command line only: `-route-test` makes a daemon exit after a
+/// dry run, so a variable left in a unit's environment must never turn it on.
+const COMMAND_LINE_ONLY: &[&str] = &["route-test"];
+
+/// Gives every long flag without an environment variable its `<prefix><FLAG>` one
+/// (upper case, dashes as underscores), as PROTOCOL.md specifies. Shared flag structs
+/// are flattened into several daemons, so their variables are named here, per daemon,
+/// rather than in the struct.
+pub fn with_env_prefix(cmd: clap::Command, prefix: &str) -> clap::Command {
+    cmd.mut_args(|arg| {
+        let Some(long) = arg.get_long() else {
+            return arg;
+        };
+        if arg.get_env().is_some() || COMMAND_LINE_ONLY.contains(&long) {
+            return arg;
+        }
+        let name = format!("{prefix}{}", long.to_ascii_uppercase().replace('-', "_"));
+        // Built once per process, at start-up: leaking a few short names is the price of
+        // clap's `&'static` environment names.
+        arg.env(&*Box::leak(name.into_boxed_str()))
+    })
+}
+
+/// Parses a daemon's flags into `A` under the binary's `command` (name, version,
+/// about): Go-style single-dash flags accepted ([`normalize_args`]), every flag also
+/// read from `<env_prefix><FLAG>`. Exits with clap's message on an error.
+pub fn parse<A: clap::Args>(
+    command: clap::Command,
+    env_prefix: &str,
+    args: impl IntoIterator<Item = OsString>,
+) -> A {
+    let matches = full_command::<A>(command, env_prefix).get_matches_from(normalize_args(args));
+    A::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+}
+
+/// The binary's `command` with the flags of `A` and their environment variables: what
+/// [`parse`] parses with, and what the man pages and completions are generated from
+/// ([`crate::docgen`]), so both always list the same flags.
+pub fn full_command<A: clap::Args>(command: clap::Command, env_prefix: &str) -> clap::Command {
+    // A flag struct's doc comment would replace the binary's `about`; keep the binary's.
+    let about = command.get_about().cloned();
+    let long_about = command.get_long_about().cloned();
+    let mut command = A::augment_args(command).long_about(None::<&str>);
+    if let Some(about) = about {
+        command = command.about(about);
+    }
+    if let Some(long_about) = long_about {
+        command = command.long_about(long_about);
+    }
+    with_env_prefix(command, env_prefix)
+}
 
 /// Rewrites Go-style `-long-flag[=v]` arguments to `--long-flag[=v]`. Short flags
 /// (`-h`, `-V`), negative numbers, a lone `-` and everything after `--` pass through.
@@ -84,6 +263,69 @@ macro_rules! go_bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The shared flags as a gateway or relay flattens them.
+    #[derive(clap::Args, Debug)]
+    struct Daemon {
+        #[command(flatten)]
+        common: CommonFlags,
+        #[command(flatten)]
+        pipeline: PipelineFlags,
+    }
+
+    #[test]
+    fn shared_flags_take_each_daemons_env_prefix() {
+        for prefix in ["POLYMUR_GW_", "POLYMUR_"] {
+            let cmd = with_env_prefix(
+                <Daemon as clap::Args>::augment_args(clap::Command::new("t")),
+                prefix,
+            );
+            let env = |long: &str| {
+                cmd.get_arguments()
+                    .find(|a| a.get_long() == Some(long))
+                    .and_then(|a| a.get_env())
+                    .map(|e| e.to_string_lossy().into_owned())
+            };
+            assert_eq!(env("destinations"), Some(format!("{prefix}DESTINATIONS")));
+            assert_eq!(
+                env("outgoing-queue-cap"),
+                Some(format!("{prefix}OUTGOING_QUEUE_CAP"))
+            );
+            assert_eq!(env("stat-addr"), Some(format!("{prefix}STAT_ADDR")));
+            // A dry run is never switched on by a unit's environment.
+            assert_eq!(env("route-test"), None);
+        }
+    }
+
+    #[test]
+    fn options_parse_with_the_originals_spellings() {
+        let d: Daemon = parse(
+            clap::Command::new("t"),
+            "POLYMUR_TEST_UNSET_",
+            [
+                "t",
+                "-distribution=hash-route",
+                "-hash=jump_fnv1a_ch",
+                "-overflow=drop",
+                "-log-format=json",
+            ]
+            .map(OsString::from),
+        );
+        assert_eq!(d.pipeline.distribution, Distribution::HashRoute);
+        assert_eq!(d.pipeline.hash, HashKind::JumpFnv1aCh);
+        assert_eq!(d.pipeline.overflow, OverflowMode::Drop);
+        assert_eq!(d.common.log_format, LogFormat::Json);
+        let d: Daemon = parse(
+            clap::Command::new("t"),
+            "POLYMUR_TEST_UNSET_",
+            ["t"].map(OsString::from),
+        );
+        assert_eq!(d.pipeline.distribution, Distribution::Broadcast);
+        assert_eq!(d.pipeline.hash, HashKind::CarbonCh);
+        assert_eq!(d.pipeline.overflow, OverflowMode::Refuse);
+        assert_eq!(d.common.log_format, LogFormat::Text);
+        assert_eq!(d.common.stat_addr, "localhost:2020");
+    }
 
     fn norm(v: &[&str]) -> Vec<String> {
         normalize_args(v.iter().map(OsString::from))

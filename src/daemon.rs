@@ -1,97 +1,320 @@
-//! Start-up pieces shared by the daemons that route to Graphite destinations
-//! (polymur-gateway and the polymur relay): the router chosen by `-distribution`,
-//! and the operator listeners (`-api-addr`, `-stat-addr`).
+//! The one daemon layer: a source (HTTP ingest or plaintext TCP) feeding one
+//! pipeline, with its destination registry, operator endpoints, 5-second report,
+//! SIGHUP reloads and staged shutdown — written once, so polymur-gateway and the
+//! polymur relay differ only in the source they bring ([`Source`]), and
+//! polymur-proxy shares the listener and operator pieces.
+//!
+//! Shutdown happens in stages, each with its own signal: [`Listeners`] close first
+//! (no new data, in-flight requests finish), then the workers drain the queues to
+//! the destinations (or their spools) within `-drain-timeout`.
+//!
+//! Modules: [`operator`] (runtime API, runstats, admin HTTP), [`reports`] (the
+//! 5-second log line and self-metrics), [`destinations`] (`-destinations`,
+//! `-destinations-file`, SIGHUP).
 
+pub mod destinations;
+pub mod operator;
+pub mod reports;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use anyhow::bail;
+use tokio::task::JoinHandle;
 
-use crate::admin;
-use crate::admin::api::DestinationControl;
-use crate::dest::{DestAddr, DestConfig, Overflow};
+use crate::config::{CommonFlags, Distribution, PipelineFlags};
+use crate::dest::{DestAddr, DestConfig};
+use crate::keys::KeyCache;
 use crate::pipeline::{Pipeline, Topology};
 use crate::registry::{Registry, RouterFactory};
 use crate::route::broadcast::Broadcast;
 use crate::route::dry_run;
-use crate::route::hash::HashKind;
-use crate::route::hashed::HashRouter;
+use crate::route::hash_router::HashRouter;
+use crate::route::ring::HashKind;
 use crate::route::Router;
-use crate::shutdown::Shutdown;
+use crate::shutdown::{Shutdown, ShutdownTrigger};
 use crate::stats::Stats;
 
-/// The router factory for `-distribution` (`broadcast` or `hash-route` with `-hash`
+/// Why a daemon could not start (or stopped): each message names the flag, file or
+/// address involved, so the operator knows what to change.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// A flag, or a combination of flags, that cannot work.
+    #[error("{0}")]
+    Config(String),
+    /// A listener that cannot be bound, or another I/O failure at start.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    /// The HTTPS certificate or key (`-cert`, `-key`).
+    #[error(transparent)]
+    Tls(#[from] crate::ingest::tls::TlsError),
+    /// The API key store.
+    #[error(transparent)]
+    Keys(#[from] crate::keys::KeyStoreError),
+    /// The proxy's HTTPS client (`-cert`).
+    #[error("-cert: {0}")]
+    Client(#[from] crate::http_client::ClientError),
+}
+
+impl DaemonError {
+    /// A configuration error with its message.
+    pub fn config(message: impl Into<String>) -> Self {
+        DaemonError::Config(message.into())
+    }
+}
+
+/// The data listeners of a daemon and the signal that closes them: the first stage
+/// of shutdown. Also the truth behind `/readyz`'s "listening".
+pub struct Listeners {
+    trigger: ShutdownTrigger,
+    shutdown: Shutdown,
+    tasks: Vec<JoinHandle<()>>,
+    listening: Arc<AtomicBool>,
+}
+
+impl Default for Listeners {
+    fn default() -> Self {
+        let (trigger, shutdown) = Shutdown::new();
+        Listeners {
+            trigger,
+            shutdown,
+            tasks: Vec::new(),
+            listening: Arc::new(AtomicBool::new(false)),
+        }
+    }
+}
+
+impl Listeners {
+    /// The signal a listener's serve loop stops on.
+    pub fn shutdown(&self) -> Shutdown {
+        self.shutdown.clone()
+    }
+
+    /// Runs a listener's serve loop until [`Listeners::close`].
+    pub fn spawn(&mut self, serve: impl Future<Output = ()> + Send + 'static) {
+        self.tasks.push(tokio::spawn(serve));
+    }
+
+    /// The flag `/readyz` reports: set by [`Listeners::ready`], cleared by [`Listeners::close`].
+    pub fn listening(&self) -> Arc<AtomicBool> {
+        self.listening.clone()
+    }
+
+    /// Every data listener is bound and serving.
+    pub fn ready(&self) {
+        self.listening.store(true, Ordering::Relaxed);
+    }
+
+    /// Stops accepting and waits for the serve loops (and their in-flight work) to end.
+    pub async fn close(self) {
+        self.listening.store(false, Ordering::Relaxed);
+        self.trigger.fire();
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+/// A SIGHUP step of a source (certificate, keys), run before the destinations file
+/// is re-read.
+pub type Reload = Box<dyn FnMut() -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
+
+/// What a source brings to the daemon layer once its listeners are bound.
+pub struct Source {
+    /// Its listeners (HTTP and HTTPS, or the plaintext one).
+    pub listeners: Listeners,
+    /// The operator's line when shutdown starts (it says what happens to in-flight data).
+    pub stopping: &'static str,
+    /// The incoming side's current size and limit, in points (self-metrics).
+    pub incoming: Arc<dyn Fn() -> (f64, f64) + Send + Sync>,
+    /// The HTTP source's counters, for the admin page (gateway only).
+    pub http: Option<Arc<crate::ingest::stats::HttpStats>>,
+    /// Keys and a description of their store, for the admin page (gateway only).
+    pub keys: Option<(Arc<KeyCache>, String)>,
+    /// The source's own SIGHUP reload, if it has one.
+    pub reload: Option<Reload>,
+}
+
+/// A daemon that routes into Graphite destinations (gateway, relay): its flags,
+/// pipeline and registry, and the workers' shutdown signal (the second stage).
+pub struct RoutingDaemon {
+    /// `polymur-gateway` or `polymur`: the admin page's service name.
+    pub service: &'static str,
+    /// Process start, for runstats and the admin page.
+    pub started: SystemTime,
+    /// Points accepted, invalid lines, refusals.
+    pub stats: Arc<Stats>,
+    /// Where sources submit batches.
+    pub pipeline: Arc<Pipeline>,
+    /// The destinations, changeable at run time.
+    pub registry: Arc<Registry>,
+    common: CommonFlags,
+    flags: PipelineFlags,
+    admin_addr: String,
+    workers: (ShutdownTrigger, Shutdown),
+}
+
+impl RoutingDaemon {
+    /// Builds the routing core from the flags: destinations (flag and file), router,
+    /// one writer per destination, failover when asked for. `durable` is `-durable`
+    /// (the gateway only: a TCP client gets no acknowledgement to delay).
+    pub fn start(
+        service: &'static str,
+        common: CommonFlags,
+        flags: PipelineFlags,
+        admin_addr: String,
+        durable: bool,
+    ) -> Result<RoutingDaemon, DaemonError> {
+        let destinations =
+            destinations::all(&flags.destinations, flags.destinations_file.as_deref())?;
+        if destinations.is_empty() && !flags.console_out {
+            tracing::warn!("No -destinations and no -console-out: received points are discarded");
+        }
+        let workers = Shutdown::new();
+        let (stats, pipeline, registry) = routing_core(
+            &destinations,
+            flags.console_out,
+            router_factory(
+                flags.distribution,
+                flags.hash,
+                flags.replication_factor.into(),
+            ),
+            DestConfig {
+                queue_cap: flags.outgoing_queue_cap.max(1),
+                drain_timeout: flags.drain_timeout,
+                spool_dir: flags.spool_dir.clone(),
+                spool_max_bytes: flags.spool_max_bytes,
+                overflow: flags.overflow.into(),
+                durable,
+            },
+            flags.hash_failover && flags.distribution == Distribution::HashRoute,
+            workers.1.clone(),
+        );
+        Ok(RoutingDaemon {
+            service,
+            started: SystemTime::now(),
+            stats,
+            pipeline,
+            registry,
+            common,
+            flags,
+            admin_addr,
+            workers,
+        })
+    }
+
+    /// The signal background work stops on (second stage of shutdown).
+    pub fn workers_shutdown(&self) -> Shutdown {
+        self.workers.1.clone()
+    }
+
+    /// Serves `source` until SIGINT/SIGTERM, then closes its listeners, drains the
+    /// queues and returns.
+    pub async fn run(self, source: Source) -> Result<(), DaemonError> {
+        source.listeners.ready();
+        let shutdown = self.workers_shutdown();
+        operator::start_lines(
+            &self.flags.api_addr,
+            &self.common.stat_addr,
+            Some(self.registry.clone()),
+            self.started,
+            shutdown.clone(),
+        )
+        .await?;
+        operator::start_http(
+            &self.admin_addr,
+            crate::admin::http::AdminState {
+                service: self.service,
+                started: self.started,
+                stats: self.stats.clone(),
+                pipeline: Some(self.pipeline.clone()),
+                control: Some(self.registry.clone()),
+                extra: None,
+                http: source.http.clone(),
+                keys: source.keys.clone(),
+                listening: source.listeners.listening(),
+            },
+            shutdown.clone(),
+        )
+        .await;
+        let incoming = source.incoming.clone();
+        reports::start(
+            &self.pipeline,
+            self.common.metrics_flush,
+            move || incoming(),
+            shutdown.clone(),
+        );
+        self.reload_on_hup(source.reload);
+
+        crate::shutdown::signal().await;
+        tracing::info!("{}", source.stopping);
+        source.listeners.close().await;
+        self.drain().await;
+        Ok(())
+    }
+
+    /// SIGHUP: the source's reload, then the destinations file (when there is one).
+    fn reload_on_hup(&self, mut reload: Option<Reload>) {
+        let file = self.flags.destinations_file.clone();
+        if reload.is_none() && file.is_none() {
+            return;
+        }
+        let (registry, flag) = (self.registry.clone(), self.flags.destinations.clone());
+        destinations::on_hup(self.workers_shutdown(), move || {
+            let source_step = reload.as_mut().map(|r| r());
+            if let Some(file) = &file {
+                destinations::reload(&registry, &flag, file);
+            }
+            async move {
+                if let Some(step) = source_step {
+                    step.await;
+                }
+            }
+        });
+    }
+
+    /// Second stage: the writers deliver (or spool) what their queues hold, within
+    /// `-drain-timeout`; then the totals are logged.
+    async fn drain(self) {
+        tracing::info!(
+            "Draining destination queues (up to {:?})",
+            self.flags.drain_timeout
+        );
+        self.workers.0.fire();
+        for t in self.registry.take_tasks() {
+            let _ = t.await;
+        }
+        let abandoned: u64 = self
+            .pipeline
+            .destinations()
+            .iter()
+            .map(|d| d.stats.abandoned.load(Ordering::Relaxed))
+            .sum();
+        tracing::info!(
+            "Stopped: {} points received, {abandoned} undelivered",
+            self.stats.received.load(Ordering::Relaxed)
+        );
+    }
+}
+
+/// The router factory for `-distribution` (`broadcast`, or `hash-route` with `-hash`
 /// and `-replication-factor`).
 pub fn router_factory(
-    distribution: &str,
+    distribution: Distribution,
     hash: HashKind,
     replication_factor: usize,
-) -> anyhow::Result<RouterFactory> {
+) -> RouterFactory {
     match distribution {
-        "broadcast" => Ok(Arc::new(|addrs: &[DestAddr]| {
+        Distribution::Broadcast => Arc::new(|addrs: &[DestAddr]| {
             Box::new(Broadcast {
                 destinations: addrs.len(),
             }) as Box<dyn Router>
-        })),
-        "hash-route" => Ok(Arc::new(move |addrs: &[DestAddr]| {
+        }),
+        Distribution::HashRoute => Arc::new(move |addrs: &[DestAddr]| {
             Box::new(HashRouter::new(hash, addrs, replication_factor)) as Box<dyn Router>
-        })),
-        other => bail!("-distribution {other}: use broadcast or hash-route"),
-    }
-}
-
-/// Starts the runtime API (when `api_addr` is not empty) over `control`, and runstats
-/// (when `stat_addr` is not empty), logging the operator's `API started: ...` and
-/// `Runstats started: ...` lines.
-pub async fn start_admin(
-    api_addr: &str,
-    stat_addr: &str,
-    control: Option<Arc<dyn DestinationControl>>,
-    started: SystemTime,
-    shutdown: Shutdown,
-) -> std::io::Result<()> {
-    if let (false, Some(control)) = (api_addr.is_empty(), control) {
-        let (l, local) = crate::ingest::bind(api_addr).await?;
-        tracing::info!("API started: {local}");
-        tokio::spawn(admin::serve_lines(
-            l,
-            admin::api::handler(control),
-            shutdown.clone(),
-        ));
-    }
-    if !stat_addr.is_empty() {
-        let (l, local) = crate::ingest::bind(stat_addr).await?;
-        tracing::info!("Runstats started: {local}");
-        tokio::spawn(admin::serve_lines(
-            l,
-            admin::runstats::handler(started),
-            shutdown,
-        ));
-    }
-    Ok(())
-}
-
-/// Starts the admin HTTP endpoint (`-admin-addr`; empty disables). Observability
-/// must not stop the data path, so a port that cannot be bound is logged, not fatal.
-pub async fn start_admin_http(addr: &str, state: admin::http::AdminState, shutdown: Shutdown) {
-    if addr.is_empty() {
-        return;
-    }
-    match crate::ingest::bind(addr).await {
-        Ok((l, local)) => {
-            tracing::info!("Admin HTTP started: http://{local}/");
-            tokio::spawn(admin::http::serve(l, Arc::new(state), shutdown));
-        }
-        Err(e) => tracing::warn!("admin endpoint disabled: {e}"),
-    }
-}
-
-/// `-overflow refuse|drop` as the destinations' policy.
-pub fn overflow(flag: &str) -> Overflow {
-    if flag == "drop" {
-        Overflow::Drop
-    } else {
-        Overflow::Refuse
+        }),
     }
 }
 
@@ -128,23 +351,17 @@ pub fn routing_core(
 }
 
 /// `-route-test`: the routing dry run over stdin/stdout (see [`dry_run`]).
-pub fn route_test(
-    program: &str,
-    destinations: &str,
-    distribution: &str,
-    hash: HashKind,
-    replication_factor: usize,
-) -> std::process::ExitCode {
-    let dests = match DestAddr::parse_list(destinations) {
+pub fn route_test(program: &str, flags: &PipelineFlags) -> std::process::ExitCode {
+    let dests = match DestAddr::parse_list(&flags.destinations) {
         Ok(d) => d,
         Err(e) => {
             eprintln!("{program}: -destinations: {e}");
             return std::process::ExitCode::FAILURE;
         }
     };
-    let plan = match distribution {
-        "hash-route" => dry_run::Plan::Hash(hash, replication_factor),
-        _ => dry_run::Plan::Broadcast,
+    let plan = match flags.distribution {
+        Distribution::HashRoute => dry_run::Plan::Hash(flags.hash, flags.replication_factor.into()),
+        Distribution::Broadcast => dry_run::Plan::Broadcast,
     };
     let stdin = std::io::stdin().lock();
     let stdout = std::io::BufWriter::new(std::io::stdout().lock());
@@ -157,11 +374,30 @@ pub fn route_test(
     }
 }
 
+/// The `main` of a daemon binary once its flags are parsed: `-route-test` (when the
+/// daemon routes, `dry_run`) answers and exits; otherwise logging starts and `run`
+/// runs to completion ([`block_on`]).
+pub fn main<F>(
+    program: &str,
+    log_format: crate::config::LogFormat,
+    dry_run: Option<&PipelineFlags>,
+    run: impl FnOnce() -> F,
+) -> std::process::ExitCode
+where
+    F: Future<Output = Result<(), DaemonError>>,
+{
+    if let Some(flags) = dry_run.filter(|f| f.route_test) {
+        return route_test(program, flags);
+    }
+    crate::logging::init(log_format);
+    block_on(program, run())
+}
+
 /// Runs a daemon's `run` future on a multi-threaded runtime; an error is logged
 /// and printed (`<program>: <error>`) and becomes exit code 1.
 pub fn block_on(
     program: &str,
-    run: impl std::future::Future<Output = anyhow::Result<()>>,
+    run: impl Future<Output = Result<(), DaemonError>>,
 ) -> std::process::ExitCode {
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
@@ -173,105 +409,9 @@ pub fn block_on(
     match rt.block_on(run) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e:#}");
-            eprintln!("{program}: {e:#}");
+            tracing::error!("{e}");
+            eprintln!("{program}: {e}");
             std::process::ExitCode::FAILURE
         }
-    }
-}
-
-/// Reads a destinations file: one `host:port[:instance]` per line, `#` comments.
-/// Any bad line rejects the whole file (the caller keeps its current set).
-pub fn read_destinations_file(path: &std::path::Path) -> Result<Vec<DestAddr>, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let mut out: Vec<DestAddr> = Vec::new();
-    for (n, line) in text.lines().enumerate() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let addr: DestAddr = line
-            .parse()
-            .map_err(|e| format!("{} line {}: {e}", path.display(), n + 1))?;
-        if !out.contains(&addr) {
-            out.push(addr);
-        }
-    }
-    Ok(out)
-}
-
-/// `-destinations` plus the destinations file (if any), without duplicates.
-pub fn destinations(flag: &str, file: Option<&std::path::Path>) -> anyhow::Result<Vec<DestAddr>> {
-    let mut all = DestAddr::parse_list(flag).map_err(|e| anyhow::anyhow!("-destinations: {e}"))?;
-    if let Some(path) = file {
-        for addr in
-            read_destinations_file(path).map_err(|e| anyhow::anyhow!("-destinations-file {e}"))?
-        {
-            if !all.contains(&addr) {
-                all.push(addr);
-            }
-        }
-    }
-    Ok(all)
-}
-
-/// Runs `reload` on every SIGHUP until shutdown. Each daemon's reload re-reads
-/// what it can (certificate, keys, destinations file) and keeps the current
-/// configuration for anything that does not load, saying why.
-pub fn on_hup<F>(mut shutdown: Shutdown, mut reload: impl FnMut() -> F + Send + 'static)
-where
-    F: std::future::Future<Output = ()> + Send,
-{
-    tokio::spawn(async move {
-        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        else {
-            return;
-        };
-        loop {
-            tokio::select! {
-                _ = hup.recv() => {}
-                _ = shutdown.recv() => return,
-            }
-            reload().await;
-        }
-    });
-}
-
-/// SIGHUP part for destinations: re-reads the file and applies it over the
-/// `-destinations` flag's list.
-pub fn reload_destinations(registry: &Registry, flag: &str, file: &std::path::Path) {
-    match destinations(flag, Some(file)) {
-        Ok(all) => {
-            let (added, removed) = registry.apply(&all);
-            tracing::info!(
-                "SIGHUP: destinations reloaded from {}: {added} added, {removed} removed",
-                file.display()
-            );
-        }
-        Err(e) => tracing::error!("SIGHUP: keeping the current destinations: {e:#}"),
-    }
-}
-
-/// The periodic reports of a routing daemon: the 5-second `Last 5.00s: ...` log
-/// line, and with `-metrics-flush N` the self-metrics every N seconds. `incoming`
-/// gives the incoming side's current size and limit, in points.
-pub fn start_reports(
-    pipeline: &Arc<Pipeline>,
-    metrics_flush: u64,
-    incoming: impl Fn() -> (f64, f64) + Send + Sync + 'static,
-    shutdown: Shutdown,
-) {
-    tokio::spawn(crate::stats::report(
-        pipeline.clone(),
-        std::time::Duration::from_secs(5),
-        shutdown.clone(),
-    ));
-    if metrics_flush > 0 {
-        tokio::spawn(crate::self_metrics::run_for_pipeline(
-            pipeline.clone(),
-            std::time::Duration::from_secs(metrics_flush),
-            incoming,
-            shutdown,
-        ));
     }
 }

@@ -12,7 +12,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{Command, CommandFactory};
+use clap::Command;
 use clap_complete::Shell;
 
 /// The environment variable that turns a binary into its own documentation generator.
@@ -66,9 +66,9 @@ pub fn generate(cmd: Command, out_dir: &Path) -> Result<Vec<PathBuf>, DocgenErro
 
 /// `None` (run normally) unless `POLYMUR_GENERATE_DOCS` names a directory; then the
 /// documentation of `C` is written there and the exit code says whether it worked.
-pub fn from_env<C: CommandFactory>() -> Option<ExitCode> {
+pub fn from_env(cmd: impl FnOnce() -> Command) -> Option<ExitCode> {
     let dir = std::env::var_os(GENERATE_DOCS_ENV).filter(|d| !d.is_empty())?;
-    Some(match generate(C::command(), Path::new(&dir)) {
+    Some(match generate(cmd(), Path::new(&dir)) {
         Ok(files) => {
             for f in files {
                 println!("{}", f.display());
@@ -86,8 +86,8 @@ pub fn from_env<C: CommandFactory>() -> Option<ExitCode> {
 /// `polymur::docgen::exit_if_requested::<Args>();` — [`from_env`], then exit with its
 /// code when the documentation was asked for. Nothing has started yet at that point,
 /// so exiting directly skips no cleanup.
-pub fn exit_if_requested<C: CommandFactory>() {
-    if let Some(code) = from_env::<C>() {
+pub fn exit_if_requested(cmd: impl FnOnce() -> Command) {
+    if let Some(code) = from_env(cmd) {
         std::process::exit(if code == ExitCode::SUCCESS { 0 } else { 1 });
     }
 }

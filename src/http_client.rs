@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
+use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{CertificateError, DigitallySignedStruct, SignatureScheme};
 
@@ -52,8 +53,8 @@ fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, ClientError> 
         path: path.display().to_string(),
         message,
     };
-    let file = std::fs::File::open(path).map_err(|e| ca(e.to_string()))?;
-    let certs: Vec<_> = rustls_pemfile::certs(&mut std::io::BufReader::new(file))
+    let pem = std::fs::read(path).map_err(|e| ca(e.to_string()))?;
+    let certs: Vec<_> = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<_, _>>()
         .map_err(|e| ca(e.to_string()))?;
     if certs.is_empty() {
@@ -76,9 +77,8 @@ pub fn tls_config(extra_ca: Option<&Path>) -> Result<rustls::ClientConfig, Clien
     // A missing system bundle only matters for https endpoints, and then the TLS
     // handshake reports it.
     if let Some(path) = bundle {
-        if let Ok(file) = std::fs::File::open(&path) {
-            let mut reader = std::io::BufReader::new(file);
-            roots.add_parsable_certificates(rustls_pemfile::certs(&mut reader).flatten());
+        if let Ok(pem) = std::fs::read(&path) {
+            roots.add_parsable_certificates(CertificateDer::pem_slice_iter(&pem).flatten());
         }
     }
     let pinned = match extra_ca {

@@ -12,7 +12,7 @@
 //!
 //! The shapes that matter:
 //! - a [`batch::Batch`] is one buffer plus a line index: lines are validated in
-//!   place ([`line`]) and never allocated one by one;
+//!   place ([`mod@line`]) and never allocated one by one;
 //! - a [`route::Router`] splits a batch into one buffer per destination
 //!   (broadcast shares the batch's own buffer; hash rings follow graphite-carbon);
 //! - the [`pipeline::Pipeline`] admits a batch to every destination it routes to,
@@ -21,14 +21,18 @@
 //!   writer task that reconnects; nothing one destination does stalls another;
 //! - [`keys`] syncs API keys from Consul, etcd or a file into a lock-free cache.
 //!
-//! Module map: [`line`], [`batch`] (data); [`route`] (routers, rings, dry run);
+//! Module map: [`mod@line`], [`batch`] (data); [`route`] (routers, rings, dry run);
 //! [`dest`] (queues, spool, writers); [`pipeline`], [`registry`] (routing core,
 //! runtime destination changes); [`ingest`] (the gateway's HTTP source);
-//! [`plaintext`] (TCP source); [`proxy`]; [`keys`]; [`admin`] (runtime API,
-//! runstats, admin HTTP); [`stats`], [`self_metrics`]; [`config`], [`logging`],
-//! [`shutdown`], [`daemon`], [`http_client`]; [`gateway`], [`relay`] (daemons);
-//! [`notify`] (systemd readiness and watchdog), [`docgen`] (man pages, completions);
-//! [`bench`] (the `polymur-bench` load generator).
+//! [`plaintext`] (TCP source); [`daemon`] (the one daemon layer: a source into the
+//! pipeline with registry, operator endpoints, reports and staged shutdown);
+//! [`gateway`], [`relay`], [`proxy`] (what each daemon adds to it); [`keys`];
+//! [`admin`] (runtime API, runstats, admin HTTP, Prometheus); [`stats`],
+//! [`self_metrics`]; [`config`] (flag conventions, shared flags), [`net`],
+//! [`shutdown`], [`logging`], [`http_client`]; [`notify`] (systemd
+//! readiness and watchdog), [`docgen`] (man pages and completions from the flags). The binaries in `src/bin/` parse
+//! flags and call the library; `polymur-bench` (the load generator) lives there
+//! too, outside the library.
 //!
 //! ```
 //! use polymur::batch::Batch;
@@ -44,7 +48,6 @@
 //! ```
 pub mod admin;
 pub mod batch;
-pub mod bench;
 pub mod config;
 pub mod daemon;
 pub mod dest;
@@ -55,6 +58,7 @@ pub mod ingest;
 pub mod keys;
 pub mod line;
 pub mod logging;
+pub mod net;
 pub mod notify;
 pub mod pipeline;
 pub mod plaintext;

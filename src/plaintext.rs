@@ -155,8 +155,7 @@ impl PlaintextSource {
         let mut conns = JoinSet::new();
         loop {
             while conns.try_join_next().is_some() {}
-            let Some((stream, peer)) = crate::shutdown::accept(&listener, &mut shutdown).await
-            else {
+            let Some((stream, peer)) = crate::net::accept(&listener, &mut shutdown).await else {
                 break;
             };
             let source = self.clone();
@@ -334,7 +333,7 @@ impl PlaintextSource {
 
 /// Binds the plaintext listener, naming the address in the error.
 pub async fn bind(addr: &str) -> std::io::Result<(TcpListener, SocketAddr)> {
-    crate::ingest::bind(addr).await
+    crate::net::bind(addr).await
 }
 
 #[cfg(test)]

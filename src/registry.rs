@@ -7,7 +7,6 @@ use std::time::{Duration, SystemTime};
 
 use tokio::task::JoinHandle;
 
-use crate::admin::api::DestinationControl;
 use crate::batch::Batch;
 use crate::dest::Chunk;
 use crate::dest::{DestAddr, DestConfig, Destination, SinkKind};
@@ -243,8 +242,12 @@ impl Registry {
     }
 }
 
-impl DestinationControl for Registry {
-    fn getdest(&self) -> serde_json::Value {
+/// What the runtime API (`getdest`, `putdest`, `deldest`) asks of the registry; the
+/// API itself lives in `admin::api`, which depends on the registry, never the reverse.
+impl Registry {
+    /// JSON `{"active": [...], "registered": {...}}`: destinations in service and
+    /// every registered one with its registration time.
+    pub fn describe(&self) -> serde_json::Value {
         let entries = self.lock_entries();
         let failed = self.failed.lock().unwrap_or_else(|e| e.into_inner());
         let active: Vec<String> = entries
@@ -266,7 +269,8 @@ impl DestinationControl for Registry {
         serde_json::json!({ "active": active, "registered": registered })
     }
 
-    fn putdest(&self, dest: &str) -> Result<(), String> {
+    /// Adds a destination at run time; `Err` carries the message for the client.
+    pub fn add(&self, dest: &str) -> Result<(), String> {
         let addr: DestAddr = dest.parse().map_err(|e| format!("{e}"))?;
         let mut entries = self.lock_entries();
         if entries.iter().any(|e| e.addr == addr) {
@@ -278,7 +282,8 @@ impl DestinationControl for Registry {
         Ok(())
     }
 
-    fn deldest(&self, dest: &str) -> Result<(), String> {
+    /// Removes a destination at run time; `Err` carries the message for the client.
+    pub fn remove(&self, dest: &str) -> Result<(), String> {
         let addr: DestAddr = dest.parse().map_err(|e| format!("{e}"))?;
         let mut entries = self.lock_entries();
         let Some(pos) = entries.iter().position(|e| e.addr == addr) else {

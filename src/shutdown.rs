@@ -33,27 +33,6 @@ impl Shutdown {
     }
 }
 
-/// Accepts the next connection, or `None` once shutdown is requested. Accept
-/// errors (typically EMFILE) are logged and retried after a short pause instead
-/// of spinning or ending the listener.
-pub async fn accept(
-    listener: &tokio::net::TcpListener,
-    shutdown: &mut Shutdown,
-) -> Option<(tokio::net::TcpStream, std::net::SocketAddr)> {
-    loop {
-        tokio::select! {
-            r = listener.accept() => match r {
-                Ok(c) => return Some(c),
-                Err(e) => {
-                    tracing::error!("accept failed: {e}");
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                }
-            },
-            _ = shutdown.recv() => return None,
-        }
-    }
-}
-
 impl ShutdownTrigger {
     /// Requests shutdown of every task holding a [`Shutdown`] from this pair.
     pub fn fire(&self) {

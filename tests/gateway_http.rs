@@ -578,8 +578,13 @@ fn runtime_api_and_runstats_answer_per_protocol() {
     );
     let stats = tcp_request(&gw.stat, "stats\n").unwrap();
     let doc: serde_json::Value = serde_json::from_str(stats.trim()).unwrap();
-    assert!(doc["service.start-time"].as_str().unwrap().contains('T'));
-    assert!(doc["service.uptime-seconds"].is_u64());
+    // The original's nested shape (PROTOCOL.md "Runstats").
+    assert!(doc["service"]["start-time"].as_str().unwrap().contains('T'));
+    assert!(doc["service"]["uptime-seconds"].is_u64());
+    let mem = &doc["runtime-meminfo"];
+    assert!(mem["rss-bytes"].as_u64().unwrap() > 0, "{doc}");
+    assert!(mem["peak-rss-bytes"].as_u64().unwrap() >= mem["rss-bytes"].as_u64().unwrap());
+    assert_eq!(doc.as_object().unwrap().len(), 2, "{doc}");
     assert_eq!(
         tcp_request(&gw.stat, "bogus\n").unwrap(),
         "Not a command: bogus\n"

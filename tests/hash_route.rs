@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use polymur::dest::addr::DestAddr;
-use polymur::route::hash::{HashKind, HashRing};
+use polymur::route::ring::{HashKind, HashRing};
 use support::*;
 
 const GW: &str = GATEWAY_BIN;

@@ -10,13 +10,17 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
 use polymur::batch::Batch;
-use polymur::bench::workload::Workload;
+/// The load generator's workload (it lives in the `polymur-bench` binary, outside the library).
+#[allow(dead_code)]
+#[path = "../src/bin/polymur-bench/workload.rs"]
+mod workload;
 use polymur::dest::DestAddr;
 use polymur::ingest::inflate::gunzip;
 use polymur::route::broadcast::Broadcast;
-use polymur::route::hash::HashKind;
-use polymur::route::hashed::HashRouter;
+use polymur::route::hash_router::HashRouter;
+use polymur::route::ring::HashKind;
 use polymur::route::{RoutedPart, Router};
+use workload::Workload;
 
 /// Counts allocations (and reallocations, which are allocations too) of threads
 /// that switched counting on, so tests running in parallel do not disturb each other.

@@ -130,6 +130,35 @@ fn readiness_follows_the_only_destination() {
 }
 
 #[test]
+fn readiness_ends_when_shutdown_closes_the_listeners() {
+    use std::io::Write;
+    let sink = LineSink::start();
+    let gw = gateway(&["-dev-mode", "-destinations", &sink.addr()]);
+    assert!(wait_until(secs(5), || http_get(&gw.admin, "/readyz", &[])
+        .unwrap()
+        .status
+        == 200));
+    // A request in flight (headers sent, body not yet) keeps the process in its
+    // first shutdown stage, with the admin endpoint still answering.
+    let mut inflight = std::net::TcpStream::connect(&gw.http).unwrap();
+    inflight
+        .write_all(
+            b"POST /ingest HTTP/1.1\r\nHost: gw\r\nX-Polymur-Key: 123\r\nContent-Length: 64\r\n\r\n",
+        )
+        .unwrap();
+    gw.proc.term();
+    assert!(gw.proc.wait_log("Shutting down", secs(10)));
+    assert!(wait_until(secs(5), || http_get(&gw.admin, "/readyz", &[])
+        .unwrap()
+        .status
+        == 503));
+    let r = http_get(&gw.admin, "/readyz", &[]).unwrap();
+    assert!(r.body.contains("not listening"), "{}", r.body);
+    drop(inflight);
+    assert!(gw.proc.wait_exit(secs(20)).is_some_and(|s| s.success()));
+}
+
+#[test]
 fn status_page_shows_destinations_keys_and_drops_but_never_keys() {
     let dir = tempfile::tempdir().unwrap();
     let keys = dir.path().join("keys");

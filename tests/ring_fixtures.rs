@@ -8,7 +8,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use polymur::dest::addr::DestAddr;
-use polymur::route::hash::{HashKind, HashRing};
+use polymur::route::ring::{HashKind, HashRing};
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
 

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use super::{not_a_command, Handler};
+use crate::registry::Registry;
 
 /// What the API needs from the daemon: the destination registry.
 pub trait DestinationControl: Send + Sync + 'static {
@@ -12,6 +13,20 @@ pub trait DestinationControl: Send + Sync + 'static {
     fn putdest(&self, dest: &str) -> Result<(), String>;
     /// Removes a destination.
     fn deldest(&self, dest: &str) -> Result<(), String>;
+}
+
+impl DestinationControl for Registry {
+    fn getdest(&self) -> serde_json::Value {
+        self.describe()
+    }
+
+    fn putdest(&self, dest: &str) -> Result<(), String> {
+        self.add(dest)
+    }
+
+    fn deldest(&self, dest: &str) -> Result<(), String> {
+        self.remove(dest)
+    }
 }
 
 /// The API handler over `control`.

@@ -18,11 +18,13 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
 use super::api::DestinationControl;
+use super::prometheus;
+use crate::dest::Destination;
 use crate::keys::KeyCache;
 use crate::line::LineError;
 use crate::pipeline::Pipeline;
 use crate::shutdown::Shutdown;
-use crate::stats::{HTTP_CODES, HTTP_PATHS, LATENCY_BUCKETS};
+use crate::stats::Stats;
 
 /// What the admin endpoint reports on.
 pub struct AdminState {
@@ -30,17 +32,31 @@ pub struct AdminState {
     pub service: &'static str,
     /// Process start.
     pub started: SystemTime,
-    /// Counters, destinations, queues.
-    pub pipeline: Arc<Pipeline>,
+    /// What the source accepted, refused and found invalid.
+    pub stats: Arc<Stats>,
+    /// Destinations and their queues; `None` where the daemon has no Graphite
+    /// destinations (the proxy).
+    pub pipeline: Option<Arc<Pipeline>>,
     /// Runtime destination changes (`/api/destinations`); `None` where the daemon
     /// has no Graphite destinations (the proxy).
     pub control: Option<Arc<dyn DestinationControl>>,
     /// Daemon-specific figures (the proxy's gateway side).
     pub extra: Option<Arc<dyn AdminExtra>>,
+    /// The HTTP source's counters (gateway only).
+    pub http: Option<Arc<crate::ingest::stats::HttpStats>>,
     /// Keys (gateway only) and a description of their store.
     pub keys: Option<(Arc<KeyCache>, String)>,
     /// Set once every data listener is bound.
     pub listening: Arc<AtomicBool>,
+}
+
+impl AdminState {
+    /// The destinations in service (none without a pipeline).
+    pub fn destinations(&self) -> Vec<Arc<Destination>> {
+        self.pipeline
+            .as_ref()
+            .map_or_else(Vec::new, |p| p.destinations())
+    }
 }
 
 /// What a daemon adds to the shared admin surface.
@@ -70,17 +86,11 @@ pub fn unix_now() -> u64 {
     unix(SystemTime::now())
 }
 
-fn unix(t: SystemTime) -> u64 {
+/// A time in Unix seconds (0 before the epoch).
+pub fn unix(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
-}
-
-/// Escapes a Prometheus label value.
-fn label(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
 }
 
 /// Escapes text for HTML.
@@ -91,198 +101,19 @@ fn html(v: &str) -> String {
         .replace('"', "&quot;")
 }
 
-/// The Prometheus text exposition of every counter.
+/// The Prometheus text exposition of every counter (see [`super::prometheus`]).
 pub fn render_metrics(state: &AdminState) -> String {
-    let stats = state.pipeline.stats();
     let mut out = String::with_capacity(4096);
-    let mut family = |name: &str, kind: &str, help: &str| {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        name.to_string()
-    };
-    let mut lines: Vec<String> = Vec::new();
-    let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
-
-    let n = family(
-        "polymur_received_points_total",
-        "counter",
-        "Points accepted into the pipeline (held for every destination).",
-    );
-    lines.push(format!("{n} {}", load(&stats.received)));
-    let n = family(
-        "polymur_received_batches_total",
-        "counter",
-        "Batches accepted.",
-    );
-    lines.push(format!("{n} {}", load(&stats.batches)));
-    out.push_str(&lines.join("\n"));
-    out.push('\n');
-    lines.clear();
-
-    let _ = writeln!(out, "# HELP polymur_invalid_lines_total Lines dropped as invalid, by reason.\n# TYPE polymur_invalid_lines_total counter");
-    for e in LineError::ALL {
-        let _ = writeln!(
-            out,
-            "polymur_invalid_lines_total{{reason=\"{}\"}} {}",
-            e.label(),
-            load(&stats.invalid_by_reason[e.index()])
-        );
+    let stats = &state.stats;
+    prometheus::pipeline(&mut out, stats);
+    prometheus::destinations(&mut out, &state.destinations());
+    if let Some(http) = &state.http {
+        prometheus::http(&mut out, http);
     }
-    let _ = writeln!(out, "# HELP polymur_refused_batches_total Batches refused with 503 because a destination could not hold them.\n# TYPE polymur_refused_batches_total counter\npolymur_refused_batches_total {}", load(&stats.refused));
-
-    let dests = state.pipeline.destinations();
-    let per_dest = |out: &mut String,
-                    name: &str,
-                    kind: &str,
-                    help: &str,
-                    f: &dyn Fn(&crate::dest::Destination) -> String| {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        for d in &dests {
-            let _ = writeln!(
-                out,
-                "{name}{{destination=\"{}\"}} {}",
-                label(d.name()),
-                f(d)
-            );
-        }
-    };
-    per_dest(
-        &mut out,
-        "polymur_forwarded_points_total",
-        "counter",
-        "Points written to each destination.",
-        &|d| load(&d.stats.sent).to_string(),
-    );
-    per_dest(
-        &mut out,
-        "polymur_destination_queue_points",
-        "gauge",
-        "Points queued in memory for each destination.",
-        &|d| d.queued().to_string(),
-    );
-    per_dest(
-        &mut out,
-        "polymur_destination_queue_limit",
-        "gauge",
-        "Queue cap of each destination, in points.",
-        &|d| d.cap().to_string(),
-    );
-    per_dest(
-        &mut out,
-        "polymur_destination_up",
-        "gauge",
-        "1 while the destination's connection is open.",
-        &|d| u8::from(d.stats.connected.load(Ordering::Relaxed)).to_string(),
-    );
-    per_dest(
-        &mut out,
-        "polymur_destination_errors_total",
-        "counter",
-        "Failed connects and broken connections.",
-        &|d| load(&d.stats.errors).to_string(),
-    );
-    per_dest(
-        &mut out,
-        "polymur_resent_points_total",
-        "counter",
-        "Points re-sent after a broken connection (possible duplicates).",
-        &|d| load(&d.stats.resent).to_string(),
-    );
-    let _ = writeln!(out, "# HELP polymur_dropped_points_total Points dropped, by destination and reason.\n# TYPE polymur_dropped_points_total counter");
-    for d in &dests {
-        let damaged = d.spool().map_or(0, |s| s.damaged_points());
-        for (reason, count) in [
-            ("shutdown", load(&d.stats.abandoned)),
-            ("overflow", load(&d.stats.dropped)),
-            ("spool_damaged", damaged),
-            ("dead_letter", load(&d.stats.dead_lettered)),
-        ] {
-            let _ = writeln!(
-                out,
-                "polymur_dropped_points_total{{destination=\"{}\",reason=\"{reason}\"}} {count}",
-                label(d.name()),
-            );
-        }
-    }
-    per_dest(
-        &mut out,
-        "polymur_spool_bytes",
-        "gauge",
-        "Bytes waiting in each destination's disk spool (0 without -spool-dir).",
-        &|d| d.spool().map_or(0, |s| s.backlog()).to_string(),
-    );
-    per_dest(
-        &mut out,
-        "polymur_spooled_points_total",
-        "counter",
-        "Points written to each destination's spool.",
-        &|d| load(&d.stats.spooled).to_string(),
-    );
-
-    let _ = writeln!(out, "# HELP polymur_http_requests_total HTTP answers by route and status.\n# TYPE polymur_http_requests_total counter");
-    for (p, path) in HTTP_PATHS.iter().enumerate() {
-        for (c, code) in HTTP_CODES.iter().enumerate() {
-            let v = stats.http_count(p, c);
-            if v > 0 {
-                let _ = writeln!(
-                    out,
-                    "polymur_http_requests_total{{path=\"{path}\",code=\"{code}\"}} {v}"
-                );
-            }
-        }
-    }
-    let h = &stats.batch_latency;
-    let _ = writeln!(out, "# HELP polymur_batch_latency_seconds Time from /ingest request to answer.\n# TYPE polymur_batch_latency_seconds histogram");
-    let mut cumulative = 0;
-    for (i, bound) in LATENCY_BUCKETS.iter().enumerate() {
-        cumulative += load(&h.buckets[i]);
-        let _ = writeln!(
-            out,
-            "polymur_batch_latency_seconds_bucket{{le=\"{bound}\"}} {cumulative}"
-        );
-    }
-    cumulative += load(&h.buckets[LATENCY_BUCKETS.len()]);
-    let _ = writeln!(
-        out,
-        "polymur_batch_latency_seconds_bucket{{le=\"+Inf\"}} {cumulative}"
-    );
-    let _ = writeln!(
-        out,
-        "polymur_batch_latency_seconds_sum {}",
-        load(&h.sum_micros) as f64 / 1e6
-    );
-    let _ = writeln!(
-        out,
-        "polymur_batch_latency_seconds_count {}",
-        load(&h.count)
-    );
-
     if let Some((keys, _)) = &state.keys {
-        let _ = writeln!(out, "# HELP polymur_key_received_points_total Points accepted per API key name.\n# TYPE polymur_key_received_points_total counter");
-        for t in keys.tenants() {
-            let _ = writeln!(
-                out,
-                "polymur_key_received_points_total{{key_name=\"{}\"}} {}",
-                label(&t.name),
-                t.received.load(Ordering::Relaxed)
-            );
-        }
-        let now = unix(SystemTime::now());
-        let ok = keys.last_sync_ok.load(Ordering::Relaxed);
-        let _ = writeln!(out, "# HELP polymur_key_names Registered API key names.\n# TYPE polymur_key_names gauge\npolymur_key_names {}", keys.tenants().len());
-        let _ = writeln!(out, "# HELP polymur_key_sync_last_success_timestamp_seconds Unix time of the last successful key sync (0: never).\n# TYPE polymur_key_sync_last_success_timestamp_seconds gauge\npolymur_key_sync_last_success_timestamp_seconds {ok}");
-        let age = if ok == 0 {
-            -1.0
-        } else {
-            now.saturating_sub(ok) as f64
-        };
-        let _ = writeln!(out, "# HELP polymur_key_sync_age_seconds Seconds since the last successful key sync (-1: never).\n# TYPE polymur_key_sync_age_seconds gauge\npolymur_key_sync_age_seconds {age}");
-        let failed = keys.last_sync_failed.load(Ordering::Relaxed);
-        let _ = writeln!(out, "# HELP polymur_key_sync_up 1 when the last key sync succeeded.\n# TYPE polymur_key_sync_up gauge\npolymur_key_sync_up {}", u8::from(ok >= failed && ok > 0));
+        prometheus::keys(&mut out, keys, unix_now());
     }
-    let (rss, peak) = super::runstats::memory();
-    let _ = writeln!(out, "# HELP polymur_process_resident_memory_bytes Resident memory.\n# TYPE polymur_process_resident_memory_bytes gauge\npolymur_process_resident_memory_bytes {rss}");
-    let _ = writeln!(out, "# HELP polymur_process_peak_resident_memory_bytes Peak resident memory.\n# TYPE polymur_process_peak_resident_memory_bytes gauge\npolymur_process_peak_resident_memory_bytes {peak}");
-    let _ = writeln!(out, "# HELP polymur_process_start_time_seconds Process start, Unix time.\n# TYPE polymur_process_start_time_seconds gauge\npolymur_process_start_time_seconds {}", unix(state.started));
+    prometheus::process(&mut out, state.started);
     if let Some(extra) = &state.extra {
         extra.metrics(&mut out);
     }
@@ -293,14 +124,14 @@ pub fn render_metrics(state: &AdminState) -> String {
 pub fn not_ready(state: &AdminState) -> Option<String> {
     let mut why = Vec::new();
     if !state.listening.load(Ordering::Relaxed) {
-        why.push("listeners not bound yet".to_string());
+        why.push("not listening (listeners not bound yet, or closed for shutdown)".to_string());
     }
     if let Some((keys, store)) = &state.keys {
         if keys.last_sync_ok.load(Ordering::Relaxed) == 0 {
             why.push(format!("no key sync has succeeded yet ({store})"));
         }
     }
-    let dests = state.pipeline.destinations();
+    let dests = state.destinations();
     if !dests.is_empty()
         && !dests
             .iter()
@@ -316,7 +147,7 @@ pub fn not_ready(state: &AdminState) -> Option<String> {
 
 /// The HTML status page: refreshes itself every 5 s.
 pub fn render_status(state: &AdminState) -> String {
-    let stats = state.pipeline.stats();
+    let stats = &state.stats;
     let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
     let uptime = SystemTime::now()
         .duration_since(state.started)
@@ -340,15 +171,22 @@ th{{background:#f3f3f3}}td:first-child,th:first-child{{text-align:left}}.ok{{col
         page,
         "<h2>Traffic</h2><table><tr><th>counter</th><th>value</th></tr>\
 <tr><td>points received</td><td>{}</td></tr><tr><td>batches received</td><td>{}</td></tr>\
-<tr><td>batches refused (503)</td><td>{}</td></tr><tr><td>bodies malformed (400)</td><td>{}</td></tr>\
-<tr><td>bodies too large (413)</td><td>{}</td></tr><tr><td>unknown keys (401)</td><td>{}</td></tr></table>",
+<tr><td>batches refused (503)</td><td>{}</td></tr>",
         load(&stats.received),
         load(&stats.batches),
         load(&stats.refused),
-        load(&stats.malformed),
-        load(&stats.too_large),
-        load(&stats.unauthorized),
     );
+    if let Some(http) = &state.http {
+        let _ = write!(
+            page,
+            "<tr><td>bodies malformed (400)</td><td>{}</td></tr>\
+<tr><td>bodies too large (413)</td><td>{}</td></tr><tr><td>unknown keys (401)</td><td>{}</td></tr>",
+            load(&http.malformed),
+            load(&http.too_large),
+            load(&http.unauthorized),
+        );
+    }
+    page.push_str("</table>");
     page.push_str("<h2>Invalid lines</h2><table><tr><th>reason</th><th>lines</th></tr>");
     for e in LineError::ALL {
         let _ = write!(
@@ -359,7 +197,7 @@ th{{background:#f3f3f3}}td:first-child,th:first-child{{text-align:left}}.ok{{col
         );
     }
     page.push_str("</table><h2>Destinations</h2><table><tr><th>destination</th><th>state</th><th>queued</th><th>limit</th><th>spool bytes</th><th>forwarded</th><th>errors</th><th>resent</th><th>dropped (overflow)</th><th>dropped at shutdown</th></tr>");
-    for d in state.pipeline.destinations() {
+    for d in state.destinations() {
         let up = d.stats.connected.load(Ordering::Relaxed);
         let _ = write!(
             page,
@@ -503,7 +341,7 @@ async fn handle(state: Arc<AdminState>, req: Request<Incoming>) -> Result<Resp, 
 /// Serves the admin endpoint until shutdown.
 pub async fn serve(listener: TcpListener, state: Arc<AdminState>, mut shutdown: Shutdown) {
     loop {
-        let Some((stream, _)) = crate::shutdown::accept(&listener, &mut shutdown).await else {
+        let Some((stream, _)) = crate::net::accept(&listener, &mut shutdown).await else {
             return;
         };
         let state = state.clone();

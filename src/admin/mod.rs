@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod http;
+pub mod prometheus;
 pub mod runstats;
 
 use std::sync::Arc;
@@ -24,7 +25,7 @@ pub type Handler = Arc<dyn Fn(&str) -> String + Send + Sync>;
 /// Serves `handler` on `listener` until shutdown.
 pub async fn serve_lines(listener: TcpListener, handler: Handler, mut shutdown: Shutdown) {
     loop {
-        let Some((stream, _)) = crate::shutdown::accept(&listener, &mut shutdown).await else {
+        let Some((stream, _)) = crate::net::accept(&listener, &mut shutdown).await else {
             return;
         };
         let handler = handler.clone();

@@ -85,7 +85,7 @@ enum ListWhat {
 struct Refused(String);
 
 fn main() -> ExitCode {
-    polymur::docgen::exit_if_requested::<Args>();
+    polymur::docgen::exit_if_requested(<Args as clap::CommandFactory>::command);
     // reqwest is built without a default crypto provider; any TLS in this process
     // uses ring. An error only means some other code installed one first.
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -165,22 +165,14 @@ async fn run(args: Args) -> anyhow::Result<Result<Vec<String>, Refused>> {
             if !new_file && store.load().await?.contains_key(&name) {
                 Err(Refused(format!("Key {name} already exists")))
             } else {
-                let key = new_key()?;
-                store.put(&name, &key).await?;
-                Ok(vec![format!(
-                    "Successfully registered {name} with key {key}"
-                )])
+                Ok(vec![put_new_key(store, &name, "registered").await?])
             }
         }
         Command::Regen { name } => {
             if !store.load().await?.contains_key(&name) {
                 Err(Refused(format!("Key {name} doesn't exist")))
             } else {
-                let key = new_key()?;
-                store.put(&name, &key).await?;
-                Ok(vec![format!(
-                    "Successfully regenerated {name} with key {key}"
-                )])
+                Ok(vec![put_new_key(store, &name, "regenerated").await?])
             }
         }
         Command::Delete { name } => {
@@ -191,6 +183,13 @@ async fn run(args: Args) -> anyhow::Result<Result<Vec<String>, Refused>> {
             }
         }
     })
+}
+
+/// Gives `name` a new random key; the answer line says what was `done` (the original's wording).
+async fn put_new_key(store: &dyn KeyStore, name: &str, done: &str) -> anyhow::Result<String> {
+    let key = new_key()?;
+    store.put(name, &key).await?;
+    Ok(format!("Successfully {done} {name} with key {key}"))
 }
 
 /// A name becomes a KV path segment, a key-file field and (with -key-prefix) the first

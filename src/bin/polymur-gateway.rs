@@ -1,4 +1,20 @@
+//! polymur-gateway: flags and `main`. The daemon is [`polymur::gateway`].
+
 fn main() -> std::process::ExitCode {
-    polymur::docgen::exit_if_requested::<polymur::gateway::GatewayArgs>();
-    polymur::gateway::main()
+    let command = clap::Command::new("polymur-gateway")
+        .version(env!("CARGO_PKG_VERSION"))
+        .about("Receives gzip'ed Graphite batches over HTTP(S) from polymur-proxy and forwards them to Graphite")
+        .after_help("Flags may be written Go-style with one dash (-dev-mode, -destinations=a:1,b:2).");
+    polymur::docgen::exit_if_requested(|| {
+        polymur::config::full_command::<polymur::gateway::GatewayConfig>(
+            command.clone(),
+            "POLYMUR_GW_",
+        )
+    });
+    let config: polymur::gateway::GatewayConfig =
+        polymur::config::parse(command, "POLYMUR_GW_", std::env::args_os());
+    let (log_format, flags) = (config.common.log_format, config.pipeline.clone());
+    polymur::daemon::main("polymur-gateway", log_format, Some(&flags), || {
+        polymur::gateway::run(config)
+    })
 }

@@ -1,4 +1,18 @@
+//! polymur (the relay): flags and `main`. The daemon is [`polymur::relay`].
+
 fn main() -> std::process::ExitCode {
-    polymur::docgen::exit_if_requested::<polymur::relay::RelayArgs>();
-    polymur::relay::main()
+    let command = clap::Command::new("polymur")
+        .version(env!("CARGO_PKG_VERSION"))
+        .about("Relays Graphite plaintext metrics from TCP clients to Graphite destinations")
+        .after_help("Flags may be written Go-style with one dash (-listen-addr=0.0.0.0:2003, -console-out).");
+    polymur::docgen::exit_if_requested(|| {
+        polymur::config::full_command::<polymur::relay::RelayConfig>(command.clone(), "POLYMUR_")
+    });
+    let config: polymur::relay::RelayConfig =
+        polymur::config::parse(command, "POLYMUR_", std::env::args_os());
+    let log_format = config.common.log_format;
+    let flags = config.pipeline.clone();
+    polymur::daemon::main("polymur", log_format, Some(&flags), || {
+        polymur::relay::run(config)
+    })
 }

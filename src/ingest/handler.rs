@@ -81,11 +81,7 @@ pub async fn handle(
         .map(|v| v.as_bytes().to_vec());
     let tenant = presented.as_deref().and_then(|k| state.keys.tenant(k));
     let Some(tenant) = tenant else {
-        state
-            .pipeline
-            .stats()
-            .unauthorized
-            .fetch_add(1, Ordering::Relaxed);
+        state.http.unauthorized.fetch_add(1, Ordering::Relaxed);
         let fp = presented
             .as_deref()
             .map(fingerprint)
@@ -109,11 +105,7 @@ async fn ingest(state: Arc<Ingest>, req: Request<Incoming>, client: &str, tenant
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limits.max_body_bytes as u64) {
-        state
-            .pipeline
-            .stats()
-            .too_large
-            .fetch_add(1, Ordering::Relaxed);
+        state.http.too_large.fetch_add(1, Ordering::Relaxed);
         tracing::warn!("Batch from {client} (key {name}) refused: body over -max-body-bytes");
         return reply_close(StatusCode::PAYLOAD_TOO_LARGE, "Batch Too Large\n");
     }
@@ -124,11 +116,7 @@ async fn ingest(state: Arc<Ingest>, req: Request<Incoming>, client: &str, tenant
             if e.downcast_ref::<http_body_util::LengthLimitError>()
                 .is_some() =>
         {
-            state
-                .pipeline
-                .stats()
-                .too_large
-                .fetch_add(1, Ordering::Relaxed);
+            state.http.too_large.fetch_add(1, Ordering::Relaxed);
             tracing::warn!("Batch from {client} (key {name}) refused: body over -max-body-bytes");
             return reply_close(StatusCode::PAYLOAD_TOO_LARGE, "Batch Too Large\n");
         }
@@ -181,22 +169,14 @@ async fn ingest(state: Arc<Ingest>, req: Request<Incoming>, client: &str, tenant
     let (batch, rejects) = match decoded {
         Ok(b) => b,
         Err(InflateError::TooLarge(_)) => {
-            state
-                .pipeline
-                .stats()
-                .too_large
-                .fetch_add(1, Ordering::Relaxed);
+            state.http.too_large.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(
                 "Batch from {client} (key {name}) refused: decompresses past -max-batch-bytes"
             );
             return reply(StatusCode::PAYLOAD_TOO_LARGE, "Batch Too Large\n");
         }
         Err(InflateError::Malformed(e)) => {
-            state
-                .pipeline
-                .stats()
-                .malformed
-                .fetch_add(1, Ordering::Relaxed);
+            state.http.malformed.fetch_add(1, Ordering::Relaxed);
             tracing::warn!("Batch from {client} (key {name}) malformed: {e}");
             return reply(StatusCode::BAD_REQUEST, "Batch Malformed\n");
         }

@@ -2,10 +2,10 @@
 
 pub mod handler;
 pub mod inflate;
+pub mod stats;
 pub mod tls;
 pub mod zstd;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -40,6 +40,8 @@ pub struct Ingest {
     pub keys: Arc<KeyCache>,
     /// Where accepted batches go.
     pub pipeline: Arc<Pipeline>,
+    /// Answers, refusals and latency of the HTTP listeners.
+    pub http: Arc<stats::HttpStats>,
     /// Decode budget in KiB (`-incoming-queue-cap`): bounds the memory of batches
     /// being decompressed and routed at once, whatever the number of clients.
     pub decode_budget: DecodeBudget,
@@ -109,7 +111,7 @@ pub async fn serve(
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let read_timeout = state.config.read_timeout;
     loop {
-        let Some((stream, peer)) = crate::shutdown::accept(&listener, &mut shutdown).await else {
+        let Some((stream, peer)) = crate::net::accept(&listener, &mut shutdown).await else {
             break;
         };
         let _ = stream.set_nodelay(true);
@@ -128,7 +130,7 @@ pub async fn serve(
                     let started = std::time::Instant::now();
                     let answer = handler::handle(state.clone(), peer, req).await;
                     if let Ok(resp) = &answer {
-                        let stats = state.pipeline.stats();
+                        let stats = &state.http;
                         stats.count_http(path, resp.status().as_u16());
                         if path == "/ingest" {
                             stats.batch_latency.observe(started.elapsed());
@@ -171,13 +173,4 @@ pub async fn serve(
     {
         tracing::warn!("in-flight requests still open after {GRACE:?}; closing them");
     }
-}
-
-/// Binds a listener, naming the address in the error.
-pub async fn bind(addr: &str) -> std::io::Result<(TcpListener, SocketAddr)> {
-    let l = TcpListener::bind(addr)
-        .await
-        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
-    let local = l.local_addr()?;
-    Ok((l, local))
 }

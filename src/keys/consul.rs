@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
+use super::StoreErrors as _;
 use super::{b64_decode, usable_key, BoxFuture, KeySet, KeyStore, KeyStoreError, KEY_PREFIX};
 
 /// Timeout of the plain (non-blocking) requests.
@@ -81,20 +82,6 @@ impl ConsulStore {
         })
     }
 
-    fn unavailable(&self, message: impl std::fmt::Display) -> KeyStoreError {
-        KeyStoreError::Unavailable {
-            store: self.describe(),
-            message: message.to_string(),
-        }
-    }
-
-    fn invalid(&self, message: impl std::fmt::Display) -> KeyStoreError {
-        KeyStoreError::Invalid {
-            store: self.describe(),
-            message: message.to_string(),
-        }
-    }
-
     /// URL of the KV entry `<prefix><name>`, with `name` percent-encoded so that any
     /// name reaches Consul as one literal key.
     fn kv_url(&self, name: &str) -> String {
@@ -163,16 +150,7 @@ impl ConsulStore {
         if status == reqwest::StatusCode::NOT_FOUND {
             return Ok((None, index));
         }
-        let body = resp
-            .bytes()
-            .await
-            .map_err(|e| self.unavailable(error_chain(&e)))?;
-        if !status.is_success() {
-            return Err(self.unavailable(format!(
-                "GET {url}: {status} {}",
-                String::from_utf8_lossy(&body).trim()
-            )));
-        }
+        let body = self.success_body(&format!("GET {url}"), resp).await?;
         let entries: Vec<KvEntry> = serde_json::from_slice(&body)
             .map_err(|e| self.invalid(format!("KV listing is not Consul JSON: {e}")))?;
         Ok((Some(entries), index))

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use super::consul::error_chain;
+use super::StoreErrors as _;
 use super::KEY_PREFIX;
 use super::{b64_decode, b64_encode, usable_key, BoxFuture, KeySet, KeyStore, KeyStoreError};
 
@@ -74,20 +75,6 @@ impl EtcdStore {
         })
     }
 
-    fn unavailable(&self, message: impl std::fmt::Display) -> KeyStoreError {
-        KeyStoreError::Unavailable {
-            store: self.describe(),
-            message: message.to_string(),
-        }
-    }
-
-    fn invalid(&self, message: impl std::fmt::Display) -> KeyStoreError {
-        KeyStoreError::Invalid {
-            store: self.describe(),
-            message: message.to_string(),
-        }
-    }
-
     /// POSTs `body` to `path` on the current endpoint, then on each other one until
     /// one answers. Returns the endpoint's response, whatever its status.
     async fn post(
@@ -126,17 +113,7 @@ impl EtcdStore {
     /// A unary call: POST, then parse the JSON answer (an error status is an error).
     async fn call(&self, path: &str, body: Value) -> Result<Value, KeyStoreError> {
         let resp = self.post(path, &body, Some(REQUEST_TIMEOUT)).await?;
-        let status = resp.status();
-        let bytes = resp
-            .bytes()
-            .await
-            .map_err(|e| self.unavailable(error_chain(&e)))?;
-        if !status.is_success() {
-            return Err(self.unavailable(format!(
-                "{path}: {status} {}",
-                String::from_utf8_lossy(&bytes).trim()
-            )));
-        }
+        let bytes = self.success_body(path, resp).await?;
         serde_json::from_slice(&bytes).map_err(|e| self.invalid(format!("{path}: {e}")))
     }
 

@@ -42,6 +42,54 @@ pub enum KeyStoreError {
     ReadOnly(String),
 }
 
+/// The errors every store builds the same way: named after the store (its
+/// [`KeyStore::describe`]), so the operator sees which one failed.
+pub(crate) trait StoreErrors: KeyStore {
+    /// The store cannot be reached or answered with an error.
+    fn unavailable(&self, message: impl std::fmt::Display) -> KeyStoreError {
+        KeyStoreError::Unavailable {
+            store: self.describe(),
+            message: message.to_string(),
+        }
+    }
+
+    /// The store answered with data that cannot be used.
+    fn invalid(&self, message: impl std::fmt::Display) -> KeyStoreError {
+        KeyStoreError::Invalid {
+            store: self.describe(),
+            message: message.to_string(),
+        }
+    }
+
+    /// The body of an HTTP answer, or an error naming the request (`what`), the
+    /// status and what the store said, when the status is not a success.
+    fn success_body(
+        &self,
+        what: &str,
+        resp: reqwest::Response,
+    ) -> impl Future<Output = Result<bytes::Bytes, KeyStoreError>> + Send
+    where
+        Self: Sync,
+    {
+        async move {
+            let status = resp.status();
+            let body = resp
+                .bytes()
+                .await
+                .map_err(|e| self.unavailable(consul::error_chain(&e)))?;
+            if !status.is_success() {
+                return Err(self.unavailable(format!(
+                    "{what}: {status} {}",
+                    String::from_utf8_lossy(&body).trim()
+                )));
+            }
+            Ok(body)
+        }
+    }
+}
+
+impl<T: KeyStore> StoreErrors for T {}
+
 /// A source of registered API keys.
 pub trait KeyStore: Send + Sync + 'static {
     /// Human-readable description for logs, e.g. `consul http://127.0.0.1:8500`.

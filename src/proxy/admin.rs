@@ -8,6 +8,7 @@ use std::sync::Arc;
 use super::queue::Outbox;
 use super::sink::Gateway;
 use crate::admin::http::{unix_now, AdminExtra};
+use crate::admin::prometheus;
 
 /// Figures of the proxy's outbox and gateway connection.
 pub struct ProxyAdmin {
@@ -21,14 +22,13 @@ impl ProxyAdmin {
     fn spooled(&self) -> (u64, u64, u64) {
         self.outbox.spool().map_or((0, 0, 0), |s| s.size())
     }
-}
 
-impl AdminExtra for ProxyAdmin {
-    fn metrics(&self, out: &mut String) {
+    /// The single-series families: series (with labels), kind, help, value.
+    fn families(&self) -> [(&'static str, &'static str, &'static str, u64); 9] {
         let s = &self.gateway.stats;
         let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
         let (batches, points, bytes) = self.spooled();
-        let families: [(&str, &str, &str, u64); 9] = [
+        [
             (
                 "polymur_proxy_sent_points_total",
                 "counter",
@@ -83,25 +83,25 @@ impl AdminExtra for ProxyAdmin {
                 "Bytes waiting in the spool.",
                 bytes,
             ),
-        ];
-        for (series, kind, help, value) in families {
-            let name = series.split('{').next().unwrap_or(series);
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{series} {value}"
-            );
+        ]
+    }
+}
+
+impl AdminExtra for ProxyAdmin {
+    fn metrics(&self, out: &mut String) {
+        for (series, kind, help, value) in self.families() {
+            prometheus::single(out, series, kind, help, value);
         }
+        let s = &self.gateway.stats;
         let up = self.gateway.key_ok() && !s.failing.load(Ordering::Relaxed);
-        let _ = writeln!(
-            out,
-            "# HELP polymur_destination_up 1 while the gateway takes batches.\n# TYPE polymur_destination_up gauge\npolymur_destination_up{{destination=\"gateway\"}} {}",
-            u8::from(up)
+        let (series, help) = (
+            "polymur_destination_up{destination=\"gateway\"}",
+            "1 while the gateway takes batches.",
         );
-        let _ = writeln!(
-            out,
-            "# HELP polymur_proxy_key_valid 0 while sending is paused because the gateway refused the key.\n# TYPE polymur_proxy_key_valid gauge\npolymur_proxy_key_valid {}",
-            u8::from(self.gateway.key_ok())
-        );
+        prometheus::single(out, series, "gauge", help, u8::from(up));
+        let paused = "0 while sending is paused because the gateway refused the key.";
+        let valid = u8::from(self.gateway.key_ok());
+        prometheus::single(out, "polymur_proxy_key_valid", "gauge", paused, valid);
     }
 
     fn status_html(&self, out: &mut String) {

@@ -3,20 +3,17 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{ArgAction, Parser};
+use clap::ArgAction;
 
-use crate::config::{parse_bytes, parse_duration};
+use crate::config::{parse_bytes, parse_duration, CommonFlags};
 
 /// Flags of polymur-proxy. Every flag of the Go original keeps its name and default;
-/// each is also read from `POLYMUR_PROXY_<FLAG>`.
-#[derive(Parser, Debug, Clone)]
-#[command(
-    name = "polymur-proxy",
-    version,
-    about = "Receives Graphite plaintext metrics over TCP and forwards them in gzip'ed batches to a polymur-gateway over HTTPS",
-    after_help = "Flags may be written Go-style with one dash (-gateway=https://gw.example.com, -verbose)."
-)]
-pub struct ProxyArgs {
+/// each is also read from `POLYMUR_PROXY_<FLAG>` (see [`crate::config::parse`]).
+#[derive(clap::Args, Debug, Clone)]
+pub struct ProxyConfig {
+    /// Flags every daemon has.
+    #[command(flatten)]
+    pub common: CommonFlags,
     /// polymur gateway API key
     #[arg(
         long,
@@ -41,21 +38,11 @@ pub struct ProxyArgs {
         default_value = "0.0.0.0:2003"
     )]
     pub listen_addr: String,
-    /// Graphite flush interval for runtime metrics in seconds (0 is disabled)
-    #[arg(long, env = "POLYMUR_PROXY_METRICS_FLUSH", default_value_t = 0)]
-    pub metrics_flush: u64,
     /// In-flight message queue capacity, in units of 100 points (the original's batch
     /// size): points held in memory for the gateway before clients are slowed down
     /// (or, with -spool-dir, batches go to disk)
     #[arg(long, env = "POLYMUR_PROXY_QUEUE_CAP", default_value_t = 32768)]
     pub queue_cap: u64,
-    /// runstats listen address ("" disables)
-    #[arg(
-        long,
-        env = "POLYMUR_PROXY_STAT_ADDR",
-        default_value = "localhost:2020"
-    )]
-    pub stat_addr: String,
     /// Admin HTTP address: /metrics, /healthz, /readyz, status page ("" disables)
     #[arg(
         long,
@@ -63,9 +50,6 @@ pub struct ProxyArgs {
         default_value = "127.0.0.1:2043"
     )]
     pub admin_addr: String,
-    /// Log format: text or json
-    #[arg(long, env = "POLYMUR_PROXY_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
-    pub log_format: String,
     /// Verbose output: log every batch sent
     #[arg(long, env = "POLYMUR_PROXY_VERBOSE", action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_parser = crate::go_bool!())]
     pub verbose: bool,
@@ -103,7 +87,7 @@ pub struct ProxyArgs {
     pub drain_timeout: Duration,
 }
 
-impl ProxyArgs {
+impl ProxyConfig {
     /// The gateway's base URL: `-gateway` with `https://` added when it has no
     /// scheme, and without a trailing `/`.
     pub fn gateway_url(&self) -> String {
@@ -120,12 +104,14 @@ impl ProxyArgs {
 mod tests {
     use super::*;
 
-    fn parse(args: &[&str]) -> ProxyArgs {
+    fn parse(args: &[&str]) -> ProxyConfig {
         let mut v = vec!["polymur-proxy"];
         v.extend_from_slice(args);
-        ProxyArgs::parse_from(crate::config::normalize_args(
+        crate::config::parse(
+            clap::Command::new("polymur-proxy"),
+            "POLYMUR_PROXY_",
             v.into_iter().map(std::ffi::OsString::from),
-        ))
+        )
     }
 
     #[test]
@@ -134,8 +120,8 @@ mod tests {
         assert_eq!(a.listen_addr, "0.0.0.0:2003");
         assert_eq!(a.workers, 3);
         assert_eq!(a.queue_cap, 32768);
-        assert_eq!(a.stat_addr, "localhost:2020");
-        assert_eq!(a.metrics_flush, 0);
+        assert_eq!(a.common.stat_addr, "localhost:2020");
+        assert_eq!(a.common.metrics_flush, 0);
         assert!(!a.verbose && !a.console_out);
         assert_eq!(a.flush_size, 5000);
         assert_eq!(a.flush_interval, Duration::from_secs(15));

@@ -21,45 +21,134 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use anyhow::{bail, Context};
-use clap::Parser;
-
-pub use config::ProxyArgs;
+pub use config::ProxyConfig;
 
 use self::batcher::Batcher;
 use self::queue::Outbox;
 use self::sink::Gateway;
 use self::spool::Spool;
-use crate::plaintext::{self, PlaintextConfig, PlaintextSource};
-use crate::shutdown::{self, Shutdown};
+use crate::daemon::{operator, DaemonError, Listeners};
+use crate::net;
+use crate::plaintext::{PlaintextConfig, PlaintextSource};
+use crate::shutdown::{Shutdown, ShutdownTrigger};
 use crate::stats::Stats;
 
 /// Runs the proxy until SIGINT/SIGTERM, then delivers or spools what it holds and
 /// returns. A gateway that refuses the key at start is an error (exit 1).
-pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
+pub async fn run(config: ProxyConfig) -> Result<(), DaemonError> {
     crate::logging::install_tls_provider();
     tracing::info!("::: Polymur-proxy :::");
     let started = SystemTime::now();
-    if args.gateway.trim().is_empty() && !args.console_out {
-        bail!("-gateway is required (e.g. -gateway=https://gateway.example.com)");
+    let gateway = connect(&config).await?;
+    let outbox = Arc::new(Outbox::new(
+        config.queue_cap.saturating_mul(100),
+        open_spool(&config)?,
+    ));
+    let stats = Arc::new(Stats::default());
+    let batcher = Arc::new(Batcher::new(
+        config.flush_size as usize,
+        outbox.clone(),
+        stats.clone(),
+        config.console_out,
+    ));
+    // After the listeners close: `drain` lets the workers finish the outbox, `stop`
+    // ends them (and everything else) once -drain-timeout is spent.
+    let (drain_trigger, drain) = Shutdown::new();
+    let (stop_trigger, stop) = Shutdown::new();
+    let workers = start_workers(&config, &gateway, &outbox, &drain, &stop);
+
+    let mut listeners = Listeners::default();
+    let source = PlaintextSource::new(
+        batcher.clone(),
+        stats.clone(),
+        PlaintextConfig {
+            idle_timeout: (!config.idle_timeout.is_zero()).then_some(config.idle_timeout),
+            max_inflight_points: config.queue_cap.max(1).saturating_mul(100),
+        },
+    );
+    let (listener, local) = net::bind(&config.listen_addr).await?;
+    tracing::info!("Listening on {local}");
+    let closing = listeners.shutdown();
+    listeners.spawn(source.serve(listener, closing.clone()));
+    listeners.spawn(
+        batcher
+            .clone()
+            .run_timer(config.flush_interval, closing.clone()),
+    );
+    listeners.ready();
+    let parts = Parts {
+        stats,
+        gateway,
+        outbox,
+        batcher,
+    };
+    observe(&config, started, &parts, &listeners, stop).await?;
+
+    crate::shutdown::signal().await;
+    tracing::info!("Shutting down: closing the listener, batching what clients sent");
+    listeners.close().await;
+    parts.batcher.flush_if_due(Duration::ZERO, true).await;
+    deliver(config.drain_timeout, workers, drain_trigger, stop_trigger).await;
+    parts.log_stopped().await;
+    Ok(())
+}
+
+/// What the proxy's observers and its shutdown look at.
+struct Parts {
+    stats: Arc<Stats>,
+    gateway: Arc<Gateway>,
+    outbox: Arc<Outbox>,
+    batcher: Arc<Batcher>,
+}
+
+impl Parts {
+    /// Spills what is still in memory to the spool and logs what is left where.
+    async fn log_stopped(&self) {
+        let lost = self.outbox.spill().await;
+        let spooled = self.outbox.spool().map(|s| s.size());
+        if lost > 0 {
+            tracing::error!(
+                "Stopped: {lost} points could not be delivered or spooled and are lost"
+            );
+        }
+        if let Some((batches, points, _)) = spooled {
+            tracing::info!(
+                "Stopped: {batches} batches ({points} points) left in the spool for the next start"
+            );
+        }
+        tracing::info!(
+            "Stopped: {} points received, {} sent",
+            self.stats.received.load(Ordering::Relaxed),
+            self.gateway.stats.sent.load(Ordering::Relaxed)
+        );
     }
-    let base = args.gateway_url();
-    let workers = args.workers as usize;
-    let timeout = args.request_timeout;
-    let client = crate::http_client::reqwest_client(args.cert.as_deref(), |b| {
+}
+
+/// The gateway client; unless -console-out, pings the gateway once: a refused key
+/// stops the proxy, an unreachable gateway does not.
+async fn connect(config: &ProxyConfig) -> Result<Arc<Gateway>, DaemonError> {
+    if config.gateway.trim().is_empty() && !config.console_out {
+        return Err(DaemonError::config(
+            "-gateway is required (e.g. -gateway=https://gateway.example.com)",
+        ));
+    }
+    let base = config.gateway_url();
+    let workers = config.workers as usize;
+    let timeout = config.request_timeout;
+    let client = crate::http_client::reqwest_client(config.cert.as_deref(), |b| {
         b.http1_only()
             .pool_max_idle_per_host(workers)
             .pool_idle_timeout(Duration::from_secs(90))
             .timeout(timeout)
-    })
-    .context("-cert")?;
-    let gateway = Gateway::new(client, base.clone(), args.api_key.clone(), args.verbose);
-
-    if !args.console_out {
+    })?;
+    let gateway = Gateway::new(client, base.clone(), config.api_key.clone(), config.verbose);
+    if !config.console_out {
         match gateway.ping().await {
             Ok((200, _)) => tracing::info!("Gateway {base} accepts the API key"),
             Ok((status, text)) => {
-                bail!("gateway {base} refused the API key: {status} {text}")
+                return Err(DaemonError::config(format!(
+                    "gateway {base} refused the API key: {status} {text}"
+                )))
             }
             // The old proxy exited here; keeping the site's data flowing into the
             // queue (and spool) is more useful: workers retry until the gateway is up.
@@ -68,166 +157,148 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
             ),
         }
     }
+    Ok(gateway)
+}
 
-    let spool = match &args.spool_dir {
-        Some(dir) => {
-            let s = Spool::open(dir, args.spool_max_bytes)?;
-            let (batches, points, bytes) = s.size();
-            tracing::info!(
-                "Spool {}: {batches} batches ({points} points, {bytes} bytes) waiting to be sent",
-                dir.display()
-            );
-            Some(s)
-        }
-        None => None,
+/// `-spool-dir`: opens the spool and says what waits in it from the last run.
+fn open_spool(config: &ProxyConfig) -> Result<Option<Spool>, DaemonError> {
+    let Some(dir) = &config.spool_dir else {
+        return Ok(None);
     };
-    let outbox = Arc::new(Outbox::new(args.queue_cap.saturating_mul(100), spool));
-    let stats = Arc::new(Stats::default());
-    let batcher = Arc::new(Batcher::new(
-        args.flush_size as usize,
-        outbox.clone(),
-        stats.clone(),
-        args.console_out,
-    ));
+    let s = Spool::open(dir, config.spool_max_bytes)?;
+    let (batches, points, bytes) = s.size();
+    tracing::info!(
+        "Spool {}: {batches} batches ({points} points, {bytes} bytes) waiting to be sent",
+        dir.display()
+    );
+    Ok(Some(s))
+}
 
-    // Shutdown happens in stages, each with its own signal.
-    let (listeners_trigger, listeners_shutdown) = Shutdown::new();
-    let (drain_trigger, drain_shutdown) = Shutdown::new();
-    let (stop_trigger, stop_shutdown) = Shutdown::new();
-
-    let mut worker_tasks = Vec::new();
-    if !args.console_out {
-        for _ in 0..workers {
-            worker_tasks.push(tokio::spawn(gateway.clone().worker(
-                outbox.clone(),
-                args.max_retry_delay,
-                drain_shutdown.clone(),
-                stop_shutdown.clone(),
-            )));
-        }
-        let o = outbox.clone();
-        tokio::spawn(gateway.clone().watch_key(
-            args.key_recheck_interval,
-            move || o.mem_points() + o.spool().map_or(0, |s| s.size().1),
-            stop_shutdown.clone(),
-        ));
+/// The `-workers` senders and the key re-check (none with -console-out).
+fn start_workers(
+    config: &ProxyConfig,
+    gateway: &Arc<Gateway>,
+    outbox: &Arc<Outbox>,
+    drain: &Shutdown,
+    stop: &Shutdown,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    if config.console_out {
+        return Vec::new();
     }
-    let timer = tokio::spawn(
-        batcher
-            .clone()
-            .run_timer(args.flush_interval, listeners_shutdown.clone()),
-    );
+    let workers = (0..config.workers)
+        .map(|_| {
+            tokio::spawn(gateway.clone().worker(
+                outbox.clone(),
+                config.max_retry_delay,
+                drain.clone(),
+                stop.clone(),
+            ))
+        })
+        .collect();
+    let o = outbox.clone();
+    tokio::spawn(gateway.clone().watch_key(
+        config.key_recheck_interval,
+        move || o.mem_points() + o.spool().map_or(0, |s| s.size().1),
+        stop.clone(),
+    ));
+    workers
+}
 
-    let source = PlaintextSource::new(
-        batcher.clone(),
-        stats.clone(),
-        PlaintextConfig {
-            idle_timeout: (!args.idle_timeout.is_zero()).then_some(args.idle_timeout),
-            max_inflight_points: args.queue_cap.max(1).saturating_mul(100),
-        },
-    );
-    let (listener, local) = plaintext::bind(&args.listen_addr).await?;
-    tracing::info!("Listening on {local}");
-    let server = tokio::spawn(source.clone().serve(listener, listeners_shutdown.clone()));
-    crate::daemon::start_admin("", &args.stat_addr, None, started, stop_shutdown.clone()).await?;
-    // The proxy has no Graphite destinations: the pipeline here only carries the
-    // counters of what clients sent, for the shared admin page.
-    crate::daemon::start_admin_http(
-        &args.admin_addr,
+/// Runstats, the admin endpoint, the 5-second report and the self-metrics.
+async fn observe(
+    config: &ProxyConfig,
+    started: SystemTime,
+    parts: &Parts,
+    listeners: &Listeners,
+    stop: Shutdown,
+) -> Result<(), DaemonError> {
+    operator::start_lines("", &config.common.stat_addr, None, started, stop.clone()).await?;
+    operator::start_http(
+        &config.admin_addr,
         crate::admin::http::AdminState {
             service: "polymur-proxy",
             started,
-            pipeline: Arc::new(crate::pipeline::Pipeline::new(
-                crate::pipeline::Topology {
-                    dests: Vec::new(),
-                    router: Box::new(crate::route::broadcast::Broadcast { destinations: 0 }),
-                },
-                stats.clone(),
-            )),
+            stats: parts.stats.clone(),
+            // No Graphite destinations: the gateway side is the `extra` part.
+            pipeline: None,
             control: None,
             extra: Some(Arc::new(admin::ProxyAdmin {
-                gateway: gateway.clone(),
-                outbox: outbox.clone(),
+                gateway: parts.gateway.clone(),
+                outbox: parts.outbox.clone(),
             })),
+            http: None,
             keys: None,
-            listening: Arc::new(std::sync::atomic::AtomicBool::new(true)),
+            listening: listeners.listening(),
         },
-        stop_shutdown.clone(),
+        stop.clone(),
     )
     .await;
     tokio::spawn(report(
-        stats.clone(),
-        gateway.clone(),
-        outbox.clone(),
+        parts.stats.clone(),
+        parts.gateway.clone(),
+        parts.outbox.clone(),
         Duration::from_secs(5),
-        stop_shutdown.clone(),
+        stop,
     ));
-    if args.metrics_flush > 0 {
-        let (st, o) = (stats.clone(), outbox.clone());
-        let last = std::sync::Mutex::new(0u64);
+    if config.common.metrics_flush > 0 {
         tokio::spawn(crate::self_metrics::run(
-            Duration::from_secs(args.metrics_flush),
-            batcher.clone(),
-            move |secs| {
-                let received = st.received.load(Ordering::Relaxed);
-                let mut last = last.lock().unwrap_or_else(|e| e.into_inner());
-                let rate = (received - *last) as f64 / secs;
-                *last = received;
-                vec![
-                    ("rate".to_string(), rate),
-                    (
-                        "incoming-queue.current-size".to_string(),
-                        o.mem_points() as f64,
-                    ),
-                    ("incoming-queue.limit".to_string(), o.cap() as f64),
-                ]
-            },
-            listeners_shutdown.clone(),
+            Duration::from_secs(config.common.metrics_flush),
+            parts.batcher.clone(),
+            self_metrics(&parts.stats, &parts.outbox),
+            listeners.shutdown(),
         ));
     }
+    Ok(())
+}
 
-    shutdown::signal().await;
-    tracing::info!("Shutting down: closing the listener, batching what clients sent");
-    listeners_trigger.fire();
-    let _ = server.await;
-    let _ = timer.await;
-    batcher.flush_if_due(Duration::ZERO, true).await;
-    drain_trigger.fire();
-    if !worker_tasks.is_empty() {
-        tracing::info!(
-            "Sending queued batches to the gateway (up to {:?})",
-            args.drain_timeout
-        );
+/// The proxy's self-metrics: the original's rate and incoming-queue figures.
+fn self_metrics(
+    stats: &Arc<Stats>,
+    outbox: &Arc<Outbox>,
+) -> impl Fn(f64) -> Vec<(String, f64)> + Send + 'static {
+    let (st, o) = (stats.clone(), outbox.clone());
+    let last = std::sync::Mutex::new(0u64);
+    move |secs| {
+        let received = st.received.load(Ordering::Relaxed);
+        let mut last = last.lock().unwrap_or_else(|e| e.into_inner());
+        let rate = (received - *last) as f64 / secs;
+        *last = received;
+        vec![
+            ("rate".to_string(), rate),
+            (
+                "incoming-queue.current-size".to_string(),
+                o.mem_points() as f64,
+            ),
+            ("incoming-queue.limit".to_string(), o.cap() as f64),
+        ]
+    }
+}
+
+/// Second and third stages: the workers send what the outbox holds for up to
+/// `drain_timeout`, then stop (what they did not send stays in the outbox).
+async fn deliver(
+    drain_timeout: Duration,
+    mut workers: Vec<tokio::task::JoinHandle<()>>,
+    drain: ShutdownTrigger,
+    stop: ShutdownTrigger,
+) {
+    drain.fire();
+    if !workers.is_empty() {
+        tracing::info!("Sending queued batches to the gateway (up to {drain_timeout:?})");
         let all = async {
-            for t in worker_tasks.iter_mut() {
+            for t in workers.iter_mut() {
                 let _ = t.await;
             }
         };
-        let _ = tokio::time::timeout(args.drain_timeout, all).await;
+        let _ = tokio::time::timeout(drain_timeout, all).await;
     }
-    stop_trigger.fire();
-    for t in worker_tasks {
+    stop.fire();
+    for t in workers {
         // A handle awaited to completion above must not be polled again.
         if !t.is_finished() {
             let _ = t.await;
         }
     }
-    let lost = outbox.spill().await;
-    let spooled = outbox.spool().map(|s| s.size());
-    if lost > 0 {
-        tracing::error!("Stopped: {lost} points could not be delivered or spooled and are lost");
-    }
-    if let Some((batches, points, _)) = spooled {
-        tracing::info!(
-            "Stopped: {batches} batches ({points} points) left in the spool for the next start"
-        );
-    }
-    tracing::info!(
-        "Stopped: {} points received, {} sent",
-        stats.received.load(Ordering::Relaxed),
-        gateway.stats.sent.load(Ordering::Relaxed)
-    );
-    Ok(())
 }
 
 /// Every `interval`: `Last 5.00s: Received N data points | Avg: X/sec.` when data
@@ -256,11 +327,4 @@ async fn report(
             );
         }
     }
-}
-
-/// Entry point of the `polymur-proxy` binary.
-pub fn main() -> std::process::ExitCode {
-    let args = ProxyArgs::parse_from(crate::config::normalize_args(std::env::args_os()));
-    crate::logging::init_with_format(&args.log_format);
-    crate::daemon::block_on("polymur-proxy", run(args))
 }

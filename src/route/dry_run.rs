@@ -6,8 +6,8 @@
 
 use std::io::{self, BufRead, Write};
 
-use super::hash::HashKind;
-use super::hashed::HashRouter;
+use super::hash_router::HashRouter;
+use super::ring::HashKind;
 use crate::dest::DestAddr;
 
 /// How lines are distributed in the dry run.

@@ -6,8 +6,8 @@
 
 pub mod broadcast;
 pub mod dry_run;
-pub mod hash;
-pub mod hashed;
+pub mod hash_router;
+pub mod ring;
 
 use bytes::Bytes;
 

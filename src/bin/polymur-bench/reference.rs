@@ -14,9 +14,9 @@ use std::process::Command;
 use serde::Serialize;
 
 use super::procstat::thread_cpu_secs;
-use crate::batch::Batch;
-use crate::ingest::inflate::gunzip;
-use crate::route::{broadcast::Broadcast, Router};
+use polymur::batch::Batch;
+use polymur::ingest::inflate::gunzip;
+use polymur::route::{broadcast::Broadcast, Router};
 
 /// Lines per CPU-second of each reference, for one batch.
 #[derive(Clone, Debug, Serialize)]

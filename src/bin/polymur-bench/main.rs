@@ -21,13 +21,13 @@
 //! - [`reference`]: inflate-only and in-process reference figures on the same batch;
 //! - [`report`]: the table and `-json`.
 
-pub mod driver;
-pub mod procstat;
-pub mod reference;
-pub mod report;
-pub mod sink;
-pub mod target;
-pub mod workload;
+mod driver;
+mod procstat;
+mod reference;
+mod report;
+mod sink;
+mod target;
+mod workload;
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
@@ -41,8 +41,8 @@ use bytes::Bytes;
 use clap::{ArgAction, Parser};
 use tokio::time::Instant;
 
-use crate::config::parse_duration;
 use driver::{Budget, Tally};
+use polymur::config::parse_duration;
 use report::{Report, TargetReport};
 use target::{Target, TargetSpec};
 use workload::Workload;
@@ -142,7 +142,7 @@ pub struct BenchArgs {
     pub retry_pause: Duration,
 
     /// Use https:// for the gateway
-    #[arg(long, action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_parser = crate::go_bool!())]
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_parser = polymur::go_bool!())]
     pub https: bool,
     /// CA or self-signed certificate (PEM) to trust for -https
     #[arg(long)]
@@ -152,16 +152,16 @@ pub struct BenchArgs {
     pub api_key: String,
 
     /// Also measure zlib-rs, libdeflate and Python zlib inflate of the same batch (gateway)
-    #[arg(long, action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "true", value_parser = crate::go_bool!())]
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "true", value_parser = polymur::go_bool!())]
     pub reference: bool,
     /// CPU seconds spent on each reference figure
     #[arg(long, default_value_t = 1.0)]
     pub reference_secs: f64,
     /// Print the report as JSON instead of a table
-    #[arg(long, action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_parser = crate::go_bool!())]
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_parser = polymur::go_bool!())]
     pub json: bool,
     /// No progress line
-    #[arg(long, action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_parser = crate::go_bool!())]
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_parser = polymur::go_bool!())]
     pub quiet: bool,
 }
 
@@ -222,56 +222,19 @@ async fn round(
     // RSS sampler and progress line, both stopped at the end of the round.
     let done = Arc::new(AtomicBool::new(false));
     let max_rss = Arc::new(AtomicU64::new(0));
-    let sampler = {
-        let (done, max_rss, pid) = (done.clone(), max_rss.clone(), t.pid);
-        let tally = tally.clone();
-        let sinks: Vec<_> = t.sinks.iter().map(|s| s.counters.clone()).collect();
-        tokio::spawn(async move {
-            let mut tick = 0u32;
-            while !done.load(Ordering::Relaxed) {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                tick += 1;
-                if let Some(s) = pid.and_then(|p| procstat::sample(p).ok()) {
-                    max_rss.fetch_max(s.rss_bytes, Ordering::Relaxed);
-                }
-                if let (Some(p), true) = (&progress, tick.is_multiple_of(5)) {
-                    let arrived: u64 =
-                        sinks.iter().map(|c| c.lines()).sum::<u64>() - before_arrived;
-                    let secs = start.elapsed().as_secs_f64();
-                    eprint!(
-                        "\r\x1b[K{p} {secs:5.1}s  acked {:8.3} M  arrived {:8.3} M  {:7.3} M points/s",
-                        tally.acked_points.load(Ordering::Relaxed) as f64 / 1e6,
-                        arrived as f64 / copies as f64 / 1e6,
-                        arrived as f64 / copies as f64 / secs / 1e6,
-                    );
-                }
-            }
-        })
-    };
-
-    let mut tasks = Vec::new();
-    for c in 0..args.clients.max(1) {
-        let (budget, tally) = (budget.clone(), tally.clone());
-        let first = c * load.payloads.len() / args.clients.max(1);
-        let payloads = load.payloads.clone();
-        if load.gateway {
-            let scheme = if args.https { "https" } else { "http" };
-            let url = format!("{scheme}://{}/ingest", t.addr);
-            let client = load.client.clone().expect("http client");
-            let target = driver::HttpTarget {
-                client,
-                url,
-                api_key: args.api_key.clone(),
-            };
-            tasks.push(tokio::spawn(driver::http_client(
-                target, payloads, load.lines, first, budget, tally,
-            )));
-        } else {
-            tasks.push(tokio::spawn(driver::tcp_client(
-                t.addr, payloads, load.lines, first, budget, tally,
-            )));
-        }
-    }
+    let sampler = spawn_sampler(
+        t,
+        Sampler {
+            done: done.clone(),
+            max_rss: max_rss.clone(),
+            tally: tally.clone(),
+            progress,
+            before_arrived,
+            start,
+            copies,
+        },
+    );
+    let tasks = spawn_clients(t, load, args, &budget, &tally);
     for task in tasks {
         acc.latencies.extend(task.await.context("load task")?);
     }
@@ -280,20 +243,7 @@ async fn round(
     // Wait for the target to deliver what it acknowledged, bounded twice.
     let acked = tally.acked_points.load(Ordering::Relaxed);
     let expected = before_arrived + acked * copies;
-    let mut last = t.arrived();
-    let mut last_change = Instant::now();
-    while t.arrived() < expected
-        && last_change.elapsed() < args.settle
-        && load_end.elapsed() < args.drain_timeout
-        && !stop.load(Ordering::Relaxed)
-    {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        let now = t.arrived();
-        if now != last {
-            last = now;
-            last_change = Instant::now();
-        }
-    }
+    settle(t, expected, args, load_end, &stop).await;
     done.store(true, Ordering::Relaxed);
     let _ = sampler.await;
 
@@ -327,6 +277,97 @@ async fn round(
     Ok(())
 }
 
+/// What the sampler task of a round watches and reports.
+struct Sampler {
+    done: Arc<AtomicBool>,
+    max_rss: Arc<AtomicU64>,
+    tally: Arc<Tally>,
+    progress: Option<String>,
+    before_arrived: u64,
+    start: Instant,
+    copies: u64,
+}
+
+/// Samples the target's RSS every 100 ms (and prints the progress line every
+/// 500 ms when asked) until `done`.
+fn spawn_sampler(t: &Target, s: Sampler) -> tokio::task::JoinHandle<()> {
+    let pid = t.pid;
+    let sinks: Vec<_> = t.sinks.iter().map(|s| s.counters.clone()).collect();
+    tokio::spawn(async move {
+        let mut tick = 0u32;
+        while !s.done.load(Ordering::Relaxed) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            tick += 1;
+            if let Some(sample) = pid.and_then(|p| procstat::sample(p).ok()) {
+                s.max_rss.fetch_max(sample.rss_bytes, Ordering::Relaxed);
+            }
+            if let (Some(p), true) = (&s.progress, tick.is_multiple_of(5)) {
+                let arrived: u64 = sinks.iter().map(|c| c.lines()).sum::<u64>() - s.before_arrived;
+                let secs = s.start.elapsed().as_secs_f64();
+                eprint!(
+                    "\r\x1b[K{p} {secs:5.1}s  acked {:8.3} M  arrived {:8.3} M  {:7.3} M points/s",
+                    s.tally.acked_points.load(Ordering::Relaxed) as f64 / 1e6,
+                    arrived as f64 / s.copies as f64 / 1e6,
+                    arrived as f64 / s.copies as f64 / secs / 1e6,
+                );
+            }
+        }
+    })
+}
+
+/// Starts the `-clients` load loops against `t`; each returns its batch latencies.
+fn spawn_clients(
+    t: &Target,
+    load: &Load,
+    args: &BenchArgs,
+    budget: &Arc<Budget>,
+    tally: &Arc<Tally>,
+) -> Vec<tokio::task::JoinHandle<driver::Latencies>> {
+    let mut tasks = Vec::new();
+    for c in 0..args.clients.max(1) {
+        let (budget, tally) = (budget.clone(), tally.clone());
+        let first = c * load.payloads.len() / args.clients.max(1);
+        let payloads = load.payloads.clone();
+        if load.gateway {
+            let scheme = if args.https { "https" } else { "http" };
+            let url = format!("{scheme}://{}/ingest", t.addr);
+            let client = load.client.clone().expect("http client");
+            let target = driver::HttpTarget {
+                client,
+                url,
+                api_key: args.api_key.clone(),
+            };
+            tasks.push(tokio::spawn(driver::http_client(
+                target, payloads, load.lines, first, budget, tally,
+            )));
+        } else {
+            tasks.push(tokio::spawn(driver::tcp_client(
+                t.addr, payloads, load.lines, first, budget, tally,
+            )));
+        }
+    }
+    tasks
+}
+
+/// Waits until the target delivered `expected` lines, no longer than `-settle`
+/// without progress and `-drain-timeout` after the load ended.
+async fn settle(t: &Target, expected: u64, args: &BenchArgs, load_end: Instant, stop: &AtomicBool) {
+    let mut last = t.arrived();
+    let mut last_change = Instant::now();
+    while t.arrived() < expected
+        && last_change.elapsed() < args.settle
+        && load_end.elapsed() < args.drain_timeout
+        && !stop.load(Ordering::Relaxed)
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let now = t.arrived();
+        if now != last {
+            last = now;
+            last_change = Instant::now();
+        }
+    }
+}
+
 /// Turns the sums into the per-target report.
 fn finish(mut acc: Acc, copies: u64) -> TargetReport {
     let mut r = std::mem::take(&mut acc.report);
@@ -351,7 +392,40 @@ fn finish(mut acc: Acc, copies: u64) -> TargetReport {
 
 /// Runs the whole benchmark described by `args` and returns the report.
 pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
-    crate::logging::install_tls_provider();
+    polymur::logging::install_tls_provider();
+    let gateway = args.target == "gateway";
+    let load = build_load(&args)?;
+    let (specs, targets) = start_targets(&args).await?;
+    let show = !args.quiet && std::io::stderr().is_terminal();
+    let mut accs: Vec<Acc> = targets.iter().map(|_| Acc::default()).collect();
+    'rounds: for r in 0..args.rounds.max(1) {
+        for (t, acc) in targets.iter().zip(accs.iter_mut()) {
+            if interrupted().load(Ordering::Relaxed) {
+                break 'rounds;
+            }
+            let label = format!("[{} round {}/{}]", t.label, r + 1, args.rounds.max(1));
+            if !show && !args.quiet {
+                eprintln!("{label} running");
+            }
+            round(t, &load, &args, acc, show.then_some(label)).await?;
+            if show {
+                eprint!("\r\x1b[K");
+            }
+        }
+    }
+    let reference = if gateway && args.reference {
+        let body = load.payloads[0].clone();
+        let (lines, secs) = (load.lines, args.reference_secs);
+        Some(tokio::task::spawn_blocking(move || reference::measure(&body, lines, secs)).await?)
+    } else {
+        None
+    };
+
+    Ok(report(&args, targets, accs, &specs, reference))
+}
+
+/// The batches (gzip'ed for a gateway) and the HTTP client, built before the clock starts.
+fn build_load(args: &BenchArgs) -> anyhow::Result<Load> {
     let gateway = args.target == "gateway";
     let w = Workload {
         series: args.series.max(1),
@@ -368,7 +442,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
     };
     let client = if gateway {
         Some(
-            crate::http_client::reqwest_client(args.ca.as_deref(), |b| {
+            polymur::http_client::reqwest_client(args.ca.as_deref(), |b| {
                 b.pool_max_idle_per_host(args.clients.max(1))
                     .timeout(args.drain_timeout)
             })
@@ -377,13 +451,16 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
     } else {
         None
     };
-    let load = Load {
+    Ok(Load {
         gateway,
         payloads,
         lines: w.batch_lines as u64,
         client,
-    };
+    })
+}
 
+/// The targets of the run (A, and B in compare mode), started or found.
+async fn start_targets(args: &BenchArgs) -> anyhow::Result<(Vec<TargetSpec>, Vec<Target>)> {
     let mut specs = vec![TargetSpec {
         label: args.label.clone(),
         spawn: args.spawn.clone(),
@@ -412,34 +489,20 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
             }
         });
     }
+    Ok((specs, targets))
+}
 
-    let show = !args.quiet && std::io::stderr().is_terminal();
-    let mut accs: Vec<Acc> = targets.iter().map(|_| Acc::default()).collect();
-    'rounds: for r in 0..args.rounds.max(1) {
-        for (t, acc) in targets.iter().zip(accs.iter_mut()) {
-            if interrupted().load(Ordering::Relaxed) {
-                break 'rounds;
-            }
-            let label = format!("[{} round {}/{}]", t.label, r + 1, args.rounds.max(1));
-            if !show && !args.quiet {
-                eprintln!("{label} running");
-            }
-            round(t, &load, &args, acc, show.then_some(label)).await?;
-            if show {
-                eprint!("\r\x1b[K");
-            }
-        }
-    }
-    let reference = if gateway && args.reference {
-        let body = load.payloads[0].clone();
-        let (lines, secs) = (load.lines, args.reference_secs);
-        Some(tokio::task::spawn_blocking(move || reference::measure(&body, lines, secs)).await?)
-    } else {
-        None
-    };
-
+/// Stops the targets and builds the report from their sums.
+fn report(
+    args: &BenchArgs,
+    targets: Vec<Target>,
+    accs: Vec<Acc>,
+    specs: &[TargetSpec],
+    reference: Option<reference::Reference>,
+) -> Report {
+    let gateway = args.target == "gateway";
     let mut out = Vec::new();
-    for ((mut t, acc), spec) in targets.into_iter().zip(accs).zip(&specs) {
+    for ((mut t, acc), spec) in targets.into_iter().zip(accs).zip(specs) {
         let mut rep = finish(acc, args.copies);
         rep.label = spec.label.clone();
         rep.command = t.command.clone();
@@ -474,12 +537,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
         reference,
     };
     report.compute_ratios();
-    Ok(report)
+    report
 }
 
 /// Entry point of the `polymur-bench` binary.
-pub fn main() -> std::process::ExitCode {
-    let args = BenchArgs::parse_from(crate::config::normalize_args(std::env::args_os()));
+fn main() -> std::process::ExitCode {
+    let args = BenchArgs::parse_from(polymur::config::normalize_args(std::env::args_os()));
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {

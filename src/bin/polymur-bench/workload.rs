@@ -131,13 +131,14 @@ pub fn gzip(plain: &[u8], level: u32) -> Bytes {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    // This file is also included by the benches, whose harness drops `#[test]`
+    // functions and so would leave a `use super::...` unused: paths are spelled out.
 
     #[test]
     fn names_are_unique_and_about_the_asked_length() {
         for len in [20usize, 60, 120] {
             let names: std::collections::HashSet<String> =
-                (0..1000).map(|i| metric_name(i, len)).collect();
+                (0..1000).map(|i| super::metric_name(i, len)).collect();
             assert_eq!(names.len(), 1000);
             for n in &names {
                 assert!(n.len() <= len.max(8) + 1, "{n} longer than {len}");
@@ -148,18 +149,18 @@ mod tests {
 
     #[test]
     fn batches_are_valid_plaintext() {
-        let w = Workload {
+        let w = super::Workload {
             series: 123,
             batch_lines: 500,
-            ..Workload::default()
+            ..super::Workload::default()
         };
         let raw = w.batch(3);
-        let (b, rejects) = crate::batch::Batch::from_plaintext(raw, None);
+        let (b, rejects) = polymur::batch::Batch::from_plaintext(raw, None);
         assert_eq!(rejects.count, 0);
         assert_eq!(b.len(), 500);
         let body = w.gzip(b.data());
         assert_eq!(
-            crate::ingest::inflate::gunzip(&body, 1 << 24).unwrap(),
+            polymur::ingest::inflate::gunzip(&body, 1 << 24).unwrap(),
             &b.data()[..]
         );
     }

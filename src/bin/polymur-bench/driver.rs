@@ -217,7 +217,7 @@ mod tests {
 
     #[tokio::test]
     async fn tcp_client_stops_at_the_batch_budget() {
-        let sink = crate::bench::sink::Sink::start("127.0.0.1:0".parse().unwrap())
+        let sink = crate::sink::Sink::start("127.0.0.1:0".parse().unwrap())
             .await
             .unwrap();
         let budget = Arc::new(Budget {

@@ -3,7 +3,7 @@
 
 use bytes::Bytes;
 
-use super::hash::{HashKind, HashRing};
+use super::ring::{HashKind, HashRing};
 use super::{RoutedPart, Router};
 use crate::batch::Batch;
 use crate::dest::DestAddr;

@@ -1,4 +1,0 @@
-//! polymur-bench: see `polymur::bench` and `docs/BENCHMARKS.md`.
-fn main() -> std::process::ExitCode {
-    polymur::bench::main()
-}
