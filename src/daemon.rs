@@ -102,9 +102,15 @@ impl Listeners {
         self.listening.clone()
     }
 
-    /// Every data listener is bound and serving.
+    /// Every data listener is bound and serving, and the signal handlers are installed:
+    /// `/readyz` says so, and systemd
+    /// (`Type=notify`) learns the daemon is up only now, not when the process started,
+    /// so units ordered after it find its ports open. The watchdog pings from here on
+    /// until the listeners close.
     pub fn ready(&self) {
         self.listening.store(true, Ordering::Relaxed);
+        crate::notify::ready();
+        let _ = crate::notify::spawn_watchdog(self.shutdown());
     }
 
     /// Stops accepting and waits for the serve loops (and their in-flight work) to end.
@@ -213,7 +219,6 @@ impl RoutingDaemon {
     /// Serves `source` until SIGINT/SIGTERM, then closes its listeners, drains the
     /// queues and returns.
     pub async fn run(self, source: Source) -> Result<(), DaemonError> {
-        source.listeners.ready();
         let shutdown = self.workers_shutdown();
         operator::start_lines(
             &self.flags.api_addr,
@@ -247,6 +252,8 @@ impl RoutingDaemon {
             shutdown.clone(),
         );
         self.reload_on_hup(source.reload);
+        // Last: whoever waits for readiness (systemd, /readyz) may send a SIGHUP at once.
+        source.listeners.ready();
 
         crate::shutdown::signal().await;
         tracing::info!("{}", source.stopping);
@@ -257,15 +264,16 @@ impl RoutingDaemon {
 
     /// SIGHUP: the source's reload, then the destinations file (when there is one).
     fn reload_on_hup(&self, mut reload: Option<Reload>) {
+        // Installed even when there is nothing to reload: SIGHUP's default action ends
+        // the process, and `systemctl reload` (ExecReload=kill -HUP) must never do that.
         let file = self.flags.destinations_file.clone();
-        if reload.is_none() && file.is_none() {
-            return;
-        }
         let (registry, flag) = (self.registry.clone(), self.flags.destinations.clone());
         destinations::on_hup(self.workers_shutdown(), move || {
             let source_step = reload.as_mut().map(|r| r());
             if let Some(file) = &file {
                 destinations::reload(&registry, &flag, file);
+            } else if source_step.is_none() {
+                tracing::info!("SIGHUP: nothing to reload (no -destinations-file)");
             }
             async move {
                 if let Some(step) = source_step {

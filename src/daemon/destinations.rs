@@ -62,7 +62,9 @@ where
                 _ = hup.recv() => {}
                 _ = shutdown.recv() => return,
             }
+            crate::notify::reloading();
             reload().await;
+            crate::notify::ready();
         }
     });
 }

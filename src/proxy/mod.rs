@@ -75,6 +75,10 @@ pub async fn run(config: ProxyConfig) -> Result<(), DaemonError> {
             .clone()
             .run_timer(config.flush_interval, closing.clone()),
     );
+    // SIGHUP must not end the proxy (its default action would): `systemctl reload`.
+    crate::daemon::destinations::on_hup(stop.clone(), || async {
+        tracing::info!("SIGHUP: the proxy has nothing to reload");
+    });
     listeners.ready();
     let parts = Parts {
         stats,
