@@ -167,7 +167,34 @@ pub fn parse<A: clap::Args>(
     args: impl IntoIterator<Item = OsString>,
 ) -> A {
     let matches = full_command::<A>(command, env_prefix).get_matches_from(normalize_args(args));
+    note_given(&matches);
     A::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+}
+
+/// Flags the operator set (on the command line or through the environment), by
+/// their id (the field name, e.g. `stat_addr`), recorded once by [`parse`].
+static GIVEN: std::sync::OnceLock<std::collections::HashSet<String>> = std::sync::OnceLock::new();
+
+fn note_given(matches: &clap::ArgMatches) {
+    use clap::parser::ValueSource;
+    let given = matches
+        .ids()
+        .filter(|id| {
+            matches!(
+                matches.value_source(id.as_str()),
+                Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+            )
+        })
+        .map(|id| id.as_str().to_string())
+        .collect();
+    let _ = GIVEN.set(given);
+}
+
+/// True when the operator set flag `id` (field name) rather than leaving its default.
+/// Side ports use it: a busy default port is a warning (two daemons on one host share
+/// the original's defaults), a busy port the operator asked for is an error.
+pub fn given(id: &str) -> bool {
+    GIVEN.get().is_some_and(|g| g.contains(id))
 }
 
 /// The binary's `command` with the flags of `A` and their environment variables: what

@@ -243,7 +243,7 @@ impl RoutingDaemon {
             },
             shutdown.clone(),
         )
-        .await;
+        .await?;
         let incoming = source.incoming.clone();
         reports::start(
             &self.pipeline,

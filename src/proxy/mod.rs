@@ -236,7 +236,7 @@ async fn observe(
         },
         stop.clone(),
     )
-    .await;
+    .await?;
     tokio::spawn(report(
         parts.stats.clone(),
         parts.gateway.clone(),
