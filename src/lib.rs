@@ -21,7 +21,7 @@
 //!   writer task that reconnects; nothing one destination does stalls another;
 //! - [`keys`] syncs API keys from Consul, etcd or a file into a lock-free cache.
 //!
-//! Module map: [`line`], [`batch`] (data); [`route`] (routers, rings, dry run);
+//! Module map: [`line`], [`tags`], [`batch`] (data); [`route`] (routers, rings, dry run);
 //! [`dest`] (queues, spool, writers); [`pipeline`], [`registry`] (routing core,
 //! runtime destination changes); [`ingest`] (the gateway's HTTP source);
 //! [`plaintext`] (TCP source); [`proxy`]; [`keys`]; [`admin`] (runtime API,
@@ -62,3 +62,4 @@ pub mod route;
 pub mod self_metrics;
 pub mod shutdown;
 pub mod stats;
+pub mod tags;

@@ -26,7 +26,7 @@ pub struct Stats {
     /// Requests with an unknown key (401).
     pub unauthorized: AtomicU64,
     /// Invalid lines by reason ([`crate::line::LineError::index`]).
-    pub invalid_by_reason: [AtomicU64; 4],
+    pub invalid_by_reason: [AtomicU64; crate::line::LineError::COUNT],
     /// HTTP answers by route and status ([`HTTP_PATHS`] × [`HTTP_CODES`]).
     http: [[AtomicU64; HTTP_CODES.len()]; HTTP_PATHS.len()],
     /// Time from request to answer for `/ingest` batches.
@@ -83,6 +83,16 @@ impl Stats {
             if n > 0 {
                 counter.fetch_add(n, Ordering::Relaxed);
             }
+        }
+        if rejects.warn_count() == 0 {
+            // Only NaN values, which carbon-cache drops silently too (collectd sends
+            // one per counter after each start): not worth a WARN.
+            tracing::debug!(
+                "Dropped {} NaN values from {source}, e.g. \"{}\"",
+                rejects.count,
+                rejects.sample.as_ref().map_or("", |s| s.1.as_str())
+            );
+            return;
         }
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
