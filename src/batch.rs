@@ -303,6 +303,95 @@ mod tests {
         );
     }
 
+    fn build(raw: &[u8], prefix: Option<&str>, rules: LineRules) -> (Vec<String>, Rejects) {
+        let (b, r) = Batch::build(raw.to_vec(), prefix, &rules);
+        (lines(&b), r)
+    }
+
+    #[test]
+    fn lines_carbon_would_close_the_connection_on_are_dropped() {
+        let long = format!("a.{} 1 2\n", "x".repeat(16384 - 6));
+        assert_eq!(
+            long.len(),
+            16385,
+            "16384 bytes before the newline: carbon's limit"
+        );
+        let longer = format!("a.{} 1 2\n", "x".repeat(16384 - 5));
+        let mut raw = b"ok.one 1 2\ncaf\xe9 1 2\n".to_vec();
+        raw.extend_from_slice(long.as_bytes());
+        raw.extend_from_slice(longer.as_bytes());
+        raw.extend_from_slice(b"ok.two 1 2\n");
+        let (got, r) = build(&raw, None, LineRules::default());
+        assert_eq!(got, vec!["ok.one 1 2\n", long.as_str(), "ok.two 1 2\n"]);
+        assert_eq!(r.by_reason[LineError::NotUtf8.index()], 1);
+        assert_eq!(r.by_reason[LineError::TooLong.index()], 1);
+        // A prefix counts: the forwarded line is what carbon measures.
+        let (got, r) = build(long.as_bytes(), Some("t"), LineRules::default());
+        assert!(got.is_empty());
+        assert_eq!(r.by_reason[LineError::TooLong.index()], 1);
+        let small = LineRules {
+            max_line_bytes: 10,
+            ..LineRules::default()
+        };
+        let (got, r) = build(b"a.b 1 2\nabcdefgh 1 2\n", None, small);
+        assert_eq!((got, r.count), (vec!["a.b 1 2\n".to_string()], 1));
+    }
+
+    #[test]
+    fn minus_one_timestamps_become_the_receive_time() {
+        let before = unix_now();
+        let (got, r) = build(
+            b"a 1 -1\nb 2 -1.5\nc 3 -2\nd 4 1700000000\n",
+            None,
+            LineRules::default(),
+        );
+        let after = unix_now();
+        assert_eq!(r.count, 0);
+        let ts: Vec<u64> = got[..2]
+            .iter()
+            .map(|l| l.trim_end().rsplit(' ').next().unwrap().parse().unwrap())
+            .collect();
+        assert!(ts.iter().all(|&t| t >= before && t <= after), "{got:?}");
+        assert_eq!(&got[2..], ["c 3 -2\n", "d 4 1700000000\n"]);
+    }
+
+    #[test]
+    fn nan_values_have_their_own_reason_and_no_warning_sample() {
+        let (got, r) = build(b"a nan 1\nb 1 1\n", None, LineRules::default());
+        assert_eq!(got, vec!["b 1 1\n"]);
+        assert_eq!(
+            (r.by_reason[LineError::Nan.index()], r.warn_count()),
+            (1, 0)
+        );
+        let (_, r) = build(b"a nan 1\nbad\n", None, LineRules::default());
+        assert_eq!(
+            (r.warn_count(), r.sample.unwrap().0),
+            (1, LineError::FieldCount)
+        );
+    }
+
+    #[test]
+    fn tags_are_normalized_then_prefixed_only_when_asked() {
+        let raw = b"x.y;b=2;a=1 1 2\nm{z=\"1\",a=\"2\"} 1 2\nx;a=~b 1 2\nplain 1 2\n";
+        let on = LineRules {
+            tag_normalize: true,
+            ..LineRules::default()
+        };
+        let (b, r) = Batch::build(raw.to_vec(), Some("t"), &on);
+        assert_eq!(
+            lines(&b),
+            vec!["t.x.y;a=1;b=2 1 2\n", "t.m;a=2;z=1 1 2\n", "t.plain 1 2\n"]
+        );
+        let metrics: Vec<&[u8]> = b.lines().map(|(_, m)| m).collect();
+        assert_eq!(metrics[0], b"t.x.y;a=1;b=2");
+        assert_eq!(r.by_reason[LineError::InvalidTags.index()], 1);
+        // Off (the default): forwarded as sent, the prefix in front of the name.
+        let (got, r) = build(raw, Some("t"), LineRules::default());
+        assert_eq!(r.count, 0);
+        assert_eq!(got[1], "t.m{z=\"1\",a=\"2\"} 1 2\n");
+        assert_eq!(got[2], "t.x;a=~b 1 2\n");
+    }
+
     #[test]
     fn empty_input_is_an_empty_batch() {
         let (b, r) = Batch::from_plaintext(Vec::new(), None);

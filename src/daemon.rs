@@ -134,6 +134,7 @@ pub fn route_test(
     distribution: &str,
     hash: HashKind,
     replication_factor: usize,
+    rules: crate::line::LineRules,
 ) -> std::process::ExitCode {
     let dests = match DestAddr::parse_list(destinations) {
         Ok(d) => d,
@@ -148,7 +149,7 @@ pub fn route_test(
     };
     let stdin = std::io::stdin().lock();
     let stdout = std::io::BufWriter::new(std::io::stdout().lock());
-    match dry_run::run(&plan, &dests, stdin, stdout) {
+    match dry_run::run_with(&plan, &dests, &rules, stdin, stdout) {
         Ok(_) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("{program}: -route-test: {e}");

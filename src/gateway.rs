@@ -139,6 +139,18 @@ pub struct GatewayArgs {
     /// On SIGTERM/SIGINT, how long queues may take to drain to destinations
     #[arg(long, env = "POLYMUR_GW_DRAIN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
+    /// Longest line forwarded, in bytes before its newline (after key prefix and tag
+    /// normalization): carbon-cache (Twisted's LineReceiver.MAX_LENGTH) closes the connection
+    /// on a longer one, so longer lines are dropped and counted (reason too_long)
+    #[arg(long, env = "POLYMUR_GW_MAX_LINE_BYTES", default_value_t = crate::line::CARBON_MAX_LINE_BYTES)]
+    pub max_line_bytes: usize,
+    /// Rewrite Graphite 1.1 tagged names as graphite-carbon 1.1.7 stores them (tags sorted,
+    /// `name=` tag and leading `~` dropped, OpenMetrics `m{t="v"}` turned into `m;t=v`) before
+    /// routing, so every tag order of a series goes to one carbon-cache under one name; names
+    /// carbon's parser rejects are dropped and counted (reason invalid_tags). Off by default,
+    /// as carbon's TAG_RELAY_NORMALIZED = False: placement then matches carbon-relay's
+    #[arg(long, env = "POLYMUR_GW_TAG_NORMALIZE", action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_parser = crate::go_bool!())]
+    pub tag_normalize: bool,
 }
 
 impl GatewayArgs {
@@ -177,6 +189,14 @@ impl GatewayArgs {
                     .filter(|t| !t.is_empty()),
             },
         })
+    }
+
+    /// `-max-line-bytes` and `-tag-normalize`, for the batch builder.
+    pub fn line_rules(&self) -> crate::line::LineRules {
+        crate::line::LineRules {
+            max_line_bytes: self.max_line_bytes,
+            tag_normalize: self.tag_normalize,
+        }
     }
 
     /// The router factory for `-distribution`.
@@ -275,6 +295,7 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
             max_batch_bytes: args.max_batch_bytes as usize,
             key_prefix: args.key_prefix,
             read_timeout: args.read_timeout,
+            rules: args.line_rules(),
         },
         keys: cache,
         pipeline: pipeline.clone(),
@@ -395,6 +416,7 @@ pub fn main() -> std::process::ExitCode {
             &args.distribution,
             args.hash,
             args.replication_factor as usize,
+            args.line_rules(),
         );
     }
     crate::logging::init_with_format(&args.log_format);

@@ -432,9 +432,7 @@ fn parse_float(field: &[u8]) -> Option<f64> {
     }
     // PEP 515: an underscore only between two digits.
     let between_digits = |i: usize| {
-        i > 0
-            && field[i - 1].is_ascii_digit()
-            && field.get(i + 1).is_some_and(u8::is_ascii_digit)
+        i > 0 && field[i - 1].is_ascii_digit() && field.get(i + 1).is_some_and(u8::is_ascii_digit)
     };
     if !(0..field.len()).all(|i| field[i] != b'_' || between_digits(i)) {
         return None;
@@ -620,9 +618,9 @@ mod tests {
                 w[0].ends_with(|c: char| c.is_ascii_digit())
                     && w[1].starts_with(|c: char| c.is_ascii_digit())
             });
-            f.iter().all(|b| {
-                b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'+' | b'e' | b'E' | b'_')
-            }) && joined
+            f.iter()
+                .all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'+' | b'e' | b'E' | b'_'))
+                && joined
                 && pieces
                     .concat()
                     .parse::<f64>()
@@ -704,7 +702,11 @@ mod tests {
                     }
                     let high = v[..pos].iter().any(|&b| b >= 0x80);
                     let want = (pos, high);
-                    assert_eq!(first_special(&v), want, "len {len} pos {pos} byte {special}");
+                    assert_eq!(
+                        first_special(&v),
+                        want,
+                        "len {len} pos {pos} byte {special}"
+                    );
                     assert_eq!(first_special_swar(&v), want, "swar: len {len} pos {pos}");
                 }
             }

@@ -260,15 +260,35 @@ mod tests {
             r#"disk_used;dc=1;host=w"e\b"#
         );
         assert_eq!(norm(r#"m{b="2":,a="1"}"#).unwrap(), "m;a=1;b=2");
-        assert_eq!(norm(r#"m{a="1",}"#).unwrap(), r#"m{a="1",}"#, "not the OM shape");
+        assert_eq!(
+            norm(r#"m{a="1",}"#).unwrap(),
+            r#"m{a="1",}"#,
+            "not the OM shape"
+        );
     }
 
     #[test]
     fn refuses_what_carbon_refuses() {
         for bad in [
-            ";a=b", "x;a", "x;=b", "x;a=", "x;a=~b", "x;a!=b", "x;a^b=c", "x;a=b;", "~;a=b",
-            "~~", r#"{a="b"}"#, r#"x{a=""}"#, r#"x{a="b"c="d"}"#, r#"x{a="~b"}"#,
-            r#"x{a="b;c"}"#, r#"x{a="b\q"}"#, r#"x{{a="b"}"#, r#"x{a="{"}"#, r#"x{"}"#,
+            ";a=b",
+            "x;a",
+            "x;=b",
+            "x;a=",
+            "x;a=~b",
+            "x;a!=b",
+            "x;a^b=c",
+            "x;a=b;",
+            "~;a=b",
+            "~~",
+            r#"{a="b"}"#,
+            r#"x{a=""}"#,
+            r#"x{a="b"c="d"}"#,
+            r#"x{a="~b"}"#,
+            r#"x{a="b;c"}"#,
+            r#"x{a="b\q"}"#,
+            r#"x{{a="b"}"#,
+            r#"x{a="{"}"#,
+            r#"x{"}"#,
         ] {
             assert!(norm(bad).is_err(), "{bad} must be refused");
         }

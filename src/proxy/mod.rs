@@ -124,6 +124,11 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
         PlaintextConfig {
             idle_timeout: (!args.idle_timeout.is_zero()).then_some(args.idle_timeout),
             max_inflight_points: args.queue_cap.max(1).saturating_mul(100),
+            // The proxy forwards names as sent: normalizing is the gateway's choice.
+            rules: crate::line::LineRules {
+                max_line_bytes: args.max_line_bytes,
+                tag_normalize: false,
+            },
         },
     );
     let (listener, local) = plaintext::bind(&args.listen_addr).await?;
