@@ -167,3 +167,51 @@ fn nan_is_counted_on_its_own_without_a_warning() {
     assert_eq!(reason(&metrics(&gw.admin), "value"), 1.0);
     assert_eq!(sink.lines(), vec![format!("c.ok 1 {ts}")]);
 }
+
+/// The proxy applies the same rules before batching: the two lines are dropped and
+/// counted there (the gateway behind it counts nothing), every normal point is stored.
+#[test]
+fn proxy_drops_the_same_lines_before_the_gateway_sees_them() {
+    let carbon = CarbonCache::start();
+    let gw = Gateway::start(&["-dev-mode", "-destinations", &carbon.line_addr()]);
+    let (listen, admin, stat) = (
+        format!("127.0.0.1:{}", free_port()),
+        format!("127.0.0.1:{}", free_port()),
+        format!("127.0.0.1:{}", free_port()),
+    );
+    let gateway_url = format!("http://{}", gw.http);
+    let proxy = Proc::spawn(
+        env!("CARGO_BIN_EXE_polymur-proxy"),
+        &[
+            "-gateway",
+            &gateway_url,
+            "-api-key",
+            "123",
+            "-listen-addr",
+            &listen,
+            "-admin-addr",
+            &admin,
+            "-stat-addr",
+            &stat,
+            "-flush-interval",
+            "200ms",
+        ],
+        &[],
+    );
+    assert!(
+        proxy.wait_log("Listening on", secs(15)),
+        "{}",
+        proxy.all_output()
+    );
+    let base = now_ts() - 60;
+    for b in 0..BATCHES {
+        let mut c = TcpStream::connect(&listen).unwrap();
+        c.write_all(&batch("lr.proxy", b, base)).unwrap();
+        c.shutdown(std::net::Shutdown::Write).unwrap();
+    }
+    assert_all_stored(&carbon, "lr.proxy", base);
+    let m = metrics(&admin);
+    assert_eq!((reason(&m, "not_utf8"), reason(&m, "too_long")), (1.0, 1.0));
+    let g = metrics(&gw.admin);
+    assert_eq!((reason(&g, "not_utf8"), reason(&g, "too_long")), (0.0, 0.0));
+}

@@ -149,7 +149,7 @@ for line in sys.stdin.read().splitlines():
 
 /// Tags of series `s`, in an order (and form) that depends on `variant`.
 fn spelling(s: usize, variant: usize) -> String {
-    let mut tags = vec![
+    let mut tags = [
         ("host".to_string(), format!("web{s:02}")),
         ("dc".to_string(), ["ams", "fra", "nyc"][s % 3].to_string()),
         ("env".to_string(), "prod".to_string()),
