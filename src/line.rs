@@ -35,6 +35,16 @@ pub struct LineRules {
     pub tag_normalize: bool,
 }
 
+impl LineRules {
+    /// For lines this process validated already (re-routing a failed destination's
+    /// queue): no length limit, no rewriting, so the operator's `-max-line-bytes`
+    /// cannot be undercut by the default when the lines are parsed again.
+    pub const ALREADY_CHECKED: LineRules = LineRules {
+        max_line_bytes: usize::MAX,
+        tag_normalize: false,
+    };
+}
+
 impl Default for LineRules {
     /// carbon-cache's limit, tags forwarded as sent (carbon's
     /// `TAG_RELAY_NORMALIZED = False`, so placement matches carbon-relay's).
