@@ -133,20 +133,21 @@ impl Builder<'_> {
             buf.extend_from_slice(p.as_bytes());
             buf.push(b'.');
         }
-        if !normalize {
-            buf.extend_from_slice(metric);
-        } else if self.normalizer.normalize(metric, buf).is_err() {
+        // One copy per line in the common case: the name and the rest together.
+        let (metric_end, copy_from) = if !normalize {
+            (buf.len() + metric.len(), parsed.start)
+        } else if self.normalizer.normalize(metric, buf).is_ok() {
+            (buf.len(), parsed.metric_end)
+        } else {
             buf.truncate(line_start);
             self.rejects.note(LineError::InvalidTags, line);
             return;
-        }
-        let metric_end = buf.len();
+        };
+        let copy_to = if now_ts { parsed.ts_start } else { parsed.end };
+        buf.extend_from_slice(&line[copy_from..copy_to]);
         if now_ts {
             let t = *self.received.get_or_insert_with(unix_now);
-            buf.extend_from_slice(&line[parsed.metric_end..parsed.ts_start]);
             buf.extend_from_slice(t.to_string().as_bytes());
-        } else {
-            buf.extend_from_slice(&line[parsed.metric_end..parsed.end]);
         }
         if buf.len() - line_start > self.rules.max_line_bytes {
             buf.truncate(line_start);
