@@ -215,3 +215,23 @@ fn proxy_drops_the_same_lines_before_the_gateway_sees_them() {
     let g = metrics(&gw.admin);
     assert_eq!((reason(&g, "not_utf8"), reason(&g, "too_long")), (0.0, 0.0));
 }
+
+/// carbon-cache reads a timestamp of `-1` as "now", which for a queued or spooled point
+/// would be its delivery time: the gateway stamps it with the time it received the batch.
+#[test]
+fn minus_one_timestamps_are_stamped_when_received() {
+    let sink = LineSink::start();
+    let gw = Gateway::start(&["-dev-mode", "-destinations", &sink.addr()]);
+    let before = now_ts();
+    assert_eq!(
+        gw.ingest("123", "t.now 1 -1\nt.fixed 2 1700000000\n")
+            .status,
+        200
+    );
+    let after = now_ts();
+    assert!(sink.wait_count(2, secs(10)));
+    let lines = sink.lines();
+    let stamped: i64 = lines[0].strip_prefix("t.now 1 ").unwrap().parse().unwrap();
+    assert!((before..=after).contains(&stamped), "{lines:?}");
+    assert_eq!(lines[1], "t.fixed 2 1700000000");
+}
