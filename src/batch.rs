@@ -1,14 +1,18 @@
 //! A batch of plaintext lines: one contiguous buffer plus the line index.
 //!
 //! Lines are never allocated one by one. A clean batch (every line valid, no key
-//! prefix) keeps the very buffer it was decompressed into; otherwise the valid lines
-//! are copied once into a new buffer, prefixed when tenant namespacing is on. The
-//! buffer is a ref-counted [`Bytes`], so broadcast hands the same allocation to
-//! every destination.
+//! prefix, nothing to rewrite) keeps the very buffer it was decompressed into;
+//! otherwise the valid lines are copied once into a new buffer, prefixed when tenant
+//! namespacing is on, with tagged names normalized and `-1` timestamps replaced when
+//! the [`LineRules`] ask for it. The buffer is a ref-counted [`Bytes`], so broadcast
+//! hands the same allocation to every destination.
+
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 
-use crate::line::{self, LineError};
+use crate::line::{self, Line, LineError, LineRules};
+use crate::tags::{self, Normalizer};
 
 /// The end offsets of one line inside [`Batch::data`]. The line starts where the
 /// previous one ended, so two `u32`s are enough (batches are capped well below 4 GiB).
@@ -33,8 +37,9 @@ pub struct Rejects {
     /// Number of invalid lines dropped.
     pub count: u64,
     /// The same, by reason ([`LineError::index`]).
-    pub by_reason: [u64; 4],
-    /// The first refused line (truncated) and why, for the log.
+    pub by_reason: [u64; LineError::COUNT],
+    /// The first refused line (truncated) and why, for the log. A NaN line is kept
+    /// only while no other reason was seen, so the WARN names a real problem.
     pub sample: Option<(LineError, String)>,
 }
 
@@ -45,10 +50,21 @@ impl Rejects {
     fn note(&mut self, err: LineError, line: &[u8]) {
         self.count += 1;
         self.by_reason[err.index()] += 1;
-        if self.sample.is_none() {
+        let replace = match &self.sample {
+            None => true,
+            Some((LineError::Nan, _)) => err != LineError::Nan,
+            Some(_) => false,
+        };
+        if replace {
             let cut = &line[..line.len().min(SAMPLE_BYTES)];
             self.sample = Some((err, String::from_utf8_lossy(cut).escape_debug().to_string()));
         }
+    }
+
+    /// Refused lines other than NaN values (those carbon drops silently too, so
+    /// they are logged at debug level only).
+    pub fn warn_count(&self) -> u64 {
+        self.count - self.by_reason[LineError::Nan.index()]
     }
 }
 
@@ -62,70 +78,141 @@ fn copy_buffer(raw: &[u8], upto: usize) -> Vec<u8> {
     buf
 }
 
+/// The state of one [`Batch::build`] pass.
+struct Builder<'a> {
+    prefix: Option<&'a str>,
+    rules: &'a LineRules,
+    spans: Vec<Span>,
+    rejects: Rejects,
+    /// `None` while every line so far is kept as it is: the batch is then `raw`
+    /// itself. Becomes the copy buffer at the first line that needs one.
+    out: Option<Vec<u8>>,
+    normalizer: Normalizer,
+    /// The batch's receive time (Unix seconds) for `-1` timestamps, read once.
+    received: Option<u64>,
+}
+
+impl Builder<'_> {
+    /// Handles one line `raw[start..nl]` (its `\n` at `nl`).
+    fn line(&mut self, raw: &[u8], start: usize, nl: usize, result: Result<Line, LineError>) {
+        let line = &raw[start..nl];
+        let parsed = match result {
+            Ok(l) => l,
+            Err(e) => {
+                if line.iter().all(|&b| b == b' ' || b == b'\t' || b == b'\r') {
+                    // Blank line: nothing to forward, nothing worth counting.
+                } else if line.len() > self.rules.max_line_bytes {
+                    self.rejects.note(LineError::TooLong, line);
+                } else {
+                    self.rejects.note(e, line);
+                }
+                self.out.get_or_insert_with(|| copy_buffer(raw, start));
+                return;
+            }
+        };
+        let metric = &line[parsed.start..parsed.metric_end];
+        let normalize = self.rules.tag_normalize && tags::needs_normalizing(metric);
+        let now_ts = line[parsed.ts_start] == b'-'
+            && line::is_now_timestamp(&line[parsed.ts_start..parsed.end]);
+        let as_is = self.prefix.is_none() && !normalize && !now_ts;
+        if as_is && self.out.is_none() && parsed.start == 0 && parsed.end == line.len() {
+            if line.len() > self.rules.max_line_bytes {
+                self.rejects.note(LineError::TooLong, line);
+                self.out = Some(copy_buffer(raw, start));
+                return;
+            }
+            self.spans.push(Span {
+                metric_end: (start + parsed.metric_end) as u32,
+                end: (nl + 1) as u32,
+            });
+            return;
+        }
+        let buf = self.out.get_or_insert_with(|| copy_buffer(raw, start));
+        let line_start = buf.len();
+        if let Some(p) = self.prefix {
+            buf.extend_from_slice(p.as_bytes());
+            buf.push(b'.');
+        }
+        // One copy per line in the common case: the name and the rest together.
+        let (metric_end, copy_from) = if !normalize {
+            (buf.len() + metric.len(), parsed.start)
+        } else if self.normalizer.normalize(metric, buf).is_ok() {
+            (buf.len(), parsed.metric_end)
+        } else {
+            buf.truncate(line_start);
+            self.rejects.note(LineError::InvalidTags, line);
+            return;
+        };
+        let copy_to = if now_ts { parsed.ts_start } else { parsed.end };
+        buf.extend_from_slice(&line[copy_from..copy_to]);
+        if now_ts {
+            let t = *self.received.get_or_insert_with(unix_now);
+            buf.extend_from_slice(t.to_string().as_bytes());
+        }
+        if buf.len() - line_start > self.rules.max_line_bytes {
+            buf.truncate(line_start);
+            self.rejects.note(LineError::TooLong, line);
+            return;
+        }
+        buf.push(b'\n');
+        self.spans.push(Span {
+            metric_end: metric_end as u32,
+            end: buf.len() as u32,
+        });
+    }
+}
+
+/// Now, in Unix seconds (what carbon-cache would stamp a `-1` point with).
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 impl Batch {
+    /// [`build`](Self::build) with the default [`LineRules`] (carbon's line limit,
+    /// tags forwarded as sent).
+    pub fn from_plaintext(raw: Vec<u8>, prefix: Option<&str>) -> (Batch, Rejects) {
+        Self::build(raw, prefix, &LineRules::default())
+    }
+
     /// Validates `raw` (LF-delimited plaintext) and builds a batch of its valid
-    /// lines, each prefixed with `<prefix>.` when a prefix is given. A last line
-    /// without `\n` is kept whole; empty lines are skipped silently.
-    pub fn from_plaintext(mut raw: Vec<u8>, prefix: Option<&str>) -> (Batch, Rejects) {
+    /// lines, each prefixed with `<prefix>.` when a prefix is given (in front of the
+    /// name, which is the name part of a tagged name in both forms). A last line
+    /// without `\n` is kept whole; empty lines are skipped silently. Per `rules`,
+    /// tagged names are normalized (then prefixed) and lines longer than carbon
+    /// takes are dropped; a `-1` timestamp becomes the time of this call, so a
+    /// spooled or delayed point keeps the time it was received.
+    pub fn build(mut raw: Vec<u8>, prefix: Option<&str>, rules: &LineRules) -> (Batch, Rejects) {
         if raw.last().is_some_and(|&b| b != b'\n') {
             raw.push(b'\n');
         }
-        let mut rejects = Rejects::default();
-        let mut spans = Vec::with_capacity(raw.len() / 48 + 1);
-        // `None` while every line so far is clean and unprefixed: the batch is then
-        // `raw` itself. Becomes the copy buffer at the first line that needs one.
-        let mut out: Option<Vec<u8>> =
-            prefix.map(|_| Vec::with_capacity(raw.len() + raw.len() / 4));
+        let mut b = Builder {
+            prefix,
+            rules,
+            spans: Vec::with_capacity(raw.len() / 48 + 1),
+            rejects: Rejects::default(),
+            out: prefix.map(|_| Vec::with_capacity(raw.len() + raw.len() / 4)),
+            normalizer: Normalizer::default(),
+            received: None,
+        };
         let mut pos = 0;
         // `raw` ends with '\n' here, so every line has one; `parse_next` finds it
         // while validating (no separate memchr per line on clean lines).
         while pos < raw.len() {
             let (result, nl) = line::parse_next(&raw, pos);
-            let line = &raw[pos..nl];
-            let line_start = pos;
+            b.line(&raw, pos, nl, result);
             pos = nl + 1;
-            let parsed = match result {
-                Ok(l) => l,
-                Err(e) => {
-                    if line.iter().all(|&b| b == b' ' || b == b'\t' || b == b'\r') {
-                        // Blank line: nothing to forward, nothing worth counting.
-                    } else {
-                        rejects.note(e, line);
-                    }
-                    if out.is_none() {
-                        out = Some(copy_buffer(&raw, line_start));
-                    }
-                    continue;
-                }
-            };
-            match out.as_mut() {
-                None if parsed.start == 0 && parsed.end == line.len() => {
-                    spans.push(Span {
-                        metric_end: (line_start + parsed.metric_end) as u32,
-                        end: pos as u32,
-                    });
-                }
-                _ => {
-                    let buf = out.get_or_insert_with(|| copy_buffer(&raw, line_start));
-                    if let Some(p) = prefix {
-                        buf.extend_from_slice(p.as_bytes());
-                        buf.push(b'.');
-                    }
-                    let metric_end = buf.len() + parsed.metric_end - parsed.start;
-                    buf.extend_from_slice(&line[parsed.start..parsed.end]);
-                    buf.push(b'\n');
-                    spans.push(Span {
-                        metric_end: metric_end as u32,
-                        end: buf.len() as u32,
-                    });
-                }
-            }
         }
-        let data = match out {
+        let data = match b.out {
             Some(buf) => Bytes::from(buf),
             None => Bytes::from(raw),
         };
-        (Batch { data, spans }, rejects)
+        let batch = Batch {
+            data,
+            spans: b.spans,
+        };
+        (batch, b.rejects)
     }
 
     /// All lines, each ending in `\n`, as one buffer (cheap to clone).
@@ -193,7 +280,7 @@ mod tests {
             vec!["ok.one 1 100\n", "ok.two\t2 200\n", "ok.three 3 300\n"]
         );
         assert_eq!(r.count, 2);
-        assert_eq!(r.by_reason, [1, 1, 0, 0]);
+        assert_eq!(r.by_reason, [1, 0, 0, 0, 0, 0, 1, 0]);
         let (err, sample) = r.sample.unwrap();
         assert_eq!(err, LineError::FieldCount);
         assert_eq!(sample, "bad line");
@@ -215,6 +302,95 @@ mod tests {
             metrics,
             vec![&b"customer-a.web01.app.rate"[..], &b"customer-a.x.y"[..]]
         );
+    }
+
+    fn build(raw: &[u8], prefix: Option<&str>, rules: LineRules) -> (Vec<String>, Rejects) {
+        let (b, r) = Batch::build(raw.to_vec(), prefix, &rules);
+        (lines(&b), r)
+    }
+
+    #[test]
+    fn lines_carbon_would_close_the_connection_on_are_dropped() {
+        let long = format!("a.{} 1 2\n", "x".repeat(16384 - 6));
+        assert_eq!(
+            long.len(),
+            16385,
+            "16384 bytes before the newline: carbon's limit"
+        );
+        let longer = format!("a.{} 1 2\n", "x".repeat(16384 - 5));
+        let mut raw = b"ok.one 1 2\ncaf\xe9 1 2\n".to_vec();
+        raw.extend_from_slice(long.as_bytes());
+        raw.extend_from_slice(longer.as_bytes());
+        raw.extend_from_slice(b"ok.two 1 2\n");
+        let (got, r) = build(&raw, None, LineRules::default());
+        assert_eq!(got, vec!["ok.one 1 2\n", long.as_str(), "ok.two 1 2\n"]);
+        assert_eq!(r.by_reason[LineError::NotUtf8.index()], 1);
+        assert_eq!(r.by_reason[LineError::TooLong.index()], 1);
+        // A prefix counts: the forwarded line is what carbon measures.
+        let (got, r) = build(long.as_bytes(), Some("t"), LineRules::default());
+        assert!(got.is_empty());
+        assert_eq!(r.by_reason[LineError::TooLong.index()], 1);
+        let small = LineRules {
+            max_line_bytes: 10,
+            ..LineRules::default()
+        };
+        let (got, r) = build(b"a.b 1 2\nabcdefgh 1 2\n", None, small);
+        assert_eq!((got, r.count), (vec!["a.b 1 2\n".to_string()], 1));
+    }
+
+    #[test]
+    fn minus_one_timestamps_become_the_receive_time() {
+        let before = unix_now();
+        let (got, r) = build(
+            b"a 1 -1\nb 2 -1.5\nc 3 -2\nd 4 1700000000\n",
+            None,
+            LineRules::default(),
+        );
+        let after = unix_now();
+        assert_eq!(r.count, 0);
+        let ts: Vec<u64> = got[..2]
+            .iter()
+            .map(|l| l.trim_end().rsplit(' ').next().unwrap().parse().unwrap())
+            .collect();
+        assert!(ts.iter().all(|&t| t >= before && t <= after), "{got:?}");
+        assert_eq!(&got[2..], ["c 3 -2\n", "d 4 1700000000\n"]);
+    }
+
+    #[test]
+    fn nan_values_have_their_own_reason_and_no_warning_sample() {
+        let (got, r) = build(b"a nan 1\nb 1 1\n", None, LineRules::default());
+        assert_eq!(got, vec!["b 1 1\n"]);
+        assert_eq!(
+            (r.by_reason[LineError::Nan.index()], r.warn_count()),
+            (1, 0)
+        );
+        let (_, r) = build(b"a nan 1\nbad\n", None, LineRules::default());
+        assert_eq!(
+            (r.warn_count(), r.sample.unwrap().0),
+            (1, LineError::FieldCount)
+        );
+    }
+
+    #[test]
+    fn tags_are_normalized_then_prefixed_only_when_asked() {
+        let raw = b"x.y;b=2;a=1 1 2\nm{z=\"1\",a=\"2\"} 1 2\nx;a=~b 1 2\nplain 1 2\n";
+        let on = LineRules {
+            tag_normalize: true,
+            ..LineRules::default()
+        };
+        let (b, r) = Batch::build(raw.to_vec(), Some("t"), &on);
+        assert_eq!(
+            lines(&b),
+            vec!["t.x.y;a=1;b=2 1 2\n", "t.m;a=2;z=1 1 2\n", "t.plain 1 2\n"]
+        );
+        let metrics: Vec<&[u8]> = b.lines().map(|(_, m)| m).collect();
+        assert_eq!(metrics[0], b"t.x.y;a=1;b=2");
+        assert_eq!(r.by_reason[LineError::InvalidTags.index()], 1);
+        // Off (the default): forwarded as sent, the prefix in front of the name.
+        let (got, r) = build(raw, Some("t"), LineRules::default());
+        assert_eq!(r.count, 0);
+        assert_eq!(got[1], "t.m{z=\"1\",a=\"2\"} 1 2\n");
+        assert_eq!(got[2], "t.x;a=~b 1 2\n");
     }
 
     #[test]

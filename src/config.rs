@@ -133,6 +133,28 @@ pub struct PipelineFlags {
     /// Routing dry-run: read lines or metric names on stdin, print `metric<TAB>dest[,dest]`, exit
     #[arg(long, action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_parser = crate::go_bool!())]
     pub route_test: bool,
+    /// Longest line forwarded, in bytes before its newline (after key prefix and tag
+    /// normalization): carbon-cache (Twisted's LineReceiver.MAX_LENGTH) closes the connection
+    /// on a longer one, so longer lines are dropped and counted (reason too_long)
+    #[arg(long, default_value_t = crate::line::CARBON_MAX_LINE_BYTES)]
+    pub max_line_bytes: usize,
+    /// Rewrite Graphite 1.1 tagged names as graphite-carbon 1.1.7 stores them (tags sorted,
+    /// `name=` tag and leading `~` dropped, OpenMetrics `m{t="v"}` turned into `m;t=v`) before
+    /// routing, so every tag order of a series goes to one carbon-cache under one name; names
+    /// carbon's parser rejects are dropped and counted (reason invalid_tags). Off by default,
+    /// as carbon's TAG_RELAY_NORMALIZED = False: placement then matches carbon-relay's
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_parser = crate::go_bool!())]
+    pub tag_normalize: bool,
+}
+
+impl PipelineFlags {
+    /// `-max-line-bytes` and `-tag-normalize`, for the batch builder.
+    pub fn line_rules(&self) -> crate::line::LineRules {
+        crate::line::LineRules {
+            max_line_bytes: self.max_line_bytes,
+            tag_normalize: self.tag_normalize,
+        }
+    }
 }
 
 /// Flags read from the command line only: `-route-test` makes a daemon exit after a

@@ -373,7 +373,7 @@ pub fn route_test(program: &str, flags: &PipelineFlags) -> std::process::ExitCod
     };
     let stdin = std::io::stdin().lock();
     let stdout = std::io::BufWriter::new(std::io::stdout().lock());
-    match dry_run::run(&plan, &dests, stdin, stdout) {
+    match dry_run::run_with(&plan, &dests, &flags.line_rules(), stdin, stdout) {
         Ok(_) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("{program}: -route-test: {e}");

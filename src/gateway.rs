@@ -196,6 +196,7 @@ pub async fn run(config: GatewayConfig) -> Result<(), DaemonError> {
             max_batch_bytes: config.max_batch_bytes as usize,
             key_prefix: config.key_prefix,
             read_timeout: config.read_timeout,
+            rules: config.pipeline.line_rules(),
         },
         keys: cache,
         pipeline: daemon.pipeline.clone(),

@@ -21,7 +21,7 @@
 //!   writer task that reconnects; nothing one destination does stalls another;
 //! - [`keys`] syncs API keys from Consul, etcd or a file into a lock-free cache.
 //!
-//! Module map: [`mod@line`], [`batch`] (data); [`route`] (routers, rings, dry run);
+//! Module map: [`mod@line`], [`tags`], [`batch`] (data); [`route`] (routers, rings, dry run);
 //! [`dest`] (queues, spool, writers); [`pipeline`], [`registry`] (routing core,
 //! runtime destination changes); [`ingest`] (the gateway's HTTP source);
 //! [`plaintext`] (TCP source); [`daemon`] (the one daemon layer: a source into the
@@ -69,3 +69,4 @@ pub mod route;
 pub mod self_metrics;
 pub mod shutdown;
 pub mod stats;
+pub mod tags;

@@ -3,9 +3,58 @@
 //! Validation happens in place on the batch buffer, one pass per line and no
 //! allocation, because it runs for every point the gateway accepts. A line that
 //! fails here is counted and dropped; it never reaches a destination (carbon would
-//! either log and drop it, or worse, store a point under a garbage name).
+//! either log and drop it, store a point under a garbage name, or — for a line that
+//! is not UTF-8 or is too long — close the connection, so that a resent window
+//! holding the line would stop the destination for everybody).
+//!
+//! The rules are graphite-carbon 1.1.7's line receiver (`MetricLineReceiver`):
+//! the line is decoded as strict UTF-8, split on whitespace into exactly three
+//! fields, and both numbers are read with Python's `float()`; a NaN value is
+//! dropped silently, a timestamp of `-1` means "now". [`LineRules`] holds the
+//! limits and options that the batch builder applies on top.
 
 use std::fmt;
+
+/// Twisted's `LineOnlyReceiver.MAX_LENGTH`: carbon-cache closes the connection on a
+/// line longer than this (the bytes before the `\n`, a `\r` included).
+pub const CARBON_MAX_LINE_BYTES: usize = 16384;
+
+/// How lines are checked and rewritten while a batch is built: carbon's receiver
+/// limit and the Graphite 1.1 tag rules. One small `Copy` struct, so that every
+/// source (HTTP ingest, the relay's and the proxy's TCP listeners) passes the same
+/// options to [`crate::batch::Batch::build`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LineRules {
+    /// `-max-line-bytes`: longest forwarded line, counted as Twisted counts it (the
+    /// bytes before the `\n`, after key prefixing and tag normalization). Longer
+    /// lines are dropped as [`LineError::TooLong`].
+    pub max_line_bytes: usize,
+    /// `-tag-normalize`: rewrite tagged names as graphite-carbon's
+    /// `TaggedSeries.parse(name).path` does (see [`crate::tags`]) before routing,
+    /// and drop names its parser rejects as [`LineError::InvalidTags`].
+    pub tag_normalize: bool,
+}
+
+impl LineRules {
+    /// For lines this process validated already (re-routing a failed destination's
+    /// queue): no length limit, no rewriting, so the operator's `-max-line-bytes`
+    /// cannot be undercut by the default when the lines are parsed again.
+    pub const ALREADY_CHECKED: LineRules = LineRules {
+        max_line_bytes: usize::MAX,
+        tag_normalize: false,
+    };
+}
+
+impl Default for LineRules {
+    /// carbon-cache's limit, tags forwarded as sent (carbon's
+    /// `TAG_RELAY_NORMALIZED = False`, so placement matches carbon-relay's).
+    fn default() -> Self {
+        LineRules {
+            max_line_bytes: CARBON_MAX_LINE_BYTES,
+            tag_normalize: false,
+        }
+    }
+}
 
 /// Why a line was refused. Kept small (`Copy`) so counting costs nothing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -18,15 +67,31 @@ pub enum LineError {
     Timestamp,
     /// A control byte (other than the field-separating tab) inside the line.
     ControlByte,
+    /// Not valid UTF-8: carbon's `line.decode('utf-8')` raises and the connection closes.
+    NotUtf8,
+    /// Longer than `-max-line-bytes`: carbon closes the connection.
+    TooLong,
+    /// The value is NaN: carbon-cache drops it silently (collectd sends one per
+    /// counter after every start), so this is counted but logged at debug level.
+    Nan,
+    /// `-tag-normalize`: a tagged name carbon's `TaggedSeries.parse` rejects.
+    InvalidTags,
 }
 
 impl LineError {
+    /// Number of reasons (the size of per-reason counter arrays).
+    pub const COUNT: usize = 8;
+
     /// Every reason, in [`index`](Self::index) order.
-    pub const ALL: [LineError; 4] = [
+    pub const ALL: [LineError; Self::COUNT] = [
         LineError::FieldCount,
         LineError::Value,
         LineError::Timestamp,
         LineError::ControlByte,
+        LineError::NotUtf8,
+        LineError::TooLong,
+        LineError::Nan,
+        LineError::InvalidTags,
     ];
 
     /// A dense index for per-reason counters.
@@ -41,6 +106,10 @@ impl LineError {
             LineError::Value => "value",
             LineError::Timestamp => "timestamp",
             LineError::ControlByte => "control_byte",
+            LineError::NotUtf8 => "not_utf8",
+            LineError::TooLong => "too_long",
+            LineError::Nan => "nan",
+            LineError::InvalidTags => "invalid_tags",
         }
     }
 }
@@ -52,6 +121,10 @@ impl fmt::Display for LineError {
             LineError::Value => "value is not a finite number",
             LineError::Timestamp => "timestamp is not a number",
             LineError::ControlByte => "control byte in line",
+            LineError::NotUtf8 => "line is not valid UTF-8",
+            LineError::TooLong => "line longer than -max-line-bytes",
+            LineError::Nan => "value is NaN",
+            LineError::InvalidTags => "invalid tags",
         })
     }
 }
@@ -63,6 +136,8 @@ pub struct Line {
     pub start: usize,
     /// End of the metric path: the routing key is `line[start..metric_end]`.
     pub metric_end: usize,
+    /// Start of the timestamp (where a `-1` is replaced by the receive time).
+    pub ts_start: usize,
     /// End of the timestamp (before any trailing blanks or `\r`).
     pub end: usize,
 }
@@ -79,11 +154,35 @@ fn is_blank(b: u8) -> bool {
 /// the line's bytes) is scanned 16 or 8 bytes at a time by [`first_special`],
 /// the short value and timestamp byte by byte, and common numbers are checked
 /// without `f64` parsing. The batch loop calls [`parse_next`], which handles
-/// clean lines itself and comes here for the rest. It reports the same error as a left-to-right scan
-/// would: the first control byte or the start of a fourth field, whichever
-/// comes first, then a missing field, then the value, then the timestamp.
+/// clean lines itself and comes here for the rest. A line that is not UTF-8 is
+/// [`LineError::NotUtf8`] whatever else is wrong with it (carbon decodes first);
+/// otherwise it reports the same error as a left-to-right scan would: the first
+/// control byte or the start of a fourth field, whichever comes first, then a
+/// missing field, then the value, then the timestamp, then a NaN value.
 #[inline]
 pub fn parse(line: &[u8]) -> Result<Line, LineError> {
+    match parse_fields(line) {
+        // The UTF-8 check costs nothing unless the metric has a byte >= 0x80
+        // (the rest of a valid line is ASCII).
+        Ok((l, false)) => Ok(l),
+        Ok((l, true)) => match std::str::from_utf8(&line[l.start..l.metric_end]) {
+            Err(_) => Err(LineError::NotUtf8),
+            // Python's `split()` also splits on Unicode whitespace (U+00A0, U+2003…):
+            // carbon would see more than three fields.
+            Ok(name) if name.chars().any(char::is_whitespace) => Err(LineError::FieldCount),
+            Ok(_) => Ok(l),
+        },
+        Err(e) => Err(if std::str::from_utf8(line).is_err() {
+            LineError::NotUtf8
+        } else {
+            e
+        }),
+    }
+}
+
+/// [`parse`] without the UTF-8 rule; also says whether the metric has a byte >= 0x80.
+#[inline]
+fn parse_fields(line: &[u8]) -> Result<(Line, bool), LineError> {
     let mut end = line.len();
     while end > 0 && (is_blank(line[end - 1]) || line[end - 1] == b'\r') {
         end -= 1;
@@ -96,7 +195,8 @@ pub fn parse(line: &[u8]) -> Result<Line, LineError> {
     if start == end {
         return Err(LineError::FieldCount);
     }
-    let metric_end = start + first_special(&line[start..]);
+    let (len, high) = first_special(&line[start..]);
+    let metric_end = start + len;
     if metric_end < end && !is_blank(line[metric_end]) {
         return Err(LineError::ControlByte);
     }
@@ -114,17 +214,25 @@ pub fn parse(line: &[u8]) -> Result<Line, LineError> {
     if value_start == value_end || ts_start == ts_end {
         return Err(LineError::FieldCount);
     }
-    if !is_number(&line[value_start..value_end]) {
+    let value = classify(&line[value_start..value_end]);
+    if value == Number::Invalid {
         return Err(LineError::Value);
     }
-    if !is_number(&line[ts_start..ts_end]) {
+    if classify(&line[ts_start..ts_end]) != Number::Finite {
         return Err(LineError::Timestamp);
     }
-    Ok(Line {
-        start,
-        metric_end,
-        end,
-    })
+    if value == Number::Nan {
+        return Err(LineError::Nan);
+    }
+    Ok((
+        Line {
+            start,
+            metric_end,
+            ts_start,
+            end,
+        },
+        high,
+    ))
 }
 
 /// Skips the blanks at `from`, then returns the bounds of the field that
@@ -150,13 +258,15 @@ fn field(line: &[u8], mut from: usize) -> Result<(usize, usize), LineError> {
 }
 
 /// Index of the first byte that is a blank, a control byte or DEL (any byte
-/// `<= 0x20`, or `0x7f`), or `bytes.len()` if there is none.
+/// `<= 0x20`, or `0x7f`), or `bytes.len()` if there is none; and whether a byte
+/// `>= 0x80` comes before it (only then does the name need a UTF-8 check).
 ///
 /// The metric path is most of a line's bytes, so this is the inner loop of
 /// validation: 16 bytes per step with SSE2 (part of every x86_64 CPU), then
-/// [`first_special_swar`] for the tail and on other architectures.
+/// [`first_special_swar`] for the tail and on other architectures. The high-byte
+/// flag is the sign mask the scan computes anyway, OR'ed up.
 #[inline]
-fn first_special(bytes: &[u8]) -> usize {
+fn first_special(bytes: &[u8]) -> (usize, bool) {
     #[cfg(target_arch = "x86_64")]
     {
         use std::arch::x86_64::{
@@ -164,6 +274,7 @@ fn first_special(bytes: &[u8]) -> usize {
             _mm_set1_epi8,
         };
         let mut i = 0;
+        let mut high = 0;
         // SAFETY: SSE2 is in the x86_64 baseline, so these intrinsics are always
         // available; every load reads bytes[i..i + 16], in bounds by the loop
         // condition, and `loadu` has no alignment requirement.
@@ -174,15 +285,20 @@ fn first_special(bytes: &[u8]) -> usize {
                 let v = _mm_loadu_si128(bytes.as_ptr().add(i).cast::<__m128i>());
                 // Signed compare: 0x21 > v holds for 0..=0x20 and for bytes >= 0x80
                 // (negative); the sign mask removes the latter (UTF-8 is allowed).
-                let low = _mm_movemask_epi8(_mm_cmpgt_epi8(limit, v)) & !_mm_movemask_epi8(v);
+                let sign = _mm_movemask_epi8(v);
+                let low = _mm_movemask_epi8(_mm_cmpgt_epi8(limit, v)) & !sign;
                 let hits = low | _mm_movemask_epi8(_mm_cmpeq_epi8(v, del));
                 if hits != 0 {
-                    return i + hits.trailing_zeros() as usize;
+                    let at = hits.trailing_zeros();
+                    high |= sign & ((1 << at) - 1);
+                    return (i + at as usize, high != 0);
                 }
+                high |= sign;
                 i += 16;
             }
         }
-        i + first_special_swar(&bytes[i..])
+        let (n, tail_high) = first_special_swar(&bytes[i..]);
+        (i + n, high != 0 || tail_high)
     }
     #[cfg(not(target_arch = "x86_64"))]
     first_special_swar(bytes)
@@ -195,10 +311,11 @@ fn first_special(bytes: &[u8]) -> usize {
 /// A borrow can only flag a byte *above* a truly flagged one, so the lowest
 /// flagged byte is exact.
 #[inline]
-fn first_special_swar(bytes: &[u8]) -> usize {
+fn first_special_swar(bytes: &[u8]) -> (usize, bool) {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGH: u64 = 0x8080_8080_8080_8080;
     let mut i = 0;
+    let mut high = 0;
     while i + 8 <= bytes.len() {
         let w = u64::from_le_bytes(bytes[i..i + 8].try_into().expect("8 bytes"));
         let low = w.wrapping_sub(ONES * 0x21) & !w & HIGH;
@@ -206,18 +323,67 @@ fn first_special_swar(bytes: &[u8]) -> usize {
         let del = x.wrapping_sub(ONES) & !x & HIGH;
         let hits = low | del;
         if hits != 0 {
-            return i + (hits.trailing_zeros() / 8) as usize;
+            // Bits below the lowest hit: the bytes before the special one.
+            let below = (hits & hits.wrapping_neg()) - 1;
+            high |= w & HIGH & below;
+            return (i + (hits.trailing_zeros() / 8) as usize, high != 0);
         }
+        high |= w & HIGH;
         i += 8;
     }
+    let mut high = high != 0;
     while i < bytes.len() {
         let b = bytes[i];
         if b <= 0x20 || b == 0x7f {
-            return i;
+            return (i, high);
         }
+        high |= b >= 0x80;
         i += 1;
     }
-    bytes.len()
+    (bytes.len(), high)
+}
+
+/// What Python's `float()` makes of a field, as far as carbon cares.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Number {
+    /// A finite number: stored.
+    Finite,
+    /// `nan` in any case and sign: carbon-cache drops the point.
+    Nan,
+    /// Not a number, or infinite (`inf`, `1e999`): refused.
+    Invalid,
+}
+
+/// [`Number`] of a value or timestamp field.
+#[inline]
+fn classify(field: &[u8]) -> Number {
+    if is_number(field) {
+        Number::Finite
+    } else if is_nan(field) {
+        Number::Nan
+    } else {
+        Number::Invalid
+    }
+}
+
+/// `nan`, `NaN`, `-nan`, `+NAN`…: what Python's `float()` reads as NaN.
+#[cold]
+fn is_nan(field: &[u8]) -> bool {
+    let word = match field.first() {
+        Some(b'+' | b'-') => &field[1..],
+        _ => field,
+    };
+    word.eq_ignore_ascii_case(b"nan")
+}
+
+/// True when `field` is a timestamp carbon-cache reads as "now":
+/// `int(float(field)) == -1`, i.e. a number in (-2, -1] (`-1`, `-1.0`, `-1.5`).
+/// The caller checks that it starts with `-` first; the field is a valid number.
+pub fn is_now_timestamp(field: &[u8]) -> bool {
+    if field == b"-1" {
+        return true;
+    }
+    parse_float(field).is_some_and(|t| t.trunc() == -1.0)
 }
 
 /// A finite decimal number as carbon's `float()` accepts it (`1`, `-2.5`, `1e3`).
@@ -252,21 +418,36 @@ fn is_number(field: &[u8]) -> bool {
     is_number_exact(field)
 }
 
-/// The exact rule, via `f64` parsing: exponents, signs, leading dots, overflow.
+/// The exact rule, via `f64` parsing: exponents, signs, leading or trailing
+/// dots, digit-separating underscores (`1_000`, as Python 3 reads them), overflow.
 #[cold]
 #[inline(never)]
 fn is_number_exact(field: &[u8]) -> bool {
+    parse_float(field).is_some_and(f64::is_finite)
+}
+
+/// Python's `float()` on a field of ASCII digits, signs, dots, exponents and
+/// underscores (other spellings, such as `inf` or `nan`, give `None`).
+fn parse_float(field: &[u8]) -> Option<f64> {
     if !field
         .iter()
-        .all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'+' | b'e' | b'E'))
+        .all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'+' | b'e' | b'E' | b'_'))
     {
-        return false;
+        return None;
     }
     // Only ASCII bytes remain, so this is valid UTF-8.
-    std::str::from_utf8(field)
-        .ok()
-        .and_then(|s| s.parse::<f64>().ok())
-        .is_some_and(f64::is_finite)
+    let text = std::str::from_utf8(field).ok()?;
+    if !field.contains(&b'_') {
+        return text.parse::<f64>().ok();
+    }
+    // PEP 515: an underscore only between two digits.
+    let between_digits = |i: usize| {
+        i > 0 && field[i - 1].is_ascii_digit() && field.get(i + 1).is_some_and(u8::is_ascii_digit)
+    };
+    if !(0..field.len()).all(|i| field[i] != b'_' || between_digits(i)) {
+        return None;
+    }
+    text.replace('_', "").parse::<f64>().ok()
 }
 
 /// Validates the line that starts at `buf[start]` and ends at the next `\n`
@@ -289,8 +470,8 @@ pub fn parse_next(buf: &[u8], start: usize) -> (Result<Line, LineError>, usize) 
 }
 
 /// The fast path of [`parse_next`]: `None` unless the line is clean, i.e.
-/// `metric SEP+ number SEP+ number\n` with numbers of the plain shape
-/// (`-?digits(.digits)?`, checked as they are scanned: no second pass).
+/// `metric SEP+ number SEP+ number\n` with an ASCII metric and numbers of the
+/// plain shape (`-?digits(.digits)?`, checked as they are scanned: no second pass).
 #[inline]
 fn parse_clean(buf: &[u8], start: usize) -> Option<(Result<Line, LineError>, usize)> {
     let rest = &buf[start..];
@@ -298,8 +479,8 @@ fn parse_clean(buf: &[u8], start: usize) -> Option<(Result<Line, LineError>, usi
         Some(&b) if !is_blank(b) => {}
         _ => return None,
     }
-    let metric_end = first_special(rest);
-    if !is_blank(*rest.get(metric_end)?) {
+    let (metric_end, high) = first_special(rest);
+    if high || !is_blank(*rest.get(metric_end)?) {
         return None;
     }
     let mut i = skip_blanks(rest, metric_end)?;
@@ -307,8 +488,8 @@ fn parse_clean(buf: &[u8], start: usize) -> Option<(Result<Line, LineError>, usi
     if !is_blank(rest[i]) {
         return None;
     }
-    i = skip_blanks(rest, i)?;
-    i = plain_number_end(rest, i)?;
+    let ts_start = skip_blanks(rest, i)?;
+    i = plain_number_end(rest, ts_start)?;
     if rest[i] != b'\n' {
         return None;
     }
@@ -316,6 +497,7 @@ fn parse_clean(buf: &[u8], start: usize) -> Option<(Result<Line, LineError>, usi
         Ok(Line {
             start: 0,
             metric_end,
+            ts_start,
             end: i,
         }),
         start + i,
@@ -366,9 +548,9 @@ mod tests {
     #[test]
     fn accepts_plain_and_spaced_lines() {
         let l = parse(b"a.b.c 1.5 1700000000").unwrap();
-        assert_eq!((l.start, l.metric_end, l.end), (0, 5, 20));
+        assert_eq!((l.start, l.metric_end, l.ts_start, l.end), (0, 5, 10, 20));
         let l = parse(b"  a.b\t\t-2e3   1700000000.5 \r").unwrap();
-        assert_eq!((l.start, l.metric_end, l.end), (2, 5, 26));
+        assert_eq!((l.start, l.metric_end, l.ts_start, l.end), (2, 5, 14, 26));
     }
 
     #[test]
@@ -377,7 +559,16 @@ mod tests {
         assert_eq!(parse(b"a.b 1"), Err(LineError::FieldCount));
         assert_eq!(parse(b"a.b 1 2 3"), Err(LineError::FieldCount));
         assert_eq!(parse(b"a.b x 2"), Err(LineError::Value));
-        assert_eq!(parse(b"a.b nan 2"), Err(LineError::Value));
+        assert_eq!(parse(b"a.b nan 2"), Err(LineError::Nan));
+        assert_eq!(parse(b"a.b -NaN 2"), Err(LineError::Nan));
+        assert_eq!(parse(b"a.b nan x"), Err(LineError::Timestamp));
+        assert_eq!(parse(b"a.b inf 2"), Err(LineError::Value));
+        assert_eq!(parse(b"a.b 1 nan"), Err(LineError::Timestamp));
+        assert_eq!(parse(b"caf\xe9.x 1 2"), Err(LineError::NotUtf8));
+        assert_eq!(parse(b"caf\xe9.x 1"), Err(LineError::NotUtf8));
+        assert_eq!(parse(b"a.b 1 2 \xff"), Err(LineError::NotUtf8));
+        assert_eq!(parse(b"a\xc2\xa0b 1 2"), Err(LineError::FieldCount));
+        assert!(parse("caf\u{e9}.x 1 2".as_bytes()).is_ok());
         assert_eq!(parse(b"a.b 1e999 2"), Err(LineError::Value));
         assert_eq!(parse(b"a.b 1 now"), Err(LineError::Timestamp));
         assert_eq!(parse(b"a\x01b 1 2"), Err(LineError::ControlByte));
@@ -387,6 +578,9 @@ mod tests {
     /// The byte-at-a-time validator this module used before `first_special`;
     /// the fast one must agree with it on every input, error kind included.
     fn reference_parse(line: &[u8]) -> Result<Line, LineError> {
+        let Ok(text) = std::str::from_utf8(line) else {
+            return Err(LineError::NotUtf8);
+        };
         let mut end = line.len();
         while end > 0 && (is_blank(line[end - 1]) || line[end - 1] == b'\r') {
             end -= 1;
@@ -427,22 +621,44 @@ mod tests {
             return Err(LineError::FieldCount);
         }
         let number = |f: &[u8]| {
+            // PEP 515: pieces between underscores end and start with a digit.
+            let text = std::str::from_utf8(f).unwrap();
+            let pieces: Vec<&str> = text.split('_').collect();
+            let joined = pieces.windows(2).all(|w| {
+                w[0].ends_with(|c: char| c.is_ascii_digit())
+                    && w[1].starts_with(|c: char| c.is_ascii_digit())
+            });
             f.iter()
-                .all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'+' | b'e' | b'E'))
-                && std::str::from_utf8(f)
+                .all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'+' | b'e' | b'E' | b'_'))
+                && joined
+                && pieces
+                    .concat()
+                    .parse::<f64>()
                     .ok()
-                    .and_then(|s| s.parse::<f64>().ok())
                     .is_some_and(f64::is_finite)
         };
-        if !number(&line[bounds[2]..bounds[3]]) {
+        let nan = |f: &[u8]| {
+            let w = std::str::from_utf8(f).unwrap();
+            let w = w.strip_prefix(['+', '-']).unwrap_or(w);
+            w.eq_ignore_ascii_case("nan")
+        };
+        let value = &line[bounds[2]..bounds[3]];
+        if !number(value) && !nan(value) {
             return Err(LineError::Value);
         }
         if !number(&line[bounds[4]..bounds[5]]) {
             return Err(LineError::Timestamp);
         }
+        if nan(value) {
+            return Err(LineError::Nan);
+        }
+        if text[start..bounds[1]].chars().any(char::is_whitespace) {
+            return Err(LineError::FieldCount);
+        }
         Ok(Line {
             start,
             metric_end: bounds[1],
+            ts_start: bounds[4],
             end,
         })
     }
@@ -494,8 +710,14 @@ mod tests {
                     if pos < len {
                         v[pos] = special;
                     }
-                    assert_eq!(first_special(&v), pos, "len {len} pos {pos} byte {special}");
-                    assert_eq!(first_special_swar(&v), pos, "swar: len {len} pos {pos}");
+                    let high = v[..pos].iter().any(|&b| b >= 0x80);
+                    let want = (pos, high);
+                    assert_eq!(
+                        first_special(&v),
+                        want,
+                        "len {len} pos {pos} byte {special}"
+                    );
+                    assert_eq!(first_special_swar(&v), want, "swar: len {len} pos {pos}");
                 }
             }
         }
@@ -512,6 +734,21 @@ mod tests {
             (".5", true),
             ("+1", true),
             ("1e3", true),
+            ("5.", true),
+            ("+5", true),
+            ("-.5e-3", true),
+            ("1_000.5", true),
+            ("1e1_0", true),
+            ("1__0", false),
+            ("_1", false),
+            ("1_", false),
+            ("1_.5", false),
+            ("1._5", false),
+            (".", false),
+            ("e5", false),
+            ("1e", false),
+            ("inf", false),
+            ("nan", false),
             ("-", false),
             ("1.2.3", false),
             ("--1", false),

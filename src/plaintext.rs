@@ -102,6 +102,8 @@ pub struct PlaintextConfig {
     pub idle_timeout: Option<Duration>,
     /// Points read but not yet admitted, across all connections, before reading pauses.
     pub max_inflight_points: u64,
+    /// What the batch builder checks and rewrites (`-max-line-bytes`, `-tag-normalize`).
+    pub rules: crate::line::LineRules,
 }
 
 /// One plaintext listener's shared state.
@@ -264,8 +266,10 @@ impl PlaintextSource {
                         break;
                     }
                 }
-                None if buf.len() > MAX_LINE => {
+                None if buf.len() > MAX_LINE.max(self.config.rules.max_line_bytes + 1) => {
                     self.stats.invalid.fetch_add(1, Ordering::Relaxed);
+                    self.stats.invalid_by_reason[crate::line::LineError::TooLong.index()]
+                        .fetch_add(1, Ordering::Relaxed);
                     tracing::warn!("Dropped a line over {MAX_LINE} bytes from {peer} (no newline)");
                     buf = Vec::new();
                     skipping = true;
@@ -278,7 +282,7 @@ impl PlaintextSource {
     /// Validates `raw` and offers it until the intake takes it. False when it had to
     /// be given up (shutdown grace over): the connection is then closed.
     async fn deliver(&self, raw: Vec<u8>, peer: SocketAddr, shutdown: &mut Shutdown) -> bool {
-        let (batch, rejects) = Batch::from_plaintext(raw, None);
+        let (batch, rejects) = Batch::build(raw, None, &self.config.rules);
         if rejects.count > 0 {
             self.stats.note_invalid(&format!("{peer}"), &rejects);
         }
@@ -383,6 +387,7 @@ mod tests {
             PlaintextConfig {
                 idle_timeout: Some(Duration::from_secs(5)),
                 max_inflight_points: 1000,
+                rules: crate::line::LineRules::default(),
             },
         );
         let (l, addr) = bind("127.0.0.1:0").await.unwrap();

@@ -187,7 +187,8 @@ impl Registry {
         let points: u64 = chunks.iter().map(|c| c.points).sum();
         let mut shutdown = self.shutdown.clone();
         for chunk in chunks {
-            let (batch, _) = Batch::from_plaintext(chunk.data.to_vec(), None);
+            let rules = crate::line::LineRules::ALREADY_CHECKED;
+            let (batch, _) = Batch::build(chunk.data.to_vec(), None, &rules);
             while self.pipeline.submit_held(&batch).await.is_err() {
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_millis(200)) => {}

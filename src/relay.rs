@@ -54,6 +54,7 @@ pub async fn run(config: RelayConfig) -> Result<(), DaemonError> {
                 .incoming_queue_cap
                 .max(1)
                 .saturating_mul(100),
+            rules: config.pipeline.line_rules(),
         },
     );
     let mut listeners = Listeners::default();

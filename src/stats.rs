@@ -18,7 +18,7 @@ pub struct Stats {
     /// Batches refused because a destination queue was full (503).
     pub refused: AtomicU64,
     /// Invalid lines by reason ([`crate::line::LineError::index`]).
-    pub invalid_by_reason: [AtomicU64; 4],
+    pub invalid_by_reason: [AtomicU64; crate::line::LineError::COUNT],
     /// Unix second of the last invalid-line log, for rate limiting.
     last_invalid_log: AtomicU64,
 }
@@ -35,6 +35,16 @@ impl Stats {
             if n > 0 {
                 counter.fetch_add(n, Ordering::Relaxed);
             }
+        }
+        if rejects.warn_count() == 0 {
+            // Only NaN values, which carbon-cache drops silently too (collectd sends
+            // one per counter after each start): not worth a WARN.
+            tracing::debug!(
+                "Dropped {} NaN values from {source}, e.g. \"{}\"",
+                rejects.count,
+                rejects.sample.as_ref().map_or("", |s| s.1.as_str())
+            );
+            return;
         }
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)

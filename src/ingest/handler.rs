@@ -156,11 +156,12 @@ async fn ingest(state: Arc<Ingest>, req: Request<Incoming>, client: &str, tenant
     // size (several gzip members) reserves up to the cap and decodes again, so the
     // decode budget bounds memory whatever the trailer says.
     let mut reservation = state.decode_budget.reserve(claimed).await;
-    let mut decoded = decode(body.clone(), claimed, prefix.clone(), big).await;
+    let rules = limits.rules;
+    let mut decoded = decode(body.clone(), claimed, prefix.clone(), big, rules).await;
     if matches!(decoded, Some(Err(InflateError::TooLarge(_)))) && claimed < max {
         drop(reservation);
         reservation = state.decode_budget.reserve(max).await;
-        decoded = decode(body, max, prefix, big).await;
+        decoded = decode(body, max, prefix, big, rules).await;
     }
     let _reservation = reservation;
     let Some(decoded) = decoded else {
@@ -224,10 +225,11 @@ async fn decode(
     limit: usize,
     prefix: Option<String>,
     blocking: bool,
+    rules: crate::line::LineRules,
 ) -> Option<Result<(Batch, crate::batch::Rejects), InflateError>> {
     let work = move || -> Result<_, InflateError> {
         let raw = gunzip(&body, limit)?;
-        Ok(Batch::from_plaintext(raw, prefix.as_deref()))
+        Ok(Batch::build(raw, prefix.as_deref(), &rules))
     };
     if blocking {
         tokio::task::spawn_blocking(work).await.ok()

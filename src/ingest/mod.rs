@@ -30,6 +30,8 @@ pub struct IngestConfig {
     /// `-read-timeout`: headers and body must arrive within this time, and an
     /// idle keep-alive connection is closed after it.
     pub read_timeout: Duration,
+    /// `-max-line-bytes`, `-tag-normalize`: what the batch builder checks and rewrites.
+    pub rules: crate::line::LineRules,
 }
 
 /// Everything a request needs.

@@ -85,6 +85,11 @@ pub struct ProxyConfig {
     /// (what is left goes to -spool-dir, or is reported lost without one)
     #[arg(long, env = "POLYMUR_PROXY_DRAIN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
+    /// Longest line accepted, in bytes before its newline: carbon-cache (Twisted's
+    /// LineReceiver.MAX_LENGTH) closes the connection on a longer one, so longer lines are
+    /// dropped here and counted (reason too_long), as lines that are not UTF-8 are
+    #[arg(long, default_value_t = crate::line::CARBON_MAX_LINE_BYTES)]
+    pub max_line_bytes: usize,
 }
 
 impl ProxyConfig {

@@ -64,6 +64,11 @@ pub async fn run(config: ProxyConfig) -> Result<(), DaemonError> {
         PlaintextConfig {
             idle_timeout: (!config.idle_timeout.is_zero()).then_some(config.idle_timeout),
             max_inflight_points: config.queue_cap.max(1).saturating_mul(100),
+            // The proxy forwards names as sent: normalizing is the gateway's choice.
+            rules: crate::line::LineRules {
+                max_line_bytes: config.max_line_bytes,
+                tag_normalize: false,
+            },
         },
     );
     let (listener, local) = net::bind(&config.listen_addr).await?;
