@@ -6,13 +6,11 @@
 //!
 //! Mounting needs root (CI runs as root); elsewhere the tests print why and pass.
 
-mod support;
-
 use std::collections::HashSet;
 use std::path::Path;
 use std::process::Command;
 
-use support::*;
+use crate::support::*;
 
 const KEY: (&str, &str) = ("X-Polymur-Key", "123");
 /// Lines per posted batch, as the proxy sends them.

@@ -5,15 +5,13 @@
 //! - a destination that drops the connection on one record (as carbon-cache does on a line it
 //!   cannot take) does not wedge: that record goes to a dead-letter file and sending goes on.
 
-mod support;
-
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use support::*;
+use crate::support::*;
 
 const KEY: (&str, &str) = ("X-Polymur-Key", "123");
 

@@ -1,9 +1,7 @@
 //! End to end with a real carbon-cache: gzip'ed batches in over HTTP, points read
 //! back from the whisper files carbon wrote.
 
-mod support;
-
-use support::*;
+use crate::support::*;
 
 #[test]
 fn points_posted_to_the_gateway_are_stored_by_carbon_cache() {

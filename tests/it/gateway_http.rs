@@ -2,11 +2,9 @@
 //! bad bodies, limits, validation, key prefix, flags and env, key file reload,
 //! backpressure and shutdown. Destinations are in-test line sinks.
 
-mod support;
-
 use std::io::Write;
 
-use support::*;
+use crate::support::*;
 
 const GW: &str = GATEWAY_BIN;
 

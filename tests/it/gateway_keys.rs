@@ -3,11 +3,8 @@
 //! stop working within seconds, an outage keeps the cache, several tenants at once
 //! each get their own prefix.
 
-mod consul_server;
-mod support;
-
-use consul_server::ConsulServer;
-use support::*;
+use crate::consul_server::ConsulServer;
+use crate::support::*;
 
 const P: &str = "polymur/gateway/keys/";
 

@@ -1,14 +1,12 @@
 //! Checks the shared test harness itself against the real servers on this machine, so a
 //! failure elsewhere can be trusted to be the product's and not the harness's.
 
-mod support;
-
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::Arc;
 use std::time::Instant;
 
-use support::*;
+use crate::support::*;
 
 #[test]
 fn carbon_cache_round_trip_exact_values() {

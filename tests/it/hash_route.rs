@@ -3,16 +3,14 @@
 //! gives them, identical placement across gateway processes, key prefix + hashing,
 //! and runtime destination changes during ingestion.
 
-mod support;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use crate::support::*;
 use polymur::dest::addr::DestAddr;
 use polymur::route::ring::{HashKind, HashRing};
-use support::*;
 
 const GW: &str = GATEWAY_BIN;
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");

@@ -1,12 +1,10 @@
 //! The Consul key store against the in-test Consul agent (`consul_server`): listing,
 //! blocking-query change notification, revocation, outages, ACL tokens.
 
-mod consul_server;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use consul_server::ConsulServer;
+use crate::consul_server::ConsulServer;
 use polymur::keys::consul::ConsulStore;
 use polymur::keys::sync::sync_once;
 use polymur::keys::{KeyCache, KeyStore};

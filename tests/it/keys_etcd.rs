@@ -2,15 +2,13 @@
 //! through its JSON gateway: listing, watch notification, revocation, outage,
 //! recovery and endpoint failover.
 
-mod support;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::support::{free_port, Etcd};
 use polymur::keys::etcd::EtcdStore;
 use polymur::keys::sync::sync_once;
 use polymur::keys::{KeyCache, KeyStore};
-use support::{free_port, Etcd};
 
 const P: &str = "polymur/gateway/keys/";
 

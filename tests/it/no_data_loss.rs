@@ -2,14 +2,12 @@
 //! line sinks as destinations (loopback only, every wait bounded). Each test compares the
 //! lines the gateway acknowledged (`200`) with the lines the destination received.
 
-mod support;
-
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use support::*;
+use crate::support::*;
 
 const KEY: (&str, &str) = ("X-Polymur-Key", "123");
 

@@ -2,11 +2,9 @@
 //! sent, readiness, the status page (and a Chromium render of it), the JSON
 //! destination API, self-metrics through the pipeline, SIGHUP certificate reload.
 
-mod support;
-
 use std::collections::BTreeMap;
 
-use support::*;
+use crate::support::*;
 
 const KEY: (&str, &str) = ("X-Polymur-Key", "123");
 

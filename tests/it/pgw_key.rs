@@ -1,11 +1,8 @@
 //! The `pgw-key` binary end to end, against the in-test Consul agent, a real etcd and
 //! a key file: PROTOCOL.md's output lines, key format, and non-zero exits on refusal.
 
-mod consul_server;
-mod support;
-
-use consul_server::ConsulServer;
-use support::{secs, Etcd, Proc, RunOutput};
+use crate::consul_server::ConsulServer;
+use crate::support::{secs, Etcd, Proc, RunOutput};
 
 const BIN: &str = env!("CARGO_BIN_EXE_pgw-key");
 const P: &str = "polymur/gateway/keys/";

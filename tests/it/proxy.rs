@@ -3,15 +3,13 @@
 //! sending; the disk spool across a proxy restart; a wrong key at start; and the retry
 //! policy for 400, 503 and 401 against a scripted in-test gateway.
 
-mod support;
-
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use support::*;
+use crate::support::*;
 
 const PROXY: &str = env!("CARGO_BIN_EXE_polymur-proxy");
 const GW: &str = env!("CARGO_BIN_EXE_polymur-gateway");

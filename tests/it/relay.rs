@@ -2,13 +2,11 @@
 //! connections, backpressure instead of loss when a destination is down, hash-route
 //! to three real carbon-caches, flags from the environment and the runtime API.
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::TcpStream;
 
-use support::*;
+use crate::support::*;
 
 const RELAY: &str = env!("CARGO_BIN_EXE_polymur");
 

@@ -3,11 +3,9 @@
 //! warning and the daemon runs without that endpoint — so a gateway and a proxy on one
 //! host, both on the original's default `localhost:2020`, both start.
 
-mod support;
-
 use std::net::TcpListener;
 
-use support::*;
+use crate::support::*;
 
 /// Holds `localhost:2020` (the original's runstats default) busy for the test; if
 /// something else on the machine already holds it, it is busy all the same.

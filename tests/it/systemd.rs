@@ -5,12 +5,10 @@
 //! The notification socket is a real unix datagram socket, as systemd passes it in
 //! `$NOTIFY_SOCKET`.
 
-mod support;
-
 use std::os::unix::net::UnixDatagram;
 use std::time::{Duration, Instant};
 
-use support::*;
+use crate::support::*;
 
 const RELAY: &str = env!("CARGO_BIN_EXE_polymur");
 const PROXY: &str = env!("CARGO_BIN_EXE_polymur-proxy");

@@ -16,15 +16,9 @@
 //! `scripts/topology`. The last line printed is
 //! `topology: accepted N stored N lost N duplicates N misplaced N`.
 
-mod support;
-
-#[path = "topology/carbon.rs"]
 mod carbon;
-#[path = "topology/netns.rs"]
 mod netns;
-#[path = "topology/scenario.rs"]
 mod scenario;
-#[path = "topology/wan.rs"]
 mod wan;
 
 #[test]

@@ -17,16 +17,41 @@ fn handed_out() -> &'static Mutex<HashSet<u16>> {
 /// A loopback TCP port that is free right now and was not returned before in this process.
 /// The port is released before returning, so whoever binds it next (usually a server the test
 /// starts right away) gets it.
+///
+/// The ports come from *below* the kernel's ephemeral range (`ip_local_port_range`), never
+/// from `bind(0)`: every test binds sinks on port 0 and every daemon connects out from
+/// ephemeral ports, so a port taken from that range could be given to another test's sink
+/// or used as another connection's local port before this test binds it — and then a
+/// gateway "destination that is down" is in fact another test's sink (seen: 30 000 points
+/// delivered to the wrong test). Within the process, a counter never hands a port out
+/// twice; its start depends on the pid, so concurrent test processes rarely meet.
 pub fn free_port() -> u16 {
-    for _ in 0..200 {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-        let port = listener.local_addr().expect("local_addr").port();
-        drop(listener);
-        if handed_out().lock().unwrap().insert(port) {
+    let (low, span) = reserved_range();
+    static NEXT: OnceLock<std::sync::atomic::AtomicU32> = OnceLock::new();
+    let next = NEXT.get_or_init(|| std::sync::atomic::AtomicU32::new(std::process::id() % span));
+    for _ in 0..span {
+        let offset = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % span;
+        let port = (low + offset) as u16;
+        if TcpListener::bind(loopback(port)).is_ok() && handed_out().lock().unwrap().insert(port) {
             return port;
         }
     }
-    panic!("free_port: no new free port after 200 attempts");
+    panic!("free_port: no free port in {low}..{}", low + span);
+}
+
+/// Start and size of the port range `free_port` uses: the 12 000 ports just below the
+/// ephemeral range (20768..32768 with Linux's default 32768-60999), never below 10 000.
+fn reserved_range() -> (u32, u32) {
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| {
+            s.split_whitespace()
+                .next()
+                .and_then(|n| n.parse::<u32>().ok())
+        })
+        .unwrap_or(32768);
+    let low = ephemeral_low.saturating_sub(12_000).max(10_000);
+    (low, ephemeral_low.saturating_sub(low).max(1_000))
 }
 
 fn loopback(port: u16) -> SocketAddr {

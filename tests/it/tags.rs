@@ -7,13 +7,11 @@
 //!   carbon-caches (`ENABLE_TAGS = False`) under the normalized name, each series on
 //!   exactly one cache; invalid tagged lines are counted under their own reason.
 
-mod support;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::process::{Command, Stdio};
 
-use support::*;
+use crate::support::*;
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tags");
 

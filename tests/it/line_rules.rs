@@ -5,13 +5,11 @@
 //! batches follow: every normal point must be read back from whisper, and the two
 //! lines are counted under their own reasons in `/metrics`.
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::TcpStream;
 
-use support::*;
+use crate::support::*;
 
 const RELAY: &str = env!("CARGO_BIN_EXE_polymur");
 /// Series written in every batch; each gets one point per batch.
