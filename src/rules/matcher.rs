@@ -1,0 +1,246 @@
+//! Expressions compiled once per load, matched without trying every regex on every line.
+//!
+//! Two techniques, both carbon-c-relay's or better:
+//! * **Literal patterns are plain comparisons.** An expression made only of `[A-Za-z0-9_-]`
+//!   and escaped `.` `*` `+` `(` `\`, optionally anchored by a leading `^` and/or trailing
+//!   `$`, is a substring, prefix, suffix or whole-name comparison — carbon-c-relay's
+//!   `strstr`/`strncmp`/`tailcmp`/`strcmp` classes, chosen by the same rule.
+//! * **The regexes between two rewrites run as one automaton.** Every rule between two
+//!   rewrites sees the same name, so their regexes form one [`RegexSet`]: the first regex
+//!   rule a line reaches runs the whole set in a single pass over the name, and every
+//!   later regex rule of that stretch is a bit lookup. Captures are only computed for a
+//!   rewrite whose pattern matched.
+//!
+//! Deliberate difference: carbon-c-relay drops an escaped or mid-pattern `$` from a
+//! "literal" (so `foo$bar` becomes the substring `foobar`); here such a pattern is a regex
+//! with its POSIX meaning.
+
+use regex::bytes::{Regex, RegexSet, RegexSetBuilder};
+
+use super::regex::{compile, translate};
+
+/// How one expression is tested.
+#[derive(Clone, Debug)]
+pub enum Pattern {
+    /// `*`.
+    All,
+    /// Unanchored literal: carbon-c-relay's `strstr`.
+    Contains(Vec<u8>),
+    /// `^literal`: `strncmp`.
+    StartsWith(Vec<u8>),
+    /// `literal$`: `tailcmp`.
+    EndsWith(Vec<u8>),
+    /// `^literal$`: `strcmp`.
+    Equals(Vec<u8>),
+    /// Anything else. `slot` is its index in its segment's [`RegexSet`] (for validate
+    /// expressions, which are tested on the data and not on names, there is no set).
+    Regex { re: Regex, slot: Option<usize> },
+}
+
+impl Pattern {
+    /// Classifies and compiles `expr` (`*` must be handled by the caller).
+    pub fn compile(expr: &str) -> Result<Pattern, String> {
+        if let Some(p) = literal(expr) {
+            return Ok(p);
+        }
+        Ok(Pattern::Regex {
+            re: compile(expr)?,
+            slot: None,
+        })
+    }
+
+    /// True when the expression has capture groups (rewrites can use `\1`…).
+    pub fn groups(&self) -> usize {
+        match self {
+            Pattern::Regex { re, .. } => re.captures_len() - 1,
+            _ => 0,
+        }
+    }
+
+    /// Where the pattern matches `s` (the whole match's span), tested on its own.
+    pub fn find(&self, s: &[u8]) -> Option<(usize, usize)> {
+        match self {
+            Pattern::All => Some((0, s.len())),
+            Pattern::Contains(l) => memchr::memmem::find(s, l).map(|i| (i, i + l.len())),
+            Pattern::StartsWith(l) => s.starts_with(l).then_some((0, l.len())),
+            Pattern::EndsWith(l) => s.ends_with(l).then(|| (s.len() - l.len(), s.len())),
+            Pattern::Equals(l) => (s == l.as_slice()).then_some((0, l.len())),
+            Pattern::Regex { re, .. } => re.find(s).map(|m| (m.start(), m.end())),
+        }
+    }
+
+    /// Whether the pattern matches `s`, using `set` (this segment's set result) for regexes.
+    #[inline]
+    pub fn is_match(&self, s: &[u8], set: &mut SetCache<'_>) -> bool {
+        match self {
+            Pattern::All => true,
+            Pattern::Contains(l) => memchr::memmem::find(s, l).is_some(),
+            Pattern::StartsWith(l) => s.starts_with(l),
+            Pattern::EndsWith(l) => s.ends_with(l),
+            Pattern::Equals(l) => s == l.as_slice(),
+            Pattern::Regex { re, slot: Some(i) } => {
+                set.get(s, *i).unwrap_or_else(|| re.is_match(s))
+            }
+            Pattern::Regex { re, slot: None } => re.is_match(s),
+        }
+    }
+}
+
+/// carbon-c-relay's rule for "this expression is a plain comparison", or `None` for a regex.
+fn literal(expr: &str) -> Option<Pattern> {
+    let b = expr.as_bytes();
+    let (anchored, body) = match b.first() {
+        Some(b'^') => (true, &b[1..]),
+        _ => (false, b),
+    };
+    let (tail, body) = match body.last() {
+        Some(b'$') if !ends_escaped(body) => (true, &body[..body.len() - 1]),
+        _ => (false, body),
+    };
+    let mut lit = Vec::with_capacity(body.len());
+    let mut i = 0;
+    while i < body.len() {
+        match body[i] {
+            b'\\' => match body.get(i + 1) {
+                Some(&c @ (b'.' | b'*' | b'+' | b'(' | b'\\')) => {
+                    lit.push(c);
+                    i += 2;
+                }
+                _ => return None,
+            },
+            c if c.is_ascii_alphanumeric() || c == b'_' || c == b'-' => {
+                lit.push(c);
+                i += 1;
+            }
+            _ => return None,
+        }
+    }
+    Some(match (anchored, tail) {
+        (false, false) => Pattern::Contains(lit),
+        (true, false) => Pattern::StartsWith(lit),
+        (false, true) => Pattern::EndsWith(lit),
+        (true, true) => Pattern::Equals(lit),
+    })
+}
+
+/// True when the last byte of `b` is escaped by an odd run of backslashes.
+fn ends_escaped(b: &[u8]) -> bool {
+    let n = b.len();
+    let run = b[..n - 1].iter().rev().take_while(|&&c| c == b'\\').count();
+    run % 2 == 1
+}
+
+/// The regexes of one segment (the rules between two rewrites) as one automaton.
+#[derive(Debug)]
+pub struct Segment {
+    set: Option<RegexSet>,
+}
+
+impl Segment {
+    /// Builds the set from the POSIX expressions of the segment's regex rules, in slot order.
+    pub fn new(exprs: &[&str]) -> Result<Segment, String> {
+        if exprs.is_empty() {
+            return Ok(Segment { set: None });
+        }
+        let translated: Vec<String> = exprs
+            .iter()
+            .map(|e| translate(e))
+            .collect::<Result<_, _>>()?;
+        let set = RegexSetBuilder::new(&translated)
+            .unicode(false)
+            .dot_matches_new_line(true)
+            .build()
+            .map_err(|e| e.to_string())?;
+        Ok(Segment { set: Some(set) })
+    }
+}
+
+/// One line's lazily computed set result for the segment it is in: the set runs at most
+/// once per segment per line, and only if a regex rule of the segment is reached.
+pub struct SetCache<'a> {
+    seg: Option<&'a Segment>,
+    hits: Vec<bool>,
+    done: bool,
+}
+
+impl<'a> SetCache<'a> {
+    pub fn new() -> Self {
+        SetCache {
+            seg: None,
+            hits: Vec::new(),
+            done: false,
+        }
+    }
+
+    /// Moves to `seg` (the name or the segment changed): forget the previous result.
+    pub fn enter(&mut self, seg: &'a Segment) {
+        self.seg = Some(seg);
+        self.done = false;
+    }
+
+    fn get(&mut self, s: &[u8], slot: usize) -> Option<bool> {
+        let set = self.seg?.set.as_ref()?;
+        if !self.done {
+            self.hits.clear();
+            self.hits.resize(set.len(), false);
+            for i in set.matches(s).iter() {
+                self.hits[i] = true;
+            }
+            self.done = true;
+        }
+        self.hits.get(slot).copied()
+    }
+}
+
+impl Default for SetCache<'_> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn literals_are_classified_like_carbon_c_relay() {
+        assert!(
+            matches!(Pattern::compile("^sys\\.cpu").unwrap(), Pattern::StartsWith(l) if l == b"sys.cpu")
+        );
+        assert!(
+            matches!(Pattern::compile("legacy$").unwrap(), Pattern::EndsWith(l) if l == b"legacy")
+        );
+        assert!(
+            matches!(Pattern::compile("^a_b-c$").unwrap(), Pattern::Equals(l) if l == b"a_b-c")
+        );
+        assert!(matches!(Pattern::compile("foo").unwrap(), Pattern::Contains(l) if l == b"foo"));
+        assert!(matches!(
+            Pattern::compile("^sys.cpu").unwrap(),
+            Pattern::Regex { .. }
+        ));
+        assert!(matches!(
+            Pattern::compile("a\\$").unwrap(),
+            Pattern::Regex { .. }
+        ));
+        assert_eq!(Pattern::compile("^(a)(b)").unwrap().groups(), 2);
+    }
+
+    #[test]
+    fn a_set_answers_for_every_regex_of_its_segment() {
+        let seg = Segment::new(&["^a.*z$", "b+c"]).unwrap();
+        let mut c = SetCache::new();
+        c.enter(&seg);
+        let p0 = Pattern::Regex {
+            re: compile("^a.*z$").unwrap(),
+            slot: Some(0),
+        };
+        let p1 = Pattern::Regex {
+            re: compile("b+c").unwrap(),
+            slot: Some(1),
+        };
+        assert!(p0.is_match(b"abcz", &mut c));
+        assert!(p1.is_match(b"abcz", &mut c));
+        c.enter(&seg);
+        assert!(!p0.is_match(b"bbc", &mut c) && p1.is_match(b"bbc", &mut c));
+    }
+}
