@@ -2,9 +2,10 @@
 //!
 //! The matched part of the name is replaced and the text before and after it is kept
 //! (`-(average|sum)$ into .\1` turns `a.b-sum` into `a.b.sum`). In the replacement:
-//! `\N` (one or more digits) or `\g{N}` inserts group N; `\_N` lower-cases it, `\^N`
+//! `\N` (one or more digits) inserts group N; `\_N` lower-cases it, `\^N`
 //! upper-cases it, and a `.` after the backslash (`\.N`, `\_.N`, `\^.N`) also turns its
-//! dots into underscores. Any other escaped character stands for itself. carbon-c-relay
+//! dots into underscores. Any other escaped character stands for itself (so `\g{1}`, which
+//! carbon-c-relay only learnt after 3.7, is the text `g{1}` as in 3.7.3). carbon-c-relay
 //! quirks kept on purpose, because configurations rely on the output they produce:
 //! `\\` is not a literal backslash (it only continues the escape, so `\_1\2` lower-cases
 //! both groups), and a pattern without capture groups copies the replacement verbatim,
@@ -89,37 +90,33 @@ impl Replacement {
 }
 
 /// The escape state machine: after `\`, `_`/`^` pick a case (only first), `.` asks for
-/// dots-to-underscores, digits accumulate a group number, `g` and `{` introduce the
-/// `\g{N}` form; the first other byte ends the escape, inserting the group if a number
-/// was read, and is itself copied unless it is `\` (which keeps the escape going) or the
-/// `}` closing `\g{N}`.
+/// dots-to-underscores, digits accumulate a group number; the first other byte ends the
+/// escape, inserting the group if a number was read, and is itself copied unless it is
+/// `\` (which keeps the escape going).
 fn parse(t: &[u8]) -> Vec<Piece> {
     let mut pieces = Vec::new();
     let mut lit = Vec::new();
-    let (mut escape, mut case, mut dots, mut num, mut have_num, mut g, mut braces) =
-        (false, Case::Keep, false, 0usize, false, false, false);
+    let (mut escape, mut case, mut dots, mut num, mut have_num) =
+        (false, Case::Keep, false, 0usize, false);
     // A NUL sentinel ends a trailing escape the way carbon-c-relay's C string does.
     for &c in t.iter().chain(std::iter::once(&0u8)) {
         if !escape {
             if c == b'\\' {
                 escape = true;
-                (case, dots, num, have_num, g, braces) =
-                    (Case::Keep, false, 0, false, false, false);
+                (case, dots, num, have_num) = (Case::Keep, false, 0, false);
             } else if c != 0 {
                 lit.push(c);
             }
             continue;
         }
         match c {
-            b'_' if !have_num && case == Case::Keep && !dots && !g => case = Case::Lower,
-            b'^' if !have_num && case == Case::Keep && !dots && !g => case = Case::Upper,
-            b'.' if !have_num && !g => dots = true,
+            b'_' if !have_num && case == Case::Keep && !dots => case = Case::Lower,
+            b'^' if !have_num && case == Case::Keep && !dots => case = Case::Upper,
+            b'.' if !have_num => dots = true,
             b'0'..=b'9' => {
                 num = num * 10 + usize::from(c - b'0');
                 have_num = true;
             }
-            b'g' if num == 0 && !g => g = true,
-            b'{' if num == 0 && g && !braces => braces = true,
             _ => {
                 if num > 0 {
                     if !lit.is_empty() {
@@ -129,16 +126,12 @@ fn parse(t: &[u8]) -> Vec<Piece> {
                 }
                 num = 0;
                 have_num = false;
-                if braces && c == b'}' {
-                    escape = false;
-                } else if c != b'\\' {
+                if c != b'\\' {
                     escape = false;
                     if c != 0 {
                         lit.push(c);
                     }
                 }
-                g = false;
-                braces = false;
             }
         }
     }
@@ -173,7 +166,7 @@ mod tests {
         assert_eq!(run("\\^1^", "Ab.Cd", (0, 5), &g), "AB.CD^");
         assert_eq!(run("\\.1", "Ab.Cd", (0, 5), &g), "Ab_Cd");
         assert_eq!(run("\\_.1", "Ab.Cd", (0, 5), &g), "ab_cd");
-        assert_eq!(run("\\g{1}100", "Ab.Cd", (0, 5), &g), "Ab.Cd100");
+        assert_eq!(run("\\g{1}100", "Ab.Cd", (0, 5), &g), "g{1}100", "3.7.3 has no \\g{{n}}");
         assert_eq!(
             run("\\_1\\1", "Ab", (0, 2), &[(0, 2)]),
             "abab",
