@@ -166,7 +166,11 @@ mod tests {
         assert_eq!(run("\\^1^", "Ab.Cd", (0, 5), &g), "AB.CD^");
         assert_eq!(run("\\.1", "Ab.Cd", (0, 5), &g), "Ab_Cd");
         assert_eq!(run("\\_.1", "Ab.Cd", (0, 5), &g), "ab_cd");
-        assert_eq!(run("\\g{1}100", "Ab.Cd", (0, 5), &g), "g{1}100", "3.7.3 has no \\g{{n}}");
+        assert_eq!(
+            run("\\g{1}100", "Ab.Cd", (0, 5), &g),
+            "g{1}100",
+            "3.7.3 has no \\g{{n}}"
+        );
         assert_eq!(
             run("\\_1\\1", "Ab", (0, 2), &[(0, 2)]),
             "abab",
