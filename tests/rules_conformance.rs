@@ -517,4 +517,28 @@ fn configurations_carbon_c_relay_refuses_are_refused() {
             "{name}: {e}"
         );
     }
+    // carbon-c-relay's own refused configurations (shared servers, replication).
+    for conf in configs("refused") {
+        let st = Command::new(&bin)
+            .args(["-t", "-t", "-f"])
+            .arg(&conf)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let theirs =
+            String::from_utf8_lossy(&st.stderr).to_string() + &String::from_utf8_lossy(&st.stdout);
+        assert!(
+            !st.status.success(),
+            "{}: carbon-c-relay accepted it",
+            conf.display()
+        );
+        let e = Rules::load(&conf).expect_err(&conf.display().to_string());
+        // Same reason, in carbon-c-relay's words.
+        assert!(
+            theirs.contains(&e.msg),
+            "{}: ours {e:?}, theirs {theirs}",
+            conf.display()
+        );
+        eprintln!("{}: refused by both: {}", conf.display(), e.msg);
+    }
 }

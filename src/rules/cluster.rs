@@ -7,7 +7,10 @@
 //! placement, checked against it in `tests/ring_fixtures.rs`). Moving a down member's
 //! share (any_of, failover, `dynamic`) is the destination layer's job: it knows liveness.
 
+use std::collections::HashMap;
+
 use super::ast::{ClusterDef, ClusterKind, Member};
+use super::RuleError;
 use crate::dest::addr::DestAddr;
 use crate::route::hash::{HashKind, HashRing};
 
@@ -74,6 +77,48 @@ impl Cluster {
             }
         }
     }
+}
+
+/// carbon-c-relay's load-time checks across clusters. A `host:port` is one server (one
+/// queue) however many clusters name it, so it has one instance (the ring key) and, as
+/// any_of/failover move a down server's queue to the others, such a server cannot also
+/// belong to another cluster; a hash cluster cannot replicate to more members than it has.
+pub fn check(defs: &[ClusterDef]) -> Result<(), RuleError> {
+    let mut seen: HashMap<(String, u16), Option<String>> = HashMap::new();
+    for def in defs {
+        let n = def.members.len();
+        if def.kind.is_hash() && def.replication > n {
+            return Err(def.pos.error(&format!(
+                "invalid cluster '{}': replication count ({}) is larger than the number of servers ({n})",
+                def.name, def.replication
+            )));
+        }
+        for m in &def.members {
+            let Member::Tcp(a) = m else { continue };
+            let key = (a.host.clone(), a.port);
+            let Some(prev) = seen.get(&key) else {
+                seen.insert(key, a.instance.clone());
+                continue;
+            };
+            let hp = a.host_port();
+            let msg = match (prev, &a.instance) {
+                (None, Some(i)) => Some(format!("cannot set instance '{i}' for server {hp}: server was previously defined without instance")),
+                (Some(p), None) => Some(format!("cannot define server {hp} without instance: server was previously defined with instance '{p}'")),
+                (Some(p), Some(i)) if p != i => Some(format!("cannot set instance '{i}' for server {hp}: server was previously defined with instance '{p}'")),
+                _ => None,
+            };
+            if let Some(msg) = msg {
+                return Err(def.pos.error(&msg));
+            }
+            if matches!(def.kind, ClusterKind::AnyOf | ClusterKind::Failover) {
+                return Err(def.pos.error(&format!(
+                    "cannot share server {hp} with any_of/failover cluster '{}'",
+                    def.name
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// 32-bit FNV-1a, what carbon-c-relay's `any_of` hashes the metric name with.

@@ -151,6 +151,7 @@ impl Rules {
 
     /// Compiles a parsed configuration.
     pub fn compile(config: Config) -> Result<Rules, RuleError> {
+        cluster::check(&config.clusters)?;
         let mut clusters: Vec<Cluster> = Vec::with_capacity(config.clusters.len());
         for def in &config.clusters {
             if def.name == "blackhole" {
