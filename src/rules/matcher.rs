@@ -69,6 +69,14 @@ impl Pattern {
         }
     }
 
+    /// Whether the pattern matches `s`, tested on its own (validate expressions).
+    pub fn matches_alone(&self, s: &[u8]) -> bool {
+        match self {
+            Pattern::Regex { re, .. } => re.is_match(s),
+            _ => self.find(s).is_some(),
+        }
+    }
+
     /// Whether the pattern matches `s`, using `set` (this segment's set result) for regexes.
     #[inline]
     pub fn is_match(&self, s: &[u8], set: &mut SetCache<'_>) -> bool {
@@ -156,18 +164,20 @@ impl Segment {
 }
 
 /// One line's lazily computed set result for the segment it is in: the set runs at most
-/// once per segment per line, and only if a regex rule of the segment is reached.
+/// once per segment per line, and only if a regex rule of the segment is reached. The
+/// result buffer is borrowed from the caller so routing a line does not allocate.
 pub struct SetCache<'a> {
     seg: Option<&'a Segment>,
-    hits: Vec<bool>,
+    hits: &'a mut Vec<bool>,
     done: bool,
 }
 
 impl<'a> SetCache<'a> {
-    pub fn new() -> Self {
+    /// A cache writing its results into `hits` (any previous content is ignored).
+    pub fn new(hits: &'a mut Vec<bool>) -> Self {
         SetCache {
             seg: None,
-            hits: Vec::new(),
+            hits,
             done: false,
         }
     }
@@ -178,23 +188,20 @@ impl<'a> SetCache<'a> {
         self.done = false;
     }
 
+    /// Forgets the result (the name changed) but stays in the segment.
+    pub fn invalidate(&mut self) {
+        self.done = false;
+    }
+
     fn get(&mut self, s: &[u8], slot: usize) -> Option<bool> {
         let set = self.seg?.set.as_ref()?;
         if !self.done {
             self.hits.clear();
             self.hits.resize(set.len(), false);
-            for i in set.matches(s).iter() {
-                self.hits[i] = true;
-            }
+            set.matches_read_at(self.hits, s, 0);
             self.done = true;
         }
         self.hits.get(slot).copied()
-    }
-}
-
-impl Default for SetCache<'_> {
-    fn default() -> Self {
-        Self::new()
     }
 }
 
@@ -228,7 +235,8 @@ mod tests {
     #[test]
     fn a_set_answers_for_every_regex_of_its_segment() {
         let seg = Segment::new(&["^a.*z$", "b+c"]).unwrap();
-        let mut c = SetCache::new();
+        let mut hits = Vec::new();
+        let mut c = SetCache::new(&mut hits);
         c.enter(&seg);
         let p0 = Pattern::Regex {
             re: compile("^a.*z$").unwrap(),

@@ -69,6 +69,10 @@ pub struct Decision {
     names: Vec<(usize, usize)>,
     /// `(index into names, action)` in rule order.
     actions: Vec<(usize, Action)>,
+    /// Regex-set results of the current segment (reused).
+    hits: Vec<bool>,
+    /// The name being rewritten (reused).
+    scratch: Vec<u8>,
 }
 
 impl Decision {
@@ -249,7 +253,7 @@ impl Rules {
     pub fn route_into(&self, metric: &[u8], line: &[u8], d: &mut Decision) {
         d.reset(metric);
         let data = data_part(metric, line);
-        let mut cache = SetCache::new();
+        let mut cache = SetCache::new(&mut d.hits);
         let mut cur_seg = usize::MAX;
         let mut last_rule = usize::MAX;
         for (i, step) in self.steps.iter().enumerate() {
@@ -264,11 +268,12 @@ impl Rules {
                     if !pat.is_match(name, &mut cache) {
                         continue;
                     }
-                    let mut new = Vec::with_capacity(name.len() + 16);
-                    rewrite_name(pat, repl, name, &mut new);
+                    d.scratch.clear();
+                    rewrite_name(pat, repl, name, &mut d.scratch);
                     let start = d.arena.len();
-                    d.arena.extend_from_slice(&new);
+                    d.arena.extend_from_slice(&d.scratch);
                     d.names.push((start, d.arena.len()));
+                    cache.invalidate();
                 }
                 Step::Match {
                     pat,
@@ -284,7 +289,7 @@ impl Rules {
                     last_rule = *rule;
                     let n = d.names.len() - 1;
                     if let Some((v, log)) = validate {
-                        if !v.is_match(data, &mut SetCache::new()) {
+                        if !v.matches_alone(data) {
                             d.actions.push((n, Action::Drop { log: *log }));
                             if *stop || *validate_stops {
                                 break;
