@@ -34,7 +34,13 @@ pub enum Pattern {
     Equals(Vec<u8>),
     /// Anything else. `slot` is its index in its segment's [`RegexSet`] (for validate
     /// expressions, which are tested on the data and not on names, there is no set).
-    Regex { re: Regex, slot: Option<usize> },
+    Regex {
+        re: Regex,
+        slot: Option<usize>,
+        /// A literal every match starts the name with (`^dc` of `^dc[0-9]\.`): a name
+        /// without it is rejected by one comparison, before any automaton runs.
+        prefix: Vec<u8>,
+    },
 }
 
 impl Pattern {
@@ -46,6 +52,7 @@ impl Pattern {
         Ok(Pattern::Regex {
             re: compile(expr)?,
             slot: None,
+            prefix: anchored_prefix(expr),
         })
     }
 
@@ -86,10 +93,11 @@ impl Pattern {
             Pattern::StartsWith(l) => s.starts_with(l),
             Pattern::EndsWith(l) => s.ends_with(l),
             Pattern::Equals(l) => s == l.as_slice(),
-            Pattern::Regex { re, slot: Some(i) } => {
-                set.get(s, *i).unwrap_or_else(|| re.is_match(s))
-            }
-            Pattern::Regex { re, slot: None } => re.is_match(s),
+            Pattern::Regex { prefix, .. } if !s.starts_with(prefix) => false,
+            Pattern::Regex {
+                re, slot: Some(i), ..
+            } => set.get(s, *i).unwrap_or_else(|| re.is_match(s)),
+            Pattern::Regex { re, slot: None, .. } => re.is_match(s),
         }
     }
 }
@@ -129,6 +137,71 @@ fn literal(expr: &str) -> Option<Pattern> {
         (false, true) => Pattern::EndsWith(lit),
         (true, true) => Pattern::Equals(lit),
     })
+}
+
+/// The literal a `^`-anchored POSIX expression requires at the start of the name: plain
+/// bytes and escaped punctuation up to the first operator, minus a last byte that a
+/// quantifier applies to. Empty when there is none or a top-level `|` could bypass it.
+fn anchored_prefix(expr: &str) -> Vec<u8> {
+    let b = expr.as_bytes();
+    if b.first() != Some(&b'^') || top_level_alternation(b) {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    let mut i = 1;
+    while i < b.len() {
+        let (c, next) = match b[i] {
+            b'\\' if b.get(i + 1).is_some_and(|c| c.is_ascii_punctuation()) => (b[i + 1], i + 2),
+            c if c.is_ascii_alphanumeric() || c == b'_' || c == b'-' || c == b':' || c == b'#' => {
+                (c, i + 1)
+            }
+            _ => break,
+        };
+        if matches!(b.get(next), Some(b'*' | b'?' | b'{')) {
+            break;
+        }
+        out.push(c);
+        if b.get(next) == Some(&b'+') {
+            break;
+        }
+        i = next;
+    }
+    out
+}
+
+/// True when `|` appears outside every group and bracket.
+fn top_level_alternation(b: &[u8]) -> bool {
+    let (mut depth, mut i) = (0i32, 0);
+    while i < b.len() {
+        match b[i] {
+            b'\\' => i += 1,
+            b'[' => {
+                // Skip the bracket: a `]` right after `[` or `[^` is a member.
+                i += 1;
+                if b.get(i) == Some(&b'^') {
+                    i += 1;
+                }
+                if b.get(i) == Some(&b']') {
+                    i += 1;
+                }
+                while i < b.len() && b[i] != b']' {
+                    if b[i] == b'[' && matches!(b.get(i + 1), Some(b':' | b'.' | b'=')) {
+                        let close = b[i + 2..]
+                            .windows(2)
+                            .position(|w| w[1] == b']' && w[0] == b[i + 1]);
+                        i += close.map_or(0, |p| p + 3);
+                    }
+                    i += 1;
+                }
+            }
+            b'(' => depth += 1,
+            b')' => depth -= 1,
+            b'|' if depth <= 0 => return true,
+            _ => {}
+        }
+        i += 1;
+    }
+    false
 }
 
 /// True when the last byte of `b` is escaped by an odd run of backslashes.
@@ -233,6 +306,23 @@ mod tests {
     }
 
     #[test]
+    fn anchored_prefixes_are_only_what_every_match_starts_with() {
+        for (expr, want) in [
+            ("^dc[0-9]\\.host", "dc"),
+            ("^servers\\.(a|b)", "servers."),
+            ("^ab*c", "a"),
+            ("^ab+c", "ab"),
+            ("^a|^b", ""),
+            ("^(a|b)", ""),
+            ("x^a", ""),
+            ("^[|]a|b", ""),
+            ("^a[|](b|c)", "a"),
+        ] {
+            assert_eq!(anchored_prefix(expr), want.as_bytes(), "{expr}");
+        }
+    }
+
+    #[test]
     fn a_set_answers_for_every_regex_of_its_segment() {
         let seg = Segment::new(&["^a.*z$", "b+c"]).unwrap();
         let mut hits = Vec::new();
@@ -241,10 +331,12 @@ mod tests {
         let p0 = Pattern::Regex {
             re: compile("^a.*z$").unwrap(),
             slot: Some(0),
+            prefix: b"a".to_vec(),
         };
         let p1 = Pattern::Regex {
             re: compile("b+c").unwrap(),
             slot: Some(1),
+            prefix: Vec::new(),
         };
         assert!(p0.is_match(b"abcz", &mut c));
         assert!(p1.is_match(b"abcz", &mut c));
