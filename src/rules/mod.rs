@@ -73,6 +73,8 @@ pub struct Decision {
     hits: Vec<bool>,
     /// The name being rewritten (reused).
     scratch: Vec<u8>,
+    /// Capture positions per rewrite (reused: a rewrite allocates once per Decision).
+    locs: Vec<Option<::regex::bytes::CaptureLocations>>,
 }
 
 impl Decision {
@@ -113,6 +115,8 @@ enum Step {
     Rewrite {
         pat: Pattern,
         repl: Replacement,
+        /// This rewrite's slot in [`Decision`]'s reused capture buffers.
+        idx: usize,
     },
     Match {
         pat: Pattern,
@@ -185,7 +189,11 @@ impl Rules {
                             repl.max_group()
                         )));
                     }
-                    steps.push(Step::Rewrite { pat, repl });
+                    let idx = steps
+                        .iter()
+                        .filter(|s| matches!(s, Step::Rewrite { .. }))
+                        .count();
+                    steps.push(Step::Rewrite { pat, repl, idx });
                     segment_of.push(seg_exprs.len() - 1);
                     seg_exprs.push(Vec::new());
                 }
@@ -263,13 +271,16 @@ impl Rules {
             }
             let (ns, ne) = *d.names.last().unwrap_or(&(0, 0));
             match step {
-                Step::Rewrite { pat, repl } => {
+                Step::Rewrite { pat, repl, idx } => {
                     let name = &d.arena[ns..ne];
                     if !pat.is_match(name, &mut cache) {
                         continue;
                     }
                     d.scratch.clear();
-                    rewrite_name(pat, repl, name, &mut d.scratch);
+                    if d.locs.len() <= *idx {
+                        d.locs.resize_with(idx + 1, || None);
+                    }
+                    rewrite_name(pat, repl, name, &mut d.locs[*idx], &mut d.scratch);
                     let start = d.arena.len();
                     d.arena.extend_from_slice(&d.scratch);
                     d.names.push((start, d.arena.len()));
@@ -338,15 +349,21 @@ fn match_actions(m: &ast::MatchDef, clusters: &[Cluster]) -> Result<Vec<Action>,
         .collect()
 }
 
-/// The new name after a rewrite whose pattern matched `name`.
-fn rewrite_name(pat: &Pattern, repl: &Replacement, name: &[u8], out: &mut Vec<u8>) {
+/// The new name after a rewrite whose pattern matched `name`; `locs` is this rewrite's
+/// reused capture buffer.
+fn rewrite_name(
+    pat: &Pattern,
+    repl: &Replacement,
+    name: &[u8],
+    locs: &mut Option<::regex::bytes::CaptureLocations>,
+    out: &mut Vec<u8>,
+) {
     match pat {
         Pattern::Regex { re, .. } => {
-            if let Some(c) = re.captures(name) {
-                let whole = c.get(0).map_or((0, 0), |m| (m.start(), m.end()));
-                repl.apply(name, whole, |n| c.get(n).map(|m| (m.start(), m.end())), out);
-            } else {
-                out.extend_from_slice(name);
+            let locs = locs.get_or_insert_with(|| re.capture_locations());
+            match re.captures_read(locs, name) {
+                Some(m) => repl.apply(name, (m.start(), m.end()), |n| locs.get(n), out),
+                None => out.extend_from_slice(name),
             }
         }
         _ => {
