@@ -116,7 +116,7 @@ fn generated_lines(conf: &str, seed: u64, n: usize) -> Vec<String> {
         .map(|_| {
             let parts = 1 + rng.next() as usize % 5;
             let mut name = String::new();
-            if !prefixes.is_empty() && rng.next() % 2 == 0 {
+            if !prefixes.is_empty() && rng.next().is_multiple_of(2) {
                 name.push_str(rng.pick(&prefixes));
             }
             for i in 0..parts {
@@ -135,7 +135,7 @@ fn generated_lines(conf: &str, seed: u64, n: usize) -> Vec<String> {
                 }
             }
             let v = rng.pick(&values).to_string();
-            let t = if rng.next() % 6 == 0 {
+            let t = if rng.next().is_multiple_of(6) {
                 rng.pick(&stamps).to_string()
             } else {
                 "1700000000".into()

@@ -448,9 +448,10 @@ impl Parser {
         };
         if self.eat("transport") {
             l.transport = self.word("a transport")?.text;
-            if self.eat("ssl") || self.eat("mtls") {
+            let tls = ["ssl", "mtls"].into_iter().find(|k| self.eat(k));
+            if let Some(kind) = tls {
                 let cert = self.word("a certificate path")?.text;
-                l.tls = Some(("ssl".into(), PathBuf::from(cert)));
+                l.tls = Some((kind.to_string(), PathBuf::from(cert)));
                 // protomin/protomax/ciphers/ciphersuites take one argument each.
                 while ["protomin", "protomax", "ciphers", "ciphersuites"]
                     .iter()
@@ -593,6 +594,27 @@ mod tests {
         assert!(m.stop && !m.validate.as_ref().unwrap().log);
         assert_eq!(cfg.listen[0].receptors.len(), 2);
         assert_eq!(cfg.statistics.unwrap().interval_secs, Some(10));
+    }
+
+    #[test]
+    fn an_error_in_an_included_file_names_that_file() {
+        let d = tempfile::tempdir().unwrap();
+        let inc = d.path().join("inc.conf");
+        std::fs::write(
+            &inc,
+            "cluster a forward 10.0.0.1;\n\nmatch * send to a stop\n",
+        )
+        .unwrap();
+        let main = d.path().join("main.conf");
+        std::fs::write(&main, format!("# main\ninclude {};\n", inc.display())).unwrap();
+        let e = parse_file(&main).unwrap_err();
+        assert_eq!(e.file, inc.display().to_string());
+        assert_eq!((e.line, e.col), (3, 23), "{e}");
+        let e = parse_str("t.conf", "include /nonexistent/polymur-*.conf;").unwrap_err();
+        assert!(
+            e.msg.contains("did not match") || e.msg.contains("No such"),
+            "{e}"
+        );
     }
 
     #[test]
