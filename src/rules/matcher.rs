@@ -5,11 +5,12 @@
 //!   and escaped `.` `*` `+` `(` `\`, optionally anchored by a leading `^` and/or trailing
 //!   `$`, is a substring, prefix, suffix or whole-name comparison — carbon-c-relay's
 //!   `strstr`/`strncmp`/`tailcmp`/`strcmp` classes, chosen by the same rule.
-//! * **The regexes between two rewrites run as one automaton.** Every rule between two
-//!   rewrites sees the same name, so their regexes form one [`RegexSet`]: the first regex
-//!   rule a line reaches runs the whole set in a single pass over the name, and every
-//!   later regex rule of that stretch is a bit lookup. Captures are only computed for a
-//!   rewrite whose pattern matched.
+//! * **All regexes run as one automaton.** The regexes of a configuration form one
+//!   [`RegexSet`]: the first regex rule a line reaches runs the whole set in a single pass
+//!   over the name, and every later regex rule is a bit lookup — until a rewrite changes
+//!   the name, which forgets the answer. A regex anchored on a literal (`^dc[0-9]…`) is
+//!   first tested by comparing that literal, so a name no regex can match never runs the
+//!   set at all. Captures are only computed for a rewrite whose pattern matched.
 //!
 //! Deliberate difference: carbon-c-relay drops an escaped or mid-pattern `$` from a
 //! "literal" (so `foo$bar` becomes the substring `foobar`); here such a pattern is a regex

@@ -136,7 +136,8 @@ pub struct Rules {
     /// The configuration as parsed (listen and statistics sections for the daemon).
     pub config: Config,
     steps: Vec<Step>,
-    /// `segment_of[i]` = the regex set step `i` belongs to.
+    /// `segment_of[i]` = the regex set step `i` belongs to (one set for the whole
+    /// configuration today: its answer holds until a rewrite changes the name).
     segment_of: Vec<usize>,
     segments: Vec<Segment>,
 }
@@ -195,7 +196,6 @@ impl Rules {
                         .count();
                     steps.push(Step::Rewrite { pat, repl, idx });
                     segment_of.push(seg_exprs.len() - 1);
-                    seg_exprs.push(Vec::new());
                 }
                 Rule::Match(m) => {
                     let actions = match_actions(m, &clusters)?;
