@@ -112,6 +112,24 @@ fn bench(c: &mut Criterion) {
         })
     });
     group.finish();
+
+    // The same, one name class at a time: where the per-line cost comes from.
+    let mut group = c.benchmark_group("rules_50_by_class");
+    group.throughput(Throughput::Elements(1));
+    for (class, label) in ["literal_hit", "regex_hit", "rewrite", "fallthrough"]
+        .iter()
+        .enumerate()
+    {
+        let subset: Vec<&Vec<u8>> = names.iter().skip(class).step_by(4).collect();
+        let mut j = 0usize;
+        group.bench_function(*label, |b| {
+            b.iter(|| {
+                j = (j + 1) % subset.len();
+                black_box(route(&fifty, black_box(subset[j]), &mut d, &mut out))
+            })
+        });
+    }
+    group.finish();
 }
 
 criterion_group! {
