@@ -77,6 +77,15 @@ impl Pattern {
         }
     }
 
+    /// The literal every name this pattern matches starts with, when there is one.
+    pub fn required_prefix(&self) -> Option<&[u8]> {
+        match self {
+            Pattern::StartsWith(l) | Pattern::Equals(l) => Some(l),
+            Pattern::Regex { prefix, .. } if !prefix.is_empty() => Some(prefix),
+            _ => None,
+        }
+    }
+
     /// Whether the pattern matches `s`, tested on its own (validate expressions).
     pub fn matches_alone(&self, s: &[u8]) -> bool {
         match self {

@@ -26,6 +26,7 @@ pub mod include;
 pub mod lexer;
 pub mod matcher;
 pub mod parser;
+pub mod prefilter;
 pub mod regex;
 pub mod rewrite;
 
@@ -36,6 +37,7 @@ pub use dry_run::dry_run;
 
 use ast::{Config, Expr, Rule};
 use matcher::{Pattern, Segment, SetCache};
+use prefilter::Prefilter;
 use rewrite::Replacement;
 
 /// A configuration error, pointing at where it was written.
@@ -73,6 +75,8 @@ pub struct Decision {
     hits: Vec<bool>,
     /// The name being rewritten (reused).
     scratch: Vec<u8>,
+    /// Candidate rules for the current name (reused).
+    cands: Vec<u32>,
     /// Capture positions per rewrite (reused: a rewrite allocates once per Decision).
     locs: Vec<Option<::regex::bytes::CaptureLocations>>,
 }
@@ -140,6 +144,8 @@ pub struct Rules {
     /// configuration today: its answer holds until a rewrite changes the name).
     segment_of: Vec<usize>,
     segments: Vec<Segment>,
+    /// Skips rules whose literal prefix the name does not have.
+    prefilter: Prefilter,
 }
 
 impl Rules {
@@ -240,7 +246,15 @@ impl Rules {
                 col: 0,
                 msg: e,
             })?;
+        let prefixes: Vec<Option<&[u8]>> = steps
+            .iter()
+            .map(|s| match s {
+                Step::Rewrite { pat, .. } | Step::Match { pat, .. } => pat.required_prefix(),
+            })
+            .collect();
+        let prefilter = Prefilter::new(&prefixes);
         Ok(Rules {
+            prefilter,
             clusters,
             config,
             steps,
@@ -264,7 +278,13 @@ impl Rules {
         let mut cache = SetCache::new(&mut d.hits);
         let mut cur_seg = usize::MAX;
         let mut last_rule = usize::MAX;
-        for (i, step) in self.steps.iter().enumerate() {
+        let mut cands = std::mem::take(&mut d.cands);
+        self.prefilter.candidates(metric, 0, &mut cands);
+        let mut k = 0;
+        while k < cands.len() {
+            let i = cands[k] as usize;
+            k += 1;
+            let step = &self.steps[i];
             if self.segment_of[i] != cur_seg {
                 cur_seg = self.segment_of[i];
                 cache.enter(&self.segments[cur_seg]);
@@ -285,6 +305,9 @@ impl Rules {
                     d.arena.extend_from_slice(&d.scratch);
                     d.names.push((start, d.arena.len()));
                     cache.invalidate();
+                    // The rules after this one see the new name.
+                    self.prefilter.candidates(&d.scratch, i + 1, &mut cands);
+                    k = 0;
                 }
                 Step::Match {
                     pat,
@@ -315,6 +338,7 @@ impl Rules {
                 }
             }
         }
+        d.cands = cands;
         if d.actions.is_empty() {
             d.actions.push((d.names.len() - 1, Action::Blackhole));
         }
