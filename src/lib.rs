@@ -66,6 +66,7 @@ pub mod proxy;
 pub mod registry;
 pub mod relay;
 pub mod route;
+pub mod rules;
 pub mod self_metrics;
 pub mod shutdown;
 pub mod stats;
