@@ -25,6 +25,7 @@ mod pgw_key;
 mod proxy;
 mod relay;
 mod ring_fixtures;
+mod rules_conformance;
 mod side_ports;
 mod systemd;
 mod tags;
