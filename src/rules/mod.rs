@@ -8,7 +8,9 @@
 //! * [`lexer`] / [`parser`] turn text into the [`ast::Config`] (errors carry
 //!   file:line:column), [`include`] expands `include` globs;
 //! * [`regex`] is POSIX ERE on the `regex` crate, [`rewrite`] the replacement language,
-//!   [`matcher`] the compiled expressions, [`cluster`] member placement;
+//!   [`matcher`] the compiled expressions (literal comparisons, one regex set),
+//!   [`prefilter`] the prefix trie that skips rules a name cannot match, [`cluster`]
+//!   member placement;
 //! * [`Rules`] is the compiled whole: [`Rules::route`] gives a [`Decision`] per line,
 //!   [`dry_run()`] prints it in the `-route-test` format.
 //!
