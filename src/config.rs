@@ -188,7 +188,11 @@ pub fn parse<A: clap::Args>(
     env_prefix: &str,
     args: impl IntoIterator<Item = OsString>,
 ) -> A {
-    let matches = full_command::<A>(command, env_prefix).get_matches_from(normalize_args(args));
+    let command = full_command::<A>(command, env_prefix);
+    // `POLYMUR_GENERATE_DOCS=<dir>` (packaging) writes man pages and completions of
+    // exactly this command, then exits.
+    crate::docgen::exit_if_requested(|| command.clone());
+    let matches = command.get_matches_from(normalize_args(args));
     note_given(&matches);
     A::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
 }

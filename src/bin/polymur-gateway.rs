@@ -5,12 +5,6 @@ fn main() -> std::process::ExitCode {
         .version(env!("CARGO_PKG_VERSION"))
         .about("Receives gzip'ed Graphite batches over HTTP(S) from polymur-proxy and forwards them to Graphite")
         .after_help("Flags may be written Go-style with one dash (-dev-mode, -destinations=a:1,b:2).");
-    polymur::docgen::exit_if_requested(|| {
-        polymur::config::full_command::<polymur::gateway::GatewayConfig>(
-            command.clone(),
-            "POLYMUR_GW_",
-        )
-    });
     let config: polymur::gateway::GatewayConfig =
         polymur::config::parse(command, "POLYMUR_GW_", std::env::args_os());
     let (log_format, flags) = (config.common.log_format, config.pipeline.clone());

@@ -8,12 +8,6 @@ fn main() -> std::process::ExitCode {
         .version(env!("CARGO_PKG_VERSION"))
         .about(ABOUT)
         .after_help("Flags may be written Go-style with one dash (-gateway=https://gw.example.com, -verbose).");
-    polymur::docgen::exit_if_requested(|| {
-        polymur::config::full_command::<polymur::proxy::ProxyConfig>(
-            command.clone(),
-            "POLYMUR_PROXY_",
-        )
-    });
     let config: polymur::proxy::ProxyConfig =
         polymur::config::parse(command, "POLYMUR_PROXY_", std::env::args_os());
     let log_format = config.common.log_format;

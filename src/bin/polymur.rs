@@ -5,9 +5,6 @@ fn main() -> std::process::ExitCode {
         .version(env!("CARGO_PKG_VERSION"))
         .about("Relays Graphite plaintext metrics from TCP clients to Graphite destinations")
         .after_help("Flags may be written Go-style with one dash (-listen-addr=0.0.0.0:2003, -console-out).");
-    polymur::docgen::exit_if_requested(|| {
-        polymur::config::full_command::<polymur::relay::RelayConfig>(command.clone(), "POLYMUR_")
-    });
     let config: polymur::relay::RelayConfig =
         polymur::config::parse(command, "POLYMUR_", std::env::args_os());
     let log_format = config.common.log_format;

@@ -108,8 +108,18 @@ pub fn gunzip(body: &[u8], max: usize) -> Result<Vec<u8>, InflateError> {
 fn streaming(body: &[u8], max: usize, hint: usize) -> Result<Vec<u8>, InflateError> {
     // Reserve from the hint, but never more than deflate's plausible ratio for
     // this body: a lying trailer must not reserve the cap for a tiny body.
-    let mut out = Vec::with_capacity(hint.min(max).min(body.len().saturating_mul(32)));
-    let decoder = flate2::read::MultiGzDecoder::new(body);
+    let reserve = hint.min(max).min(body.len().saturating_mul(32));
+    read_capped(flate2::read::MultiGzDecoder::new(body), max, reserve)
+}
+
+/// Reads a decoder to its end, refusing output past `max` bytes: memory stays bounded
+/// by the cap whatever the stream claims. `reserve` is the first allocation.
+pub(crate) fn read_capped(
+    decoder: impl Read,
+    max: usize,
+    reserve: usize,
+) -> Result<Vec<u8>, InflateError> {
+    let mut out = Vec::with_capacity(reserve);
     // Read one byte past the cap to tell "exactly max" from "more than max".
     decoder
         .take(max as u64 + 1)

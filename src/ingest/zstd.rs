@@ -10,9 +10,7 @@
 //! one-shot compress) and the sum fits the cap, one `ZSTD_decompress` into a buffer of
 //! exactly that size. Otherwise a streaming decoder that stops one byte past the cap.
 
-use std::io::Read;
-
-use super::inflate::InflateError;
+use super::inflate::{read_capped, InflateError};
 
 /// The four bytes every zstd frame starts with (RFC 8878, little-endian 0xFD2FB528).
 pub const MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
@@ -66,20 +64,11 @@ fn one_shot(body: &[u8], size: usize) -> Result<Vec<u8>, InflateError> {
 }
 
 fn streaming(body: &[u8], max: usize) -> Result<Vec<u8>, InflateError> {
-    // Reserve for a plausible ratio only: an undeclared size must not reserve the cap
-    // for a tiny body.
-    let mut out = Vec::with_capacity(max.min(body.len().saturating_mul(16)));
     let decoder = zstd::stream::read::Decoder::with_buffer(body)
         .map_err(|e| InflateError::Malformed(e.to_string()))?;
-    // Read one byte past the cap to tell "exactly max" from "more than max".
-    decoder
-        .take(max as u64 + 1)
-        .read_to_end(&mut out)
-        .map_err(|e| InflateError::Malformed(e.to_string()))?;
-    if out.len() > max {
-        return Err(InflateError::TooLarge(max));
-    }
-    Ok(out)
+    // Reserve for a plausible ratio only: an undeclared size must not reserve the cap
+    // for a tiny body.
+    read_capped(decoder, max, max.min(body.len().saturating_mul(16)))
 }
 
 #[cfg(test)]
