@@ -200,8 +200,14 @@ mod tests {
     use crate::shutdown::Shutdown;
 
     /// A writer kind that never writes: what is admitted stays queued, for inspection.
-    #[derive(Debug, Default)]
+    #[derive(Default)]
     struct Hold(std::sync::Mutex<Option<Queue>>);
+
+    impl std::fmt::Debug for Hold {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("Hold")
+        }
+    }
 
     impl Writer for Hold {
         fn name(&self) -> String {
