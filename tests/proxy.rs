@@ -216,11 +216,16 @@ fn spooled_batches_survive_a_proxy_restart() {
     assert!(!p.proc.has_log("are lost"), "{}", p.proc.all_output());
     // The one spool format of every destination, under the destination's name.
     let segments = spool_segments(&spool);
-    assert!(!segments.is_empty(), "batches are on disk in spool/gateway/seg-*.spool");
     assert!(
-        std::fs::read_dir(&spool)
+        !segments.is_empty(),
+        "batches are on disk in spool/gateway/seg-*.spool"
+    );
+    assert!(
+        std::fs::read_dir(&spool).unwrap().all(|e| !e
             .unwrap()
-            .all(|e| !e.unwrap().file_name().to_string_lossy().ends_with(".gz")),
+            .file_name()
+            .to_string_lossy()
+            .ends_with(".gz")),
         "no file of the old one-file-per-batch format"
     );
 
@@ -259,9 +264,17 @@ fn spool_segments(spool: &std::path::Path) -> Vec<String> {
 
 /// The value of an unlabelled series on the proxy's /metrics (0 when absent).
 fn metric(admin: &str, series: &str) -> u64 {
-    let body = http_get(admin, "/metrics", &[]).map(|r| r.body).unwrap_or_default();
+    let body = http_get(admin, "/metrics", &[])
+        .map(|r| r.body)
+        .unwrap_or_default();
     body.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+        .find_map(|l| {
+            l.strip_prefix(series)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
         .unwrap_or(0)
 }
 
@@ -290,7 +303,8 @@ fn an_old_format_spool_is_delivered_after_the_upgrade() {
         &["-api-key", "123", "-spool-dir", &spool_arg],
     );
     assert!(
-        p.proc.has_log("of the old one-file-per-batch format moved into"),
+        p.proc
+            .has_log("of the old one-file-per-batch format moved into"),
         "{}",
         p.proc.all_output()
     );
@@ -341,8 +355,10 @@ fn kill_9_with_a_spool_dir_loses_nothing_that_was_spooled() {
     let spooled = lines("k9.spooled", 1000);
     send_lines(&p.listen, &body(&spooled)).unwrap();
     assert!(
-        wait_until(secs(15), || metric(&p.admin, "polymur_proxy_spooled_points_total")
-            >= 1000),
+        wait_until(secs(15), || metric(
+            &p.admin,
+            "polymur_proxy_spooled_points_total"
+        ) >= 1000),
         "{}",
         p.proc.all_output()
     );

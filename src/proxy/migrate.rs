@@ -145,8 +145,16 @@ mod tests {
             .collect();
         assert_eq!(left, vec!["00000000000000000003-1.gz.bad".to_string()]);
         let spool = Spool::open(d, "gateway", 1 << 30, false).unwrap();
-        let back: Vec<Bytes> = spool.read(1 << 20).unwrap().into_iter().map(|(c, _)| c.data).collect();
-        assert_eq!(back, vec![Bytes::from("a 1 1\na 2 2\n"), Bytes::from("b 2 2\n")]);
+        let back: Vec<Bytes> = spool
+            .read(1 << 20)
+            .unwrap()
+            .into_iter()
+            .map(|(c, _)| c.data)
+            .collect();
+        assert_eq!(
+            back,
+            vec![Bytes::from("a 1 1\na 2 2\n"), Bytes::from("b 2 2\n")]
+        );
         spool.close();
         assert_eq!(old_spool(d, "gateway").unwrap(), (0, 0), "read once");
     }

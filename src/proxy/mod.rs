@@ -269,10 +269,7 @@ fn self_metrics(
         *last = received;
         vec![
             ("rate".to_string(), rate),
-            (
-                "incoming-queue.current-size".to_string(),
-                o.queued() as f64,
-            ),
+            ("incoming-queue.current-size".to_string(), o.queued() as f64),
             ("incoming-queue.limit".to_string(), o.cap() as f64),
         ]
     }

@@ -62,7 +62,9 @@ pub struct GatewayWriter {
 
 impl std::fmt::Debug for Gateway {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Gateway").field("base", &self.base()).finish()
+        f.debug_struct("Gateway")
+            .field("base", &self.base())
+            .finish()
     }
 }
 
@@ -75,6 +77,8 @@ impl Writer for GatewayWriter {
         Box::pin(async move {
             let mut f = Flight::new(self, queue);
             f.run().await;
+            let given_back = std::mem::take(&mut f.given_back);
+            f.spool_or_count(given_back).await;
             f.close().await;
         })
     }
@@ -114,6 +118,8 @@ struct Flight {
     tasks: JoinSet<Settled>,
     /// The memory queue's senders are all gone.
     closed: bool,
+    /// Memory batches that were not delivered (shutdown): spooled, or counted lost, at the end.
+    given_back: Vec<Chunk>,
     /// Points moved to the spool at shutdown.
     moved: u64,
 }
@@ -133,17 +139,14 @@ impl Flight {
             inflight: HashMap::new(),
             tasks: JoinSet::new(),
             closed: false,
+            given_back: Vec::new(),
             moved: 0,
         }
     }
 
     /// Sends until the memory queue is closed and empty, or drained after shutdown.
     async fn run(&mut self) {
-        self.q
-            .dest
-            .stats
-            .connected
-            .store(true, Ordering::Relaxed);
+        self.q.dest.stats.connected.store(true, Ordering::Relaxed);
         loop {
             self.fill().await;
             if self.tasks.is_empty() && self.finished() {
@@ -153,7 +156,7 @@ impl Flight {
             let idle = self.tasks.is_empty();
             let deadline = self.deadline;
             tokio::select! {
-                Some(done) = self.tasks.join_next_with_id(), if !idle => self.settle(done).await,
+                Some(done) = self.tasks.join_next_with_id(), if !idle => self.settle(done),
                 c = self.q.rx.recv(), if room && !self.closed => match c {
                     Some(c) => self.start(c, Origin::Memory),
                     None => self.closed = true,
@@ -247,7 +250,7 @@ impl Flight {
     }
 
     /// Books one finished (or aborted) delivery.
-    async fn settle(&mut self, done: Result<(tokio::task::Id, Settled), tokio::task::JoinError>) {
+    fn settle(&mut self, done: Result<(tokio::task::Id, Settled), tokio::task::JoinError>) {
         let (id, settled) = match done {
             Ok((id, s)) => (id, s),
             Err(e) => (e.id(), Settled::GaveBack),
@@ -258,7 +261,7 @@ impl Flight {
         match (origin, settled) {
             (Origin::Memory, Settled::Delivered) => self.q.dest.written(chunk.points),
             (Origin::Memory, Settled::Rejected) => self.q.dest.dequeued(chunk.points),
-            (Origin::Memory, Settled::GaveBack) => self.to_spool(vec![chunk]).await,
+            (Origin::Memory, Settled::GaveBack) => self.given_back.push(chunk),
             (Origin::Spool(pos), Settled::Delivered | Settled::Rejected) => {
                 if settled == Settled::Delivered {
                     self.q
@@ -290,7 +293,7 @@ impl Flight {
     }
 
     /// Moves memory batches to the spool (shutdown), or counts them lost without one.
-    async fn to_spool(&mut self, chunks: Vec<Chunk>) {
+    async fn spool_or_count(&mut self, chunks: Vec<Chunk>) {
         let points: u64 = chunks.iter().map(|c| c.points).sum();
         if points == 0 {
             return;
@@ -322,26 +325,20 @@ impl Flight {
     }
 
     /// The drain deadline passed: stop the POSTs still running; their memory batches and
-    /// what the memory queue holds go to the spool (or are counted lost).
+    /// what the memory queue holds are given back (to go to the spool, or be counted lost).
     async fn abandon(&mut self) {
         self.tasks.abort_all();
         while let Some(done) = self.tasks.join_next_with_id().await {
-            self.settle(done).await;
+            self.settle(done);
         }
-        let mut rest = Vec::new();
         while let Ok(c) = self.q.rx.try_recv() {
-            rest.push(c);
+            self.given_back.push(c);
         }
-        self.to_spool(rest).await;
     }
 
     /// Says what is left for the next start, and closes the spool (saving the cursor).
     async fn close(&mut self) {
-        self.q
-            .dest
-            .stats
-            .connected
-            .store(false, Ordering::Relaxed);
+        self.q.dest.stats.connected.store(false, Ordering::Relaxed);
         let Some(spool) = self.spool.clone() else {
             return;
         };
