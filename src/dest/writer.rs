@@ -6,14 +6,18 @@
 //! memory queue's receiving end and the shared state (accounting, spool, counters). So a new
 //! transport is one writer, never a second queue or a second spool format.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
 
 use super::{Chunk, DestShared};
-use crate::plaintext::BoxFuture;
 use crate::shutdown::Shutdown;
+
+/// The writer task's future (a trait object's method cannot be `async fn`).
+pub type WriterTask = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
 
 /// What a writer task gets from its destination.
 pub struct Queue {
@@ -40,5 +44,5 @@ pub trait Writer: std::fmt::Debug + Send + Sync + 'static {
         true
     }
     /// The writer task.
-    fn run(self: Arc<Self>, queue: Queue) -> BoxFuture<'static, ()>;
+    fn run(self: Arc<Self>, queue: Queue) -> WriterTask;
 }

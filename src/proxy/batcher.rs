@@ -194,9 +194,8 @@ impl Intake for Batcher {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dest::writer::{Queue, Writer};
+    use crate::dest::writer::{Queue, Writer, WriterTask};
     use crate::dest::{DestConfig, SinkKind};
-    use crate::plaintext::BoxFuture;
     use crate::shutdown::Shutdown;
 
     /// A writer kind that never writes: what is admitted stays queued, for inspection.
@@ -213,7 +212,7 @@ mod tests {
         fn name(&self) -> String {
             "hold".into()
         }
-        fn run(self: Arc<Self>, queue: Queue) -> BoxFuture<'static, ()> {
+        fn run(self: Arc<Self>, queue: Queue) -> WriterTask {
             *self.0.lock().unwrap() = Some(queue);
             Box::pin(async {})
         }

@@ -37,9 +37,8 @@ use tokio::time::Instant;
 
 use super::sink::{Gateway, Settled};
 use crate::dest::spool::{self, Spool, SpoolPos};
-use crate::dest::writer::{Queue, Writer};
+use crate::dest::writer::{Queue, Writer, WriterTask};
 use crate::dest::Chunk;
-use crate::plaintext::BoxFuture;
 use crate::shutdown::{Shutdown, ShutdownTrigger};
 
 /// The destination name of the gateway (and its spool subdirectory).
@@ -73,7 +72,7 @@ impl Writer for GatewayWriter {
         NAME.to_string()
     }
 
-    fn run(self: Arc<Self>, queue: Queue) -> BoxFuture<'static, ()> {
+    fn run(self: Arc<Self>, queue: Queue) -> WriterTask {
         Box::pin(async move {
             let mut f = Flight::new(self, queue);
             f.run().await;
