@@ -88,6 +88,20 @@ fn body(lines: &[String]) -> String {
     lines.join("\n") + "\n"
 }
 
+/// Every line of `expected` reaches `sink` within `timeout`, and nothing else (no
+/// duplicate, no stray line) follows.
+fn assert_all_arrive(sink: &LineSink, expected: &[String], timeout: std::time::Duration, p: &Proc) {
+    assert!(
+        sink.wait_count(expected.len(), timeout),
+        "got {} of {}\n{}",
+        sink.count(),
+        expected.len(),
+        p.all_output()
+    );
+    assert_eq!(sink.wait_idle(millis(500), secs(5)), expected.len());
+    assert_eq!(sorted(sink.lines()), sorted(expected.to_vec()));
+}
+
 fn sorted(mut v: Vec<String>) -> Vec<String> {
     v.sort();
     v
@@ -168,15 +182,7 @@ fn gateway_down_for_ten_seconds_loses_nothing() {
     );
     let _gw = gateway_on(http, &sink.addr(), &[]);
     let expected: Vec<String> = first.into_iter().chain(during).collect();
-    assert!(
-        sink.wait_count(expected.len(), secs(30)),
-        "got {} of {}\n{}",
-        sink.count(),
-        expected.len(),
-        p.proc.all_output()
-    );
-    assert_eq!(sink.wait_idle(millis(500), secs(5)), expected.len());
-    assert_eq!(sorted(sink.lines()), sorted(expected));
+    assert_all_arrive(&sink, &expected, secs(30), &p.proc);
 }
 
 #[test]
@@ -231,15 +237,7 @@ fn spooled_batches_survive_a_proxy_restart() {
 
     let _gw = gateway_on(http, &sink.addr(), &[]);
     let p2 = proxy(&gw_url, &["-api-key", "123", "-spool-dir", &spool_arg]);
-    assert!(
-        sink.wait_count(sent.len(), secs(30)),
-        "got {} of {}\n{}",
-        sink.count(),
-        sent.len(),
-        p2.proc.all_output()
-    );
-    assert_eq!(sink.wait_idle(millis(500), secs(5)), sent.len());
-    assert_eq!(sorted(sink.lines()), sorted(sent));
+    assert_all_arrive(&sink, &sent, secs(30), &p2.proc);
     // Delivered segments are deleted once the cursor is past them.
     assert!(
         wait_until(secs(10), || {
@@ -308,15 +306,7 @@ fn an_old_format_spool_is_delivered_after_the_upgrade() {
         "{}",
         p.proc.all_output()
     );
-    assert!(
-        sink.wait_count(sent.len(), secs(30)),
-        "got {} of {}\n{}",
-        sink.count(),
-        sent.len(),
-        p.proc.all_output()
-    );
-    assert_eq!(sink.wait_idle(millis(500), secs(5)), sent.len());
-    assert_eq!(sorted(sink.lines()), sorted(sent));
+    assert_all_arrive(&sink, &sent, secs(30), &p.proc);
     let left: Vec<String> = std::fs::read_dir(&spool)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())

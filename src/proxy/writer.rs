@@ -90,6 +90,31 @@ enum Origin {
     Spool(SpoolPos),
 }
 
+/// Spool records in flight, oldest first, each with whether it is settled: `-workers`
+/// answers arrive in any order, the cursor must only pass a settled prefix.
+#[derive(Debug, Default)]
+struct Cursor(VecDeque<(SpoolPos, bool)>);
+
+impl Cursor {
+    /// A record ending at `pos` was sent (records start in spool order).
+    fn start(&mut self, pos: SpoolPos) {
+        self.0.push_back((pos, false));
+    }
+
+    /// The record ending at `pos` is settled. Returns where the cursor may move now: the
+    /// end of the longest settled prefix, if it grew.
+    fn settle(&mut self, pos: SpoolPos) -> Option<SpoolPos> {
+        if let Some(slot) = self.0.iter_mut().find(|(p, _)| *p == pos) {
+            slot.1 = true;
+        }
+        let mut upto = None;
+        while self.0.front().is_some_and(|(_, done)| *done) {
+            upto = self.0.pop_front().map(|(p, _)| p);
+        }
+        upto
+    }
+}
+
 /// Completes when the spool published a record (never without a spool).
 async fn published(spool: Option<Arc<Spool>>) {
     match spool {
@@ -110,8 +135,8 @@ struct Flight {
     drain: Shutdown,
     /// Records read from the spool, not yet started.
     ready: VecDeque<(Chunk, SpoolPos)>,
-    /// Spool records started, oldest first, and whether each is settled (cursor order).
-    order: VecDeque<(SpoolPos, bool)>,
+    /// Spool records in flight, in record order, for the cursor.
+    order: Cursor,
     /// Batches in flight by task id.
     inflight: HashMap<tokio::task::Id, (Chunk, Origin)>,
     tasks: JoinSet<Settled>,
@@ -134,7 +159,7 @@ impl Flight {
             drain_trigger,
             drain,
             ready: VecDeque::new(),
-            order: VecDeque::new(),
+            order: Cursor::default(),
             inflight: HashMap::new(),
             tasks: JoinSet::new(),
             closed: false,
@@ -194,7 +219,7 @@ impl Flight {
                 return;
             }
             if let Some((c, pos)) = self.ready.pop_front() {
-                self.order.push_back((pos, false));
+                self.order.start(pos);
                 self.start(c, Origin::Spool(pos));
                 continue;
             }
@@ -276,18 +301,11 @@ impl Flight {
         }
     }
 
-    /// Marks the spool record ending at `pos` settled and moves the cursor over the
-    /// settled prefix.
+    /// The spool record ending at `pos` is settled: move the spool's cursor as far as
+    /// every older record is settled too.
     fn settled(&mut self, pos: SpoolPos) {
-        if let Some(slot) = self.order.iter_mut().find(|(p, _)| *p == pos) {
-            slot.1 = true;
-        }
-        let mut upto = None;
-        while self.order.front().is_some_and(|(_, done)| *done) {
-            upto = self.order.pop_front().map(|(p, _)| p);
-        }
-        if let (Some(pos), Some(spool)) = (upto, &self.spool) {
-            spool.delivered(pos);
+        if let (Some(upto), Some(spool)) = (self.order.settle(pos), &self.spool) {
+            spool.delivered(upto);
         }
     }
 
@@ -341,7 +359,7 @@ impl Flight {
         let Some(spool) = self.spool.clone() else {
             return;
         };
-        let unsent = spool.backlog() > 0 || !self.ready.is_empty() || !self.order.is_empty();
+        let unsent = spool.backlog() > 0 || !self.ready.is_empty() || !self.order.0.is_empty();
         if unsent || self.moved > 0 {
             tracing::info!(
                 "Stopped: batches left in the spool for the next start ({} points moved there at shutdown, {} bytes not yet read back) in {}",
@@ -351,5 +369,26 @@ impl Flight {
             );
         }
         let _ = tokio::task::spawn_blocking(move || spool.close()).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cursor_only_passes_records_whose_elders_are_settled() {
+        let at = |offset| SpoolPos { seq: 1, offset };
+        let mut c = Cursor::default();
+        for o in [10, 20, 30, 40] {
+            c.start(at(o));
+        }
+        assert_eq!(c.settle(at(30)), None, "10 and 20 still in flight");
+        assert_eq!(c.settle(at(20)), None);
+        assert_eq!(c.settle(at(10)), Some(at(30)), "10, 20, 30 all settled");
+        c.start(at(50));
+        assert_eq!(c.settle(at(50)), None, "40 still in flight");
+        assert_eq!(c.settle(at(40)), Some(at(50)));
+        assert!(c.0.is_empty());
     }
 }
