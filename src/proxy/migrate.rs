@@ -88,34 +88,50 @@ pub fn old_spool(dir: &Path, name: &str) -> io::Result<(u64, u64)> {
     Ok((batches, points))
 }
 
+/// Appends in flight at once: one group fsync covers them (see the spool's appender).
+const WINDOW: usize = 64;
+
 fn move_files(spool: &Spool, files: &[(u64, PathBuf)]) -> io::Result<(u64, u64)> {
     let (mut batches, mut points) = (0, 0);
-    for (_, path) in files {
-        let chunk = match lines_of(path) {
-            Ok(c) if c.points > 0 => c,
-            Ok(_) => {
-                let _ = fs::remove_file(path);
+    for window in files.chunks(WINDOW) {
+        let mut waits = Vec::with_capacity(window.len());
+        for (_, path) in window {
+            let Some(chunk) = readable(path) else {
                 continue;
-            }
-            Err(e) => {
-                tracing::error!(
-                    "Old spool file {} unreadable ({e}); set aside as .bad",
-                    path.display()
-                );
-                let _ = fs::rename(path, path.with_extension("gz.bad"));
-                continue;
-            }
-        };
-        spool.reserve_forced(spool::record_size(chunk.data.len()));
-        spool
-            .append(&chunk)
-            .blocking_recv()
-            .map_err(|_| io::Error::other("spool closed while migrating"))??;
-        fs::remove_file(path)?;
-        batches += 1;
-        points += chunk.points;
+            };
+            spool.reserve_forced(spool::record_size(chunk.data.len()));
+            waits.push((path, chunk.points, spool.append(&chunk)));
+        }
+        // A file goes only once its record is synced; on an error the rest stay for the
+        // next start.
+        for (path, n, done) in waits {
+            done.blocking_recv()
+                .map_err(|_| io::Error::other("spool closed while migrating"))??;
+            fs::remove_file(path)?;
+            batches += 1;
+            points += n;
+        }
     }
     Ok((batches, points))
+}
+
+/// The lines of an old batch file; an empty one is removed, an unreadable one set aside.
+fn readable(path: &Path) -> Option<Chunk> {
+    match lines_of(path) {
+        Ok(c) if c.points > 0 => Some(c),
+        Ok(_) => {
+            let _ = fs::remove_file(path);
+            None
+        }
+        Err(e) => {
+            tracing::error!(
+                "Old spool file {} unreadable ({e}); set aside as .bad",
+                path.display()
+            );
+            let _ = fs::rename(path, path.with_extension("gz.bad"));
+            None
+        }
+    }
 }
 
 #[cfg(test)]

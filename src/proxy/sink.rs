@@ -2,8 +2,9 @@
 //! `<gateway>/ingest` with `X-Polymur-Key`, over kept-alive HTTP/1.1 connections.
 //!
 //! The old proxy sent each batch once and forgot it, so every gateway restart lost data
-//! at every site. Here a batch leaves its destination ([`super::writer`]) only when the gateway answered 200
-//! (which our gateway sends once the batch is held for every destination), or when it
+//! at every site. Here a batch leaves its destination ([`super::writer`]) only when the
+//! gateway answered 200 (which our gateway sends once the batch is held for every
+//! destination), or when it
 //! answered 400/413 (that batch can never succeed: dropped, counted and logged):
 //! - network errors, 5xx (503 when the gateway's queues are full) and other answers are
 //!   retried with exponential backoff and jitter, waiting at least `Retry-After`;
