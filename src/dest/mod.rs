@@ -26,6 +26,7 @@ pub mod dead_letter;
 pub mod spool;
 pub mod tcp;
 pub mod unacked;
+pub mod writer;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -80,6 +81,8 @@ pub enum SinkKind {
     Tcp(DestAddr),
     /// Standard output (`-console-out`).
     Console,
+    /// A writer defined elsewhere (the proxy's gateway), see [`writer`].
+    Writer(Arc<dyn writer::Writer>),
 }
 
 /// Settings shared by all destinations of a process.
@@ -173,9 +176,16 @@ impl DestShared {
     }
 
     /// Called by the writer once `points` have left the queue.
-    fn written(&self, points: u64) {
+    pub fn written(&self, points: u64) {
         self.queued.fetch_sub(points, Ordering::AcqRel);
         self.stats.sent.fetch_add(points, Ordering::Relaxed);
+        space_freed().notify_waiters();
+    }
+
+    /// Called by a writer for `points` of the memory queue settled without being sent
+    /// (refused for good by the receiver, or moved to the spool).
+    pub fn dequeued(&self, points: u64) {
+        self.queued.fetch_sub(points, Ordering::AcqRel);
         space_freed().notify_waiters();
     }
 }
@@ -222,9 +232,15 @@ impl Destination {
         let name = match &kind {
             SinkKind::Tcp(a) => a.to_string(),
             SinkKind::Console => "console".to_string(),
+            SinkKind::Writer(w) => w.name(),
         };
-        let spool = match (&kind, &config.spool_dir) {
-            (SinkKind::Tcp(_), Some(dir)) => {
+        let spools = match &kind {
+            SinkKind::Tcp(_) => true,
+            SinkKind::Console => false,
+            SinkKind::Writer(w) => w.spools(),
+        };
+        let spool = match (spools, &config.spool_dir) {
+            (true, Some(dir)) => {
                 match Spool::open(dir, &name, config.spool_max_bytes, config.durable) {
                     Ok(s) => Some(s),
                     Err(e) => {
@@ -263,6 +279,12 @@ impl Destination {
                 ))
             }
             SinkKind::Console => tokio::spawn(console::run(shared.clone(), rx, shutdown)),
+            SinkKind::Writer(w) => tokio::spawn(w.run(writer::Queue {
+                dest: shared.clone(),
+                rx,
+                shutdown,
+                drain_timeout: config.drain_timeout,
+            })),
         };
         let dest = Arc::new(Destination {
             kind,
@@ -353,6 +375,23 @@ impl Destination {
     /// gateway answer 503 without decompressing a batch it cannot take.
     pub fn refuses_everything(&self) -> bool {
         self.spool.is_none() && self.overflow == Overflow::Refuse && self.queued() >= self.cap
+    }
+
+    /// True when a batch would be admitted now (memory queue below its cap, or a spool
+    /// below its cap). A source that cannot refuse a batch it already took (the proxy's
+    /// batcher) checks this before taking more, so clients feel backpressure instead.
+    pub fn has_room(&self) -> bool {
+        self.queued() < self.cap
+            || self.spool.as_ref().is_some_and(|s| s.has_room())
+            || self.overflow == Overflow::Drop
+    }
+
+    /// Queues `chunk` in memory whatever the cap. For a batch that must not be refused
+    /// (the last one at shutdown): the overshoot is bounded by that batch, and the
+    /// writer's drain spools or counts it like any other.
+    pub fn push_forced(&self, chunk: Chunk) {
+        self.queued.fetch_add(chunk.points, Ordering::AcqRel);
+        self.push(chunk);
     }
 
     fn overflowed(&self) -> Option<Admission> {

@@ -5,29 +5,30 @@ use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use super::queue::Outbox;
 use super::sink::Gateway;
 use crate::admin::http::{unix_now, AdminExtra};
 use crate::admin::prometheus;
+use crate::dest::Destination;
 
-/// Figures of the proxy's outbox and gateway connection.
+/// Figures of the proxy's destination and gateway connection.
 pub struct ProxyAdmin {
     /// The gateway and its counters.
     pub gateway: Arc<Gateway>,
-    /// Batches waiting to be sent.
-    pub outbox: Arc<Outbox>,
+    /// The destination holding what waits to be sent (memory queue and spool).
+    pub dest: Arc<Destination>,
 }
 
 impl ProxyAdmin {
-    fn spooled(&self) -> (u64, u64, u64) {
-        self.outbox.spool().map_or((0, 0, 0), |s| s.size())
+    /// Bytes in the spool not yet read back.
+    fn spooled(&self) -> u64 {
+        self.dest.spool().map_or(0, |s| s.backlog())
     }
 
     /// The single-series families: series (with labels), kind, help, value.
     fn families(&self) -> [(&'static str, &'static str, &'static str, u64); 9] {
         let s = &self.gateway.stats;
         let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
-        let (batches, points, bytes) = self.spooled();
+        let bytes = self.spooled();
         [
             (
                 "polymur_proxy_sent_points_total",
@@ -57,30 +58,30 @@ impl ProxyAdmin {
                 "polymur_proxy_queue_points",
                 "gauge",
                 "Points waiting in memory for the gateway.",
-                self.outbox.mem_points(),
+                self.dest.queued(),
             ),
             (
                 "polymur_proxy_queue_limit",
                 "gauge",
                 "Memory queue cap, in points.",
-                self.outbox.cap(),
+                self.dest.cap(),
             ),
             (
-                "polymur_spool_batches",
-                "gauge",
-                "Batches waiting in the spool.",
-                batches,
+                "polymur_proxy_spooled_points_total",
+                "counter",
+                "Points written to the spool (memory queue full, or moved there at shutdown).",
+                load(&self.dest.stats.spooled),
             ),
             (
-                "polymur_spool_points",
-                "gauge",
-                "Points waiting in the spool.",
-                points,
+                "polymur_spool_damaged_points_total{destination=\"gateway\"}",
+                "counter",
+                "Points lost in damaged spool records.",
+                self.dest.spool().map_or(0, |s| s.damaged_points()),
             ),
             (
                 "polymur_spool_bytes{destination=\"gateway\"}",
                 "gauge",
-                "Bytes waiting in the spool.",
+                "Bytes waiting in the spool, not yet read back.",
                 bytes,
             ),
         ]
@@ -106,7 +107,7 @@ impl AdminExtra for ProxyAdmin {
 
     fn status_html(&self, out: &mut String) {
         let s = &self.gateway.stats;
-        let (batches, points, _) = self.spooled();
+        let bytes = self.spooled();
         let last = s.last_delivered.load(Ordering::Relaxed);
         let state = if !self.gateway.key_ok() {
             "<span class=bad>key refused (401): sending paused, data kept</span>"
@@ -121,15 +122,15 @@ impl AdminExtra for ProxyAdmin {
 <table><tr><th>counter</th><th>value</th></tr>\
 <tr><td>points sent</td><td>{}</td></tr><tr><td>batches sent</td><td>{}</td></tr>\
 <tr><td>retries</td><td>{}</td></tr><tr><td>points rejected for good (400/413)</td><td>{}</td></tr>\
-<tr><td>points waiting in memory</td><td>{} of {}</td></tr><tr><td>waiting in the spool</td><td>{batches} batches, {points} points</td></tr></table>",
+<tr><td>points waiting in memory</td><td>{} of {}</td></tr><tr><td>waiting in the spool</td><td>{bytes} bytes</td></tr></table>",
             self.gateway.base().replace('<', "&lt;"),
             if last == 0 { "never".to_string() } else { format!("{} s ago", unix_now().saturating_sub(last)) },
             s.sent.load(Ordering::Relaxed),
             s.batches.load(Ordering::Relaxed),
             s.retries.load(Ordering::Relaxed),
             s.rejected.load(Ordering::Relaxed),
-            self.outbox.mem_points(),
-            self.outbox.cap(),
+            self.dest.queued(),
+            self.dest.cap(),
         );
     }
 

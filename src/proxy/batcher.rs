@@ -1,7 +1,8 @@
 //! Groups the lines of all client connections into batches of `-flush-size` lines
-//! (or whatever arrived within `-flush-interval`), gzips each once, and hands it to
-//! the outbox. The gateway checks the key and decompresses once per batch, so big
-//! batches are what make the remote link cheap.
+//! (or whatever arrived within `-flush-interval`) and admits each to the proxy's one
+//! destination (the gateway writer, or the console), which gzips it when it sends it.
+//! The gateway checks the key and decompresses once per batch, so big batches are what
+//! make the remote link cheap.
 
 use std::io::Write as _;
 use std::sync::atomic::Ordering;
@@ -13,8 +14,8 @@ use flate2::write::GzEncoder;
 use flate2::Compression;
 use tokio::time::Instant;
 
-use super::queue::{Outbox, Sealed};
 use crate::batch::Batch;
+use crate::dest::{space_freed, Admission, Chunk, Destination};
 use crate::plaintext::{BoxFuture, Full, Intake};
 use crate::shutdown::Shutdown;
 use crate::stats::Stats;
@@ -33,10 +34,9 @@ struct Current {
 pub struct Batcher {
     current: Mutex<Current>,
     flush_size: usize,
-    outbox: Arc<Outbox>,
+    /// The gateway (or, with `-console-out`, the console).
+    dest: Arc<Destination>,
     stats: Arc<Stats>,
-    /// `-console-out`: print lines instead of queueing them for the gateway.
-    console: bool,
 }
 
 /// A full batch taken out of [`Current`], not yet compressed.
@@ -46,14 +46,13 @@ struct Raw {
 }
 
 impl Batcher {
-    /// A batcher sealing every `flush_size` lines into `outbox`.
-    pub fn new(flush_size: usize, outbox: Arc<Outbox>, stats: Arc<Stats>, console: bool) -> Self {
+    /// A batcher sealing every `flush_size` lines into `dest`.
+    pub fn new(flush_size: usize, dest: Arc<Destination>, stats: Arc<Stats>) -> Self {
         Batcher {
             current: Mutex::new(Current::default()),
             flush_size: flush_size.max(1),
-            outbox,
+            dest,
             stats,
-            console,
         }
     }
 
@@ -99,33 +98,36 @@ impl Batcher {
         raw
     }
 
-    /// Compresses `raw` (on the blocking pool: a 5000-line batch takes milliseconds)
-    /// and queues it; with `-console-out`, prints it instead.
-    async fn seal(&self, raw: Raw) {
+    /// Admits `raw` to the destination: its memory queue, or its spool. The lines were
+    /// taken from clients already, so a batch that finds no room waits for some (the
+    /// offering connection stops reading meanwhile: backpressure); `force` (the last
+    /// batch at shutdown) queues it in memory whatever the cap, for the drain to send or
+    /// spool.
+    async fn seal(&self, raw: Raw, force: bool) {
         if raw.lines == 0 {
             return;
         }
-        if self.console {
-            let _ = tokio::task::spawn_blocking(move || {
-                let mut out = std::io::stdout().lock();
-                let _ = out.write_all(&raw.buf);
-                let _ = out.flush();
-            })
-            .await;
-            return;
-        }
-        let points = raw.lines as u64;
-        let body = tokio::task::spawn_blocking(move || gzip(&raw.buf)).await;
-        match body {
-            Ok(body) => {
-                self.outbox
-                    .put(Sealed {
-                        body: Bytes::from(body),
-                        points,
-                    })
-                    .await
+        let chunk = Chunk {
+            data: Bytes::from(raw.buf),
+            points: raw.lines as u64,
+        };
+        let mut warned = false;
+        loop {
+            let freed = space_freed().notified();
+            match self.dest.admit(chunk.points, chunk.data.len()) {
+                Some(Admission::Spool) => match self.dest.append_spooled(&chunk).await {
+                    Ok(Ok(())) => return self.dest.deliver(chunk, Admission::Spool),
+                    Ok(Err(e)) if !warned => {
+                        warned = true;
+                        tracing::warn!("Batch of {} points waits for room: {e}", chunk.points);
+                    }
+                    _ => {}
+                },
+                Some(admission) => return self.dest.deliver(chunk, admission),
+                None if force => return self.dest.push_forced(chunk),
+                None => {}
             }
-            Err(e) => tracing::error!("Compressing a batch of {points} points failed: {e}"),
+            let _ = tokio::time::timeout(Duration::from_millis(100), freed).await;
         }
     }
 
@@ -140,7 +142,7 @@ impl Batcher {
             }
             Self::take(&mut cur)
         };
-        self.seal(raw).await;
+        self.seal(raw, force).await;
     }
 
     /// Seals batches whose first line is `interval` old, until shutdown.
@@ -174,7 +176,7 @@ impl Intake for Batcher {
         _: &'a mut crate::plaintext::Prepared,
     ) -> BoxFuture<'a, Result<(), Full>> {
         Box::pin(async move {
-            if !self.console && !self.outbox.has_room() {
+            if !self.dest.has_room() {
                 return Err(Full);
             }
             let full = self.append(batch);
@@ -182,7 +184,7 @@ impl Intake for Batcher {
                 .received
                 .fetch_add(batch.len() as u64, Ordering::Relaxed);
             for raw in full {
-                self.seal(raw).await;
+                self.seal(raw, false).await;
             }
             Ok(())
         })
@@ -192,40 +194,66 @@ impl Intake for Batcher {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dest::writer::{Queue, Writer, WriterTask};
+    use crate::dest::{DestConfig, SinkKind};
+    use crate::shutdown::Shutdown;
 
-    fn gunzip(data: &[u8]) -> String {
-        use std::io::Read;
-        let mut s = String::new();
-        flate2::read::GzDecoder::new(data)
-            .read_to_string(&mut s)
-            .unwrap();
-        s
+    /// A writer kind that never writes: what is admitted stays queued, for inspection.
+    #[derive(Default)]
+    struct Hold(std::sync::Mutex<Option<Queue>>);
+
+    impl std::fmt::Debug for Hold {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("Hold")
+        }
+    }
+
+    impl Writer for Hold {
+        fn name(&self) -> String {
+            "hold".into()
+        }
+        fn run(self: Arc<Self>, queue: Queue) -> WriterTask {
+            *self.0.lock().unwrap() = Some(queue);
+            Box::pin(async {})
+        }
+    }
+
+    impl Hold {
+        fn next(&self) -> Option<Chunk> {
+            self.0.lock().unwrap().as_mut()?.rx.try_recv().ok()
+        }
+    }
+
+    fn held(cap: u64) -> (Arc<Hold>, Arc<Destination>) {
+        let hold = Arc::new(Hold::default());
+        let (_t, shutdown) = Shutdown::new();
+        let config = DestConfig::in_memory(cap, Duration::from_secs(1));
+        let (d, _) = Destination::spawn(SinkKind::Writer(hold.clone()), &config, shutdown);
+        (hold, d)
     }
 
     #[tokio::test]
     async fn batches_are_cut_at_flush_size_and_on_time() {
-        let outbox = Arc::new(Outbox::new(1_000_000, None));
-        let b = Batcher::new(3, outbox.clone(), Arc::new(Stats::default()), false);
+        let (hold, dest) = held(1_000_000);
+        let b = Batcher::new(3, dest.clone(), Arc::new(Stats::default()));
         let (batch, _) =
             Batch::from_plaintext(b"a 1 1\nb 2 2\nc 3 3\nd 4 4\ne 5 5\n".to_vec(), None);
         b.offer(&batch, &mut Default::default()).await.unwrap();
-        assert_eq!(outbox.queued_batches(), 1);
+        tokio::task::yield_now().await;
+        let first = hold.next().expect("one batch is full");
+        assert_eq!(&first.data[..], b"a 1 1\nb 2 2\nc 3 3\n");
+        assert_eq!(first.points, 3);
         b.flush_if_due(Duration::from_secs(3600), false).await;
-        assert_eq!(outbox.queued_batches(), 1, "not due yet");
+        assert!(hold.next().is_none(), "not due yet");
         b.flush_if_due(Duration::ZERO, false).await;
-        assert_eq!(outbox.queued_batches(), 2);
-        let (_t, mut sd) = Shutdown::new();
-        let first = outbox.take(true, &mut sd).await.unwrap();
-        assert_eq!(gunzip(&first.sealed.body), "a 1 1\nb 2 2\nc 3 3\n");
-        assert_eq!(first.sealed.points, 3);
-        let second = outbox.take(true, &mut sd).await.unwrap();
-        assert_eq!(gunzip(&second.sealed.body), "d 4 4\ne 5 5\n");
+        assert_eq!(&hold.next().unwrap().data[..], b"d 4 4\ne 5 5\n");
+        assert_eq!(dest.queued(), 5);
     }
 
     #[tokio::test]
-    async fn a_full_outbox_refuses_offers() {
-        let outbox = Arc::new(Outbox::new(2, None));
-        let b = Batcher::new(2, outbox.clone(), Arc::new(Stats::default()), false);
+    async fn a_full_destination_refuses_offers() {
+        let (_hold, dest) = held(2);
+        let b = Batcher::new(2, dest, Arc::new(Stats::default()));
         let (batch, _) = Batch::from_plaintext(b"a 1 1\nb 2 2\n".to_vec(), None);
         b.offer(&batch, &mut Default::default()).await.unwrap();
         assert_eq!(b.offer(&batch, &mut Default::default()).await, Err(Full));

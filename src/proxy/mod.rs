@@ -2,20 +2,22 @@
 //! of `-flush-size` lines → gzip → `POST <gateway>/ingest` over HTTPS.
 //!
 //! ```text
-//! TCP clients ─► plaintext source ─► Batcher ─► Outbox (memory, then -spool-dir) ─► workers ─► gateway
-//!                (backpressure when              (sealed gzip batches)              (retry, 401 pause)
-//!                 the outbox is full)
+//! TCP clients ─► plaintext source ─► Batcher ─► Destination "gateway" ─────────► gateway
+//!                (backpressure when             (memory queue, then -spool-dir;   (writer: gzip,
+//!                 it has no room)                the one spool format)            -workers POSTs, retry)
 //! ```
-//! A batch leaves the outbox only when the gateway acknowledged it (or refused it for
-//! good with 400/413, logged); see [`sink`] for the retry policy and [`queue`] for
-//! where batches wait.
+//! The proxy's sink is a [`crate::dest::Destination`] like the relay's and the gateway's,
+//! with its own writer kind ([`writer`]): one queue, one spool format, one set of recovery
+//! rules. A batch leaves it only when the gateway acknowledged it (or refused it for good
+//! with 400/413, logged); see [`sink`] for the retry policy. An old spool directory (one
+//! file per batch) is moved into the new one at start ([`migrate`]).
 
 pub mod admin;
 pub mod batcher;
 pub mod config;
-pub mod queue;
+pub mod migrate;
 pub mod sink;
-pub mod spool;
+pub mod writer;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -24,13 +26,13 @@ use std::time::{Duration, SystemTime};
 pub use config::ProxyConfig;
 
 use self::batcher::Batcher;
-use self::queue::Outbox;
 use self::sink::Gateway;
-use self::spool::Spool;
+use self::writer::GatewayWriter;
 use crate::daemon::{operator, DaemonError, Listeners};
+use crate::dest::{DestConfig, Destination, Overflow, SinkKind};
 use crate::net;
 use crate::plaintext::{PlaintextConfig, PlaintextSource};
-use crate::shutdown::{Shutdown, ShutdownTrigger};
+use crate::shutdown::Shutdown;
 use crate::stats::Stats;
 
 /// Runs the proxy until SIGINT/SIGTERM, then delivers or spools what it holds and
@@ -40,22 +42,26 @@ pub async fn run(config: ProxyConfig) -> Result<(), DaemonError> {
     tracing::info!("::: Polymur-proxy :::");
     let started = SystemTime::now();
     let gateway = connect(&config).await?;
-    let outbox = Arc::new(Outbox::new(
-        config.queue_cap.saturating_mul(100),
-        open_spool(&config)?,
-    ));
+    migrate_spool(&config).await?;
+    // The destination's shutdown fires after the listener closed and the batcher sealed
+    // its last batch; `stop` ends everything else once the destination has drained.
+    let (dest_trigger, dest_shutdown) = Shutdown::new();
+    let (stop_trigger, stop) = Shutdown::new();
+    let (dest, dest_task) = open_destination(&config, &gateway, dest_shutdown);
     let stats = Arc::new(Stats::default());
     let batcher = Arc::new(Batcher::new(
         config.flush_size as usize,
-        outbox.clone(),
+        dest.clone(),
         stats.clone(),
-        config.console_out,
     ));
-    // After the listeners close: `drain` lets the workers finish the outbox, `stop`
-    // ends them (and everything else) once -drain-timeout is spent.
-    let (drain_trigger, drain) = Shutdown::new();
-    let (stop_trigger, stop) = Shutdown::new();
-    let workers = start_workers(&config, &gateway, &outbox, &drain, &stop);
+    if !config.console_out {
+        let d = dest.clone();
+        tokio::spawn(gateway.clone().watch_key(
+            config.key_recheck_interval,
+            move || d.queued(),
+            stop.clone(),
+        ));
+    }
 
     let mut listeners = Listeners::default();
     let source = PlaintextSource::new(
@@ -88,7 +94,7 @@ pub async fn run(config: ProxyConfig) -> Result<(), DaemonError> {
     let parts = Parts {
         stats,
         gateway,
-        outbox,
+        dest,
         batcher,
     };
     observe(&config, started, &parts, &listeners, stop).await?;
@@ -97,8 +103,16 @@ pub async fn run(config: ProxyConfig) -> Result<(), DaemonError> {
     tracing::info!("Shutting down: closing the listener, batching what clients sent");
     listeners.close().await;
     parts.batcher.flush_if_due(Duration::ZERO, true).await;
-    deliver(config.drain_timeout, workers, drain_trigger, stop_trigger).await;
-    parts.log_stopped().await;
+    if !config.console_out {
+        tracing::info!(
+            "Sending queued batches to the gateway (up to {:?})",
+            config.drain_timeout
+        );
+    }
+    dest_trigger.fire();
+    let _ = dest_task.await;
+    stop_trigger.fire();
+    parts.log_stopped();
     Ok(())
 }
 
@@ -106,25 +120,14 @@ pub async fn run(config: ProxyConfig) -> Result<(), DaemonError> {
 struct Parts {
     stats: Arc<Stats>,
     gateway: Arc<Gateway>,
-    outbox: Arc<Outbox>,
+    /// The proxy's one destination: the gateway writer, or the console.
+    dest: Arc<Destination>,
     batcher: Arc<Batcher>,
 }
 
 impl Parts {
-    /// Spills what is still in memory to the spool and logs what is left where.
-    async fn log_stopped(&self) {
-        let lost = self.outbox.spill().await;
-        let spooled = self.outbox.spool().map(|s| s.size());
-        if lost > 0 {
-            tracing::error!(
-                "Stopped: {lost} points could not be delivered or spooled and are lost"
-            );
-        }
-        if let Some((batches, points, _)) = spooled {
-            tracing::info!(
-                "Stopped: {batches} batches ({points} points) left in the spool for the next start"
-            );
-        }
+    /// What was received and sent (the writer said what is left in the spool).
+    fn log_stopped(&self) {
         tracing::info!(
             "Stopped: {} points received, {} sent",
             self.stats.received.load(Ordering::Relaxed),
@@ -169,48 +172,49 @@ async fn connect(config: &ProxyConfig) -> Result<Arc<Gateway>, DaemonError> {
     Ok(gateway)
 }
 
-/// `-spool-dir`: opens the spool and says what waits in it from the last run.
-fn open_spool(config: &ProxyConfig) -> Result<Option<Spool>, DaemonError> {
-    let Some(dir) = &config.spool_dir else {
-        return Ok(None);
+/// `-spool-dir` written by an older proxy (one file per batch): moved into the
+/// destination's spool once, before anything new is admitted.
+async fn migrate_spool(config: &ProxyConfig) -> Result<(), DaemonError> {
+    let Some(dir) = config.spool_dir.clone() else {
+        return Ok(());
     };
-    let s = Spool::open(dir, config.spool_max_bytes)?;
-    let (batches, points, bytes) = s.size();
-    tracing::info!(
-        "Spool {}: {batches} batches ({points} points, {bytes} bytes) waiting to be sent",
-        dir.display()
-    );
-    Ok(Some(s))
+    tokio::task::spawn_blocking(move || migrate::old_spool(&dir, writer::NAME))
+        .await
+        .map_err(|e| DaemonError::config(format!("-spool-dir migration failed: {e}")))?
+        .map_err(|e| {
+            DaemonError::config(format!(
+                "-spool-dir: moving the old spool files failed: {e} (the files not moved are \
+                 kept; fix the cause and start again)"
+            ))
+        })?;
+    Ok(())
 }
 
-/// The `-workers` senders and the key re-check (none with -console-out).
-fn start_workers(
+/// The proxy's one destination: the gateway writer (or the console with -console-out),
+/// with `-queue-cap` × 100 points in memory and `-spool-dir` behind it.
+fn open_destination(
     config: &ProxyConfig,
     gateway: &Arc<Gateway>,
-    outbox: &Arc<Outbox>,
-    drain: &Shutdown,
-    stop: &Shutdown,
-) -> Vec<tokio::task::JoinHandle<()>> {
-    if config.console_out {
-        return Vec::new();
-    }
-    let workers = (0..config.workers)
-        .map(|_| {
-            tokio::spawn(gateway.clone().worker(
-                outbox.clone(),
-                config.max_retry_delay,
-                drain.clone(),
-                stop.clone(),
-            ))
-        })
-        .collect();
-    let o = outbox.clone();
-    tokio::spawn(gateway.clone().watch_key(
-        config.key_recheck_interval,
-        move || o.mem_points() + o.spool().map_or(0, |s| s.size().1),
-        stop.clone(),
-    ));
-    workers
+    shutdown: Shutdown,
+) -> (Arc<Destination>, tokio::task::JoinHandle<()>) {
+    let kind = if config.console_out {
+        SinkKind::Console
+    } else {
+        SinkKind::Writer(Arc::new(GatewayWriter {
+            gateway: gateway.clone(),
+            workers: config.workers as usize,
+            max_retry_delay: config.max_retry_delay,
+        }))
+    };
+    let dest_config = DestConfig {
+        queue_cap: config.queue_cap.saturating_mul(100).max(1),
+        drain_timeout: config.drain_timeout,
+        spool_dir: config.spool_dir.clone(),
+        spool_max_bytes: config.spool_max_bytes,
+        overflow: Overflow::Refuse,
+        durable: false,
+    };
+    Destination::spawn(kind, &dest_config, shutdown)
 }
 
 /// Runstats, the admin endpoint, the 5-second report and the self-metrics.
@@ -233,7 +237,7 @@ async fn observe(
             control: None,
             extra: Some(Arc::new(admin::ProxyAdmin {
                 gateway: parts.gateway.clone(),
-                outbox: parts.outbox.clone(),
+                dest: parts.dest.clone(),
             })),
             http: None,
             keys: None,
@@ -245,7 +249,7 @@ async fn observe(
     tokio::spawn(report(
         parts.stats.clone(),
         parts.gateway.clone(),
-        parts.outbox.clone(),
+        parts.dest.clone(),
         Duration::from_secs(5),
         stop,
     ));
@@ -253,7 +257,7 @@ async fn observe(
         tokio::spawn(crate::self_metrics::run(
             Duration::from_secs(config.common.metrics_flush),
             parts.batcher.clone(),
-            self_metrics(&parts.stats, &parts.outbox),
+            self_metrics(&parts.stats, &parts.dest),
             listeners.shutdown(),
         ));
     }
@@ -263,9 +267,9 @@ async fn observe(
 /// The proxy's self-metrics: the original's rate and incoming-queue figures.
 fn self_metrics(
     stats: &Arc<Stats>,
-    outbox: &Arc<Outbox>,
+    dest: &Arc<Destination>,
 ) -> impl Fn(f64) -> Vec<(String, f64)> + Send + 'static {
-    let (st, o) = (stats.clone(), outbox.clone());
+    let (st, o) = (stats.clone(), dest.clone());
     let last = std::sync::Mutex::new(0u64);
     move |secs| {
         let received = st.received.load(Ordering::Relaxed);
@@ -274,39 +278,9 @@ fn self_metrics(
         *last = received;
         vec![
             ("rate".to_string(), rate),
-            (
-                "incoming-queue.current-size".to_string(),
-                o.mem_points() as f64,
-            ),
+            ("incoming-queue.current-size".to_string(), o.queued() as f64),
             ("incoming-queue.limit".to_string(), o.cap() as f64),
         ]
-    }
-}
-
-/// Second and third stages: the workers send what the outbox holds for up to
-/// `drain_timeout`, then stop (what they did not send stays in the outbox).
-async fn deliver(
-    drain_timeout: Duration,
-    mut workers: Vec<tokio::task::JoinHandle<()>>,
-    drain: ShutdownTrigger,
-    stop: ShutdownTrigger,
-) {
-    drain.fire();
-    if !workers.is_empty() {
-        tracing::info!("Sending queued batches to the gateway (up to {drain_timeout:?})");
-        let all = async {
-            for t in workers.iter_mut() {
-                let _ = t.await;
-            }
-        };
-        let _ = tokio::time::timeout(drain_timeout, all).await;
-    }
-    stop.fire();
-    for t in workers {
-        // A handle awaited to completion above must not be polled again.
-        if !t.is_finished() {
-            let _ = t.await;
-        }
     }
 }
 
@@ -315,7 +289,7 @@ async fn deliver(
 async fn report(
     stats: Arc<Stats>,
     gateway: Arc<Gateway>,
-    outbox: Arc<Outbox>,
+    dest: Arc<Destination>,
     interval: Duration,
     mut shutdown: Shutdown,
 ) {
@@ -326,12 +300,12 @@ async fn report(
             _ = shutdown.recv() => return,
         }
         rate.log(stats.received.load(Ordering::Relaxed));
-        let mem = outbox.mem_points();
-        let spooled = outbox.spool().map_or(0, |s| s.size().1);
+        let mem = dest.queued();
+        let spooled = dest.spool().map_or(0, |s| s.backlog());
         if mem + spooled > 0 {
             tracing::info!(
-                "Waiting for the gateway: {mem} points in memory (limit {}), {spooled} in the spool; {} sent so far",
-                outbox.cap(),
+                "Waiting for the gateway: {mem} points in memory (limit {}), {spooled} bytes in the spool; {} sent so far",
+                dest.cap(),
                 gateway.stats.sent.load(Ordering::Relaxed)
             );
         }

@@ -2,8 +2,9 @@
 //! `<gateway>/ingest` with `X-Polymur-Key`, over kept-alive HTTP/1.1 connections.
 //!
 //! The old proxy sent each batch once and forgot it, so every gateway restart lost data
-//! at every site. Here a batch leaves the outbox only when the gateway answered 200
-//! (which our gateway sends once the batch is held for every destination), or when it
+//! at every site. Here a batch leaves its destination ([`super::writer`]) only when the
+//! gateway answered 200 (which our gateway sends once the batch is held for every
+//! destination), or when it
 //! answered 400/413 (that batch can never succeed: dropped, counted and logged):
 //! - network errors, 5xx (503 when the gateway's queues are full) and other answers are
 //!   retried with exponential backoff and jitter, waiting at least `Retry-After`;
@@ -18,7 +19,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::watch;
 
-use super::queue::{Job, Outbox};
 use crate::shutdown::Shutdown;
 
 /// The header carrying the API key (the old proxy spelled it `X-polymur-key`; header
@@ -195,13 +195,10 @@ impl Gateway {
         *self.key_ok.borrow()
     }
 
-    /// Waits until sending is allowed (not paused by a 401). False if `stop` fired.
-    async fn wait_key_ok(&self, stop: &mut Shutdown) -> bool {
+    /// Waits until sending is allowed (not paused by a 401).
+    async fn wait_key_ok(&self) {
         let mut rx = self.key_ok.subscribe();
-        tokio::select! {
-            r = rx.wait_for(|ok| *ok) => r.is_ok(),
-            _ = stop.recv() => false,
-        }
+        let _ = rx.wait_for(|ok| *ok).await;
     }
 
     /// After a 401: pauses sending, then pings every `every` until the key is valid.
@@ -245,53 +242,34 @@ impl Gateway {
         }
     }
 
-    /// Delivers `job` (retrying as the module doc says) and settles it in `outbox`;
-    /// true once settled. When `stop` fires first, the job is given back to the
-    /// outbox undelivered (false).
-    ///
-    /// During the shutdown drain (`drain` fired), a batch that fails goes straight back
-    /// to the outbox when there is a spool: it is safer on disk than in a retry loop.
-    async fn deliver(
+    /// Compresses one batch of lines and delivers it, retrying as the module doc says.
+    /// Ends when the gateway took it ([`Settled::Delivered`]) or refused it for good
+    /// ([`Settled::Rejected`], logged and counted). With a spool (`spool`), once `drain`
+    /// fired a batch that fails is handed back ([`Settled::GaveBack`]): it is safer on
+    /// disk than in a retry loop. Otherwise it retries until its task is aborted at the
+    /// drain deadline (the writer then keeps the lines).
+    pub async fn deliver(
         &self,
-        job: Job,
-        outbox: &Outbox,
+        lines: Bytes,
+        points: u64,
         max_delay: Duration,
-        drain: &Shutdown,
-        stop: &mut Shutdown,
-    ) -> bool {
-        let points = job.sealed.points;
+        spool: bool,
+        mut drain: Shutdown,
+    ) -> Settled {
+        let body = match tokio::task::spawn_blocking(move || super::batcher::gzip(&lines)).await {
+            Ok(b) => Bytes::from(b),
+            Err(e) => {
+                tracing::error!("Compressing a batch of {points} points failed: {e}");
+                return Settled::GaveBack;
+            }
+        };
         let mut attempt = 0u32;
         loop {
-            if !self.wait_key_ok(stop).await {
-                outbox.give_back(job);
-                return false;
-            }
-            let outcome = tokio::select! {
-                o = self.post(job.sealed.body.clone()) => o,
-                _ = stop.recv() => {
-                    outbox.give_back(job);
-                    return false;
-                }
-            };
-            match outcome {
+            self.wait_key_ok().await;
+            match self.post(body.clone()).await {
                 Outcome::Delivered => {
-                    self.stats.failing.store(false, Ordering::Relaxed);
-                    self.stats
-                        .last_delivered
-                        .store(crate::admin::http::unix_now(), Ordering::Relaxed);
-                    self.stats.sent.fetch_add(points, Ordering::Relaxed);
-                    self.stats.batches.fetch_add(1, Ordering::Relaxed);
-                    if self.verbose {
-                        tracing::info!("Sent batch of {points} points to {}", self.base);
-                    }
-                    if attempt > 0 {
-                        tracing::info!(
-                            "Gateway {} took the batch after {attempt} retries",
-                            self.base
-                        );
-                    }
-                    outbox.done(job).await;
-                    return true;
+                    self.note_delivered(points, attempt);
+                    return Settled::Delivered;
                 }
                 Outcome::Rejected(why) => {
                     self.stats.rejected.fetch_add(points, Ordering::Relaxed);
@@ -299,8 +277,7 @@ impl Gateway {
                         "Gateway {} rejected a batch of {points} points ({why}); it can never be accepted, so it is dropped",
                         self.base
                     );
-                    outbox.done(job).await;
-                    return true;
+                    return Settled::Rejected;
                 }
                 Outcome::Unauthorized(_) => {
                     // Pause everyone; the key watcher logs and re-pings.
@@ -309,13 +286,12 @@ impl Gateway {
                 Outcome::Retry { why, after } => {
                     self.stats.failing.store(true, Ordering::Relaxed);
                     self.stats.retries.fetch_add(1, Ordering::Relaxed);
-                    if drain.is_shutdown() && outbox.spool().is_some() {
+                    if drain.is_shutdown() && spool {
                         tracing::warn!(
                             "Gateway {} did not take a batch of {points} points ({why}); it goes to the spool",
                             self.base
                         );
-                        outbox.give_back(job);
-                        return false;
+                        return Settled::GaveBack;
                     }
                     let delay = retry_delay(attempt, after, max_delay);
                     attempt = attempt.saturating_add(1);
@@ -326,41 +302,42 @@ impl Gateway {
                     );
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {}
-                        _ = stop.recv() => {
-                            outbox.give_back(job);
-                            return false;
-                        }
+                        _ = drain.recv(), if spool && !drain.is_shutdown() => {}
                     }
                 }
             }
         }
     }
 
-    /// One worker: takes batches from `outbox` and delivers them. After `drain` fires
-    /// it only empties the memory queue (spool files wait for the next start); after
-    /// `stop` fires it returns at once, giving its batch back.
-    pub async fn worker(
-        self: Arc<Self>,
-        outbox: Arc<Outbox>,
-        max_delay: Duration,
-        mut drain: Shutdown,
-        mut stop: Shutdown,
-    ) {
-        loop {
-            // Once draining, `take` returns memory batches only, then `None`.
-            let job = tokio::select! {
-                j = outbox.take(drain.is_shutdown(), &mut drain) => j,
-                _ = stop.recv() => None,
-            };
-            let Some(job) = job else { return };
-            if !self
-                .deliver(job, &outbox, max_delay, &drain, &mut stop)
-                .await
-            {
-                return;
-            }
+    /// Counters and log lines of a batch the gateway took.
+    fn note_delivered(&self, points: u64, attempt: u32) {
+        self.stats.failing.store(false, Ordering::Relaxed);
+        self.stats
+            .last_delivered
+            .store(crate::admin::http::unix_now(), Ordering::Relaxed);
+        self.stats.sent.fetch_add(points, Ordering::Relaxed);
+        self.stats.batches.fetch_add(1, Ordering::Relaxed);
+        if self.verbose {
+            tracing::info!("Sent batch of {points} points to {}", self.base);
+        }
+        if attempt > 0 {
+            tracing::info!(
+                "Gateway {} took the batch after {attempt} retries",
+                self.base
+            );
         }
     }
+}
+
+/// How the delivery of one batch ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settled {
+    /// The gateway acknowledged it.
+    Delivered,
+    /// The gateway refused it for good (400/413): dropped, counted, logged.
+    Rejected,
+    /// Not delivered; the writer keeps it (in the spool).
+    GaveBack,
 }
 
 /// An error with its causes (reqwest's top-level message alone says little).

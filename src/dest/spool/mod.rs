@@ -210,6 +210,11 @@ impl Spool {
         self.state.load(Ordering::Acquire) & !SPILLING
     }
 
+    /// True while the spool is below `-spool-max-bytes` (a reservation would succeed).
+    pub fn has_room(&self) -> bool {
+        self.backlog() < self.max_bytes
+    }
+
     /// True while new batches must go to the spool (it holds data not yet read back).
     pub fn is_spilling(&self) -> bool {
         self.state.load(Ordering::Acquire) & SPILLING != 0
