@@ -256,6 +256,8 @@ impl RoutingDaemon {
         source.listeners.ready();
 
         crate::shutdown::signal().await;
+        // systemd shows the unit as deactivating while the queues drain.
+        crate::notify::stopping();
         tracing::info!("{}", source.stopping);
         source.listeners.close().await;
         self.drain().await;

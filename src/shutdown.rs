@@ -57,6 +57,4 @@ pub async fn signal() {
         _ = tokio::signal::ctrl_c() => {},
         _ = term => {},
     }
-    // systemd shows the unit as deactivating while the queues drain.
-    crate::notify::stopping();
 }

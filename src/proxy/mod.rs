@@ -100,6 +100,8 @@ pub async fn run(config: ProxyConfig) -> Result<(), DaemonError> {
     observe(&config, started, &parts, &listeners, stop).await?;
 
     crate::shutdown::signal().await;
+    // systemd shows the unit as deactivating while the queues drain.
+    crate::notify::stopping();
     tracing::info!("Shutting down: closing the listener, batching what clients sent");
     listeners.close().await;
     parts.batcher.flush_if_due(Duration::ZERO, true).await;
