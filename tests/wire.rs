@@ -78,7 +78,11 @@ fn ingest_takes_zstd_and_gzip_by_header_or_by_magic() {
     for (name, headers, encode) in cases {
         let l = lines(name, 50);
         let r = http_post(&gw.http, "/ingest", &headers, encode(&text(&l)));
-        assert_eq!((r.status, r.body.as_str()), (200, "Batch Received\n"), "{name}");
+        assert_eq!(
+            (r.status, r.body.as_str()),
+            (200, "Batch Received\n"),
+            "{name}"
+        );
         expected.extend(l);
         assert!(sink.wait_count(expected.len(), secs(10)), "{name}");
     }
@@ -165,4 +169,226 @@ fn zstd_bomb_gets_413_with_bounded_memory_and_the_gateway_stays_up() {
     assert_eq!(r.status, 200);
     assert!(sink.wait_count(5, secs(10)));
     assert_eq!(sink.lines(), after);
+}
+
+/// A running proxy and its plaintext address.
+struct Proxy {
+    proc: Proc,
+    listen: String,
+}
+
+fn proxy(gateway: &str, extra: &[&str]) -> Proxy {
+    let listen = format!("127.0.0.1:{}", free_port());
+    let stat = format!("127.0.0.1:{}", free_port());
+    let admin = format!("127.0.0.1:{}", free_port());
+    let mut args = vec![
+        "-gateway",
+        gateway,
+        "-api-key",
+        "123",
+        "-listen-addr",
+        &listen,
+        "-stat-addr",
+        &stat,
+        "-admin-addr",
+        &admin,
+        "-flush-interval",
+        "200ms",
+        "-flush-size",
+        "500",
+        "-max-retry-delay",
+        "1s",
+    ];
+    args.extend_from_slice(extra);
+    let proc = Proc::spawn(PROXY, &args, &[]);
+    assert!(
+        proc.wait_log("Listening on", secs(15)),
+        "proxy did not start: {}",
+        proc.all_output()
+    );
+    Proxy { proc, listen }
+}
+
+/// A TCP forwarder that keeps a copy of every byte the client sent, so a test can see
+/// the requests a proxy made to a real gateway.
+struct Recorder {
+    addr: String,
+    sent: Arc<std::sync::Mutex<Vec<u8>>>,
+}
+
+impl Recorder {
+    fn start(to: &str) -> Recorder {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let sent: Arc<std::sync::Mutex<Vec<u8>>> = Arc::default();
+        let (to, s) = (to.to_string(), sent.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(client) = conn else { return };
+                let Ok(server) = TcpStream::connect(&to) else {
+                    continue;
+                };
+                let (mut c2, mut s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut s2, &mut c2);
+                });
+                let s = s.clone();
+                std::thread::spawn(move || {
+                    let (mut client, mut server) = (client, server);
+                    let mut buf = [0u8; 16384];
+                    while let Ok(n) = client.read(&mut buf) {
+                        if n == 0 || server.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                        s.lock().unwrap().extend_from_slice(&buf[..n]);
+                    }
+                    let _ = server.shutdown(std::net::Shutdown::Write);
+                });
+            }
+        });
+        Recorder { addr, sent }
+    }
+
+    /// Everything the client sent, lower-cased (header names are case-insensitive).
+    fn sent_lower(&self) -> Vec<u8> {
+        self.sent.lock().unwrap().to_ascii_lowercase()
+    }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+#[test]
+fn auto_sends_zstd_to_our_gateway_and_every_line_arrives() {
+    let sink = LineSink::start();
+    let gw = Gateway::start(&["-dev-mode", "-destinations", &sink.addr()]);
+    let rec = Recorder::start(&gw.http);
+    let p = proxy(&format!("http://{}", rec.addr), &[]);
+    let sent = lines("auto.zstd", 2000);
+    send_lines(&p.listen, &String::from_utf8(text(&sent)).unwrap()).unwrap();
+    assert!(
+        sink.wait_count(sent.len(), secs(20)),
+        "{}",
+        p.proc.all_output()
+    );
+    assert_eq!(sink.wait_idle(millis(300), secs(3)), sent.len());
+    let mut got = sink.lines();
+    got.sort();
+    let mut want = sent.clone();
+    want.sort();
+    assert_eq!(got, want);
+    let wire = rec.sent_lower();
+    assert!(contains(&wire, b"content-encoding: zstd\r\n"));
+    assert!(!contains(&wire, b"content-encoding: gzip\r\n"));
+    assert!(
+        contains(&wire, &[0x28, 0xb5, 0x2f, 0xfd]),
+        "zstd frames on the wire"
+    );
+}
+
+/// What the stub of the original gateway saw on `/ingest`.
+#[derive(Default)]
+struct OldSeen {
+    /// Decoded lines of the batches it took.
+    lines: Vec<String>,
+    /// Bodies that were not gzip (answered 400, as a gzip-only gateway must).
+    not_gzip: usize,
+}
+
+/// The original Go gateway as a proxy sees it: `/ping` answers 200 `key is valid\n`
+/// without `Accept-Encoding`, `/ingest` takes gzip only. Keep-alive, one thread a connection.
+fn old_gateway() -> (String, Arc<std::sync::Mutex<OldSeen>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let seen: Arc<std::sync::Mutex<OldSeen>> = Arc::default();
+    let s = seen.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(conn) = conn else { return };
+            let s = s.clone();
+            std::thread::spawn(move || old_gateway_conn(conn, s));
+        }
+    });
+    (format!("http://{addr}"), seen)
+}
+
+fn old_gateway_conn(conn: TcpStream, seen: Arc<std::sync::Mutex<OldSeen>>) {
+    conn.set_read_timeout(Some(secs(30))).unwrap();
+    let mut w = conn.try_clone().unwrap();
+    let mut r = BufReader::new(conn);
+    loop {
+        let mut request_line = String::new();
+        if r.read_line(&mut request_line).unwrap_or(0) == 0 {
+            return;
+        }
+        let path = request_line
+            .split_whitespace()
+            .nth(1)
+            .unwrap_or("")
+            .to_string();
+        let mut len = 0usize;
+        loop {
+            let mut h = String::new();
+            if r.read_line(&mut h).unwrap_or(0) == 0 {
+                return;
+            }
+            let h = h.trim_end();
+            if h.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = h.split_once(':') {
+                if k.eq_ignore_ascii_case("content-length") {
+                    len = v.trim().parse().unwrap();
+                }
+            }
+        }
+        let mut raw = vec![0u8; len];
+        if r.read_exact(&mut raw).is_err() {
+            return;
+        }
+        let (status, answer) = match path.as_str() {
+            "/ping" => (200, "key is valid\n"),
+            _ if raw.starts_with(&[0x1f, 0x8b]) => {
+                let text = String::from_utf8(gunzip(&raw)).unwrap();
+                seen.lock()
+                    .unwrap()
+                    .lines
+                    .extend(text.lines().map(String::from));
+                (200, "Batch Received\n")
+            }
+            _ => {
+                seen.lock().unwrap().not_gzip += 1;
+                (400, "Batch Malformed\n")
+            }
+        };
+        let head = format!(
+            "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n",
+            answer.len()
+        );
+        if w.write_all(head.as_bytes()).is_err() || w.write_all(answer.as_bytes()).is_err() {
+            return;
+        }
+    }
+}
+
+#[test]
+fn auto_sends_gzip_to_the_original_gateway_and_every_line_arrives() {
+    let (url, seen) = old_gateway();
+    let p = proxy(&url, &[]);
+    let sent = lines("auto.gzip", 2000);
+    send_lines(&p.listen, &String::from_utf8(text(&sent)).unwrap()).unwrap();
+    assert!(
+        wait_until(secs(20), || seen.lock().unwrap().lines.len() >= sent.len()),
+        "{}",
+        p.proc.all_output()
+    );
+    std::thread::sleep(millis(300));
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.not_gzip, 0);
+    let mut got = seen.lines.clone();
+    got.sort();
+    let mut want = sent.clone();
+    want.sort();
+    assert_eq!(got, want);
 }

@@ -1,5 +1,6 @@
 //! Groups the lines of all client connections into batches of `-flush-size` lines
-//! (or whatever arrived within `-flush-interval`), gzips each once, and hands it to
+//! (or whatever arrived within `-flush-interval`), compresses each once (gzip or zstd,
+//! see [`super::compression`]), and hands it to
 //! the outbox. The gateway checks the key and decompresses once per batch, so big
 //! batches are what make the remote link cheap.
 
@@ -9,10 +10,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::Bytes;
-use flate2::write::GzEncoder;
-use flate2::Compression;
 use tokio::time::Instant;
 
+use super::compression::Compressor;
 use super::queue::{Outbox, Sealed};
 use crate::batch::Batch;
 use crate::plaintext::{BoxFuture, Full, Intake};
@@ -37,6 +37,8 @@ pub struct Batcher {
     stats: Arc<Stats>,
     /// `-console-out`: print lines instead of queueing them for the gateway.
     console: bool,
+    /// `-compression`: gzip unless [`Batcher::compress_with`] says otherwise.
+    compressor: Arc<Compressor>,
 }
 
 /// A full batch taken out of [`Current`], not yet compressed.
@@ -54,7 +56,15 @@ impl Batcher {
             outbox,
             stats,
             console,
+            compressor: Arc::default(),
         }
+    }
+
+    /// Seals batches with `compressor` (shared with the gateway client, which learns
+    /// whether the gateway takes zstd).
+    pub fn compress_with(mut self, compressor: Arc<Compressor>) -> Self {
+        self.compressor = compressor;
+        self
     }
 
     fn lock(&self) -> MutexGuard<'_, Current> {
@@ -115,7 +125,8 @@ impl Batcher {
             return;
         }
         let points = raw.lines as u64;
-        let body = tokio::task::spawn_blocking(move || gzip(&raw.buf)).await;
+        let compressor = self.compressor.clone();
+        let body = tokio::task::spawn_blocking(move || compressor.compress(&raw.buf)).await;
         match body {
             Ok(body) => {
                 self.outbox
@@ -156,15 +167,9 @@ impl Batcher {
     }
 }
 
-/// Gzip as the gateway expects it (one member, default level like Go's gzip.Writer).
+/// Gzip as the gateway expects it (one member, level 6 like Go's gzip.Writer).
 pub fn gzip(data: &[u8]) -> Vec<u8> {
-    let mut enc = GzEncoder::new(
-        Vec::with_capacity(data.len() / 4 + 64),
-        Compression::default(),
-    );
-    // Writing to a Vec cannot fail.
-    let _ = enc.write_all(data);
-    enc.finish().unwrap_or_default()
+    super::compression::gzip(data, super::compression::GZIP_DEFAULT_LEVEL)
 }
 
 impl Intake for Batcher {

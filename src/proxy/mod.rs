@@ -12,6 +12,7 @@
 
 pub mod admin;
 pub mod batcher;
+pub mod compression;
 pub mod config;
 pub mod queue;
 pub mod sink;
@@ -45,12 +46,15 @@ pub async fn run(config: ProxyConfig) -> Result<(), DaemonError> {
         open_spool(&config)?,
     ));
     let stats = Arc::new(Stats::default());
-    let batcher = Arc::new(Batcher::new(
-        config.flush_size as usize,
-        outbox.clone(),
-        stats.clone(),
-        config.console_out,
-    ));
+    let batcher = Arc::new(
+        Batcher::new(
+            config.flush_size as usize,
+            outbox.clone(),
+            stats.clone(),
+            config.console_out,
+        )
+        .compress_with(gateway.compressor()),
+    );
     // After the listeners close: `drain` lets the workers finish the outbox, `stop`
     // ends them (and everything else) once -drain-timeout is spent.
     let (drain_trigger, drain) = Shutdown::new();
@@ -141,7 +145,17 @@ async fn connect(config: &ProxyConfig) -> Result<Arc<Gateway>, DaemonError> {
             .pool_idle_timeout(Duration::from_secs(90))
             .timeout(timeout)
     })?;
-    let gateway = Gateway::new(client, base.clone(), config.api_key.clone(), config.verbose);
+    let compressor = Arc::new(compression::Compressor::new(
+        config.compression,
+        config.compression_level,
+    ));
+    let gateway = Gateway::with_compressor(
+        client,
+        base.clone(),
+        config.api_key.clone(),
+        config.verbose,
+        compressor,
+    );
     if !config.console_out {
         match gateway.ping().await {
             Ok((200, _)) => tracing::info!("Gateway {base} accepts the API key"),
