@@ -392,3 +392,259 @@ fn auto_sends_gzip_to_the_original_gateway_and_every_line_arrives() {
     want.sort();
     assert_eq!(got, want);
 }
+
+/// Runs openssl with `args` in `dir`; panics with its output on failure.
+fn openssl(dir: &std::path::Path, args: &[&str]) {
+    let out = std::process::Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run openssl");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A test CA in `dir` (`ca.pem`, `ca.key`) that signs leaf certificates.
+struct Pki {
+    dir: std::path::PathBuf,
+}
+
+impl Pki {
+    fn new(dir: &std::path::Path, name: &str) -> Pki {
+        let dir = dir.join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        openssl(
+            &dir,
+            &[
+                "req",
+                "-x509",
+                "-nodes",
+                "-days",
+                "2",
+                "-newkey",
+                "rsa:2048",
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.pem",
+                "-subj",
+                &format!("/CN=polymur test CA {name}"),
+            ],
+        );
+        Pki { dir }
+    }
+
+    fn ca(&self) -> String {
+        self.dir.join("ca.pem").display().to_string()
+    }
+
+    /// A leaf certificate `<name>.pem` / `<name>.key` with `ext` (openssl extension
+    /// lines), valid for `days` (negative: already expired).
+    fn leaf(&self, name: &str, ext: &str, days: i32) -> (String, String) {
+        let ext_file = format!("{name}.ext");
+        std::fs::write(
+            self.dir.join(&ext_file),
+            format!("basicConstraints=CA:FALSE\n{ext}\n"),
+        )
+        .unwrap();
+        let (key, csr, pem) = (
+            format!("{name}.key"),
+            format!("{name}.csr"),
+            format!("{name}.pem"),
+        );
+        openssl(
+            &self.dir,
+            &[
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                &key,
+                "-out",
+                &csr,
+                "-subj",
+                &format!("/CN={name}"),
+            ],
+        );
+        let days = days.to_string();
+        openssl(
+            &self.dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                &pem,
+                "-days",
+                &days,
+                "-extfile",
+                &ext_file,
+            ],
+        );
+        (
+            self.dir.join(pem).display().to_string(),
+            self.dir.join(key).display().to_string(),
+        )
+    }
+
+    /// A server certificate for 127.0.0.1 and localhost.
+    fn server(&self) -> (String, String) {
+        self.leaf("server", "subjectAltName=IP:127.0.0.1,DNS:localhost", 2)
+    }
+}
+
+/// Our gateway with HTTPS on a free port, forwarding to `dest`; returns it and the port.
+fn https_gateway(dest: &str, cert: &str, key: &str, extra: &[&str]) -> (Gateway, u16) {
+    let https = free_port();
+    let port = https.to_string();
+    let mut args = vec![
+        "-dev-mode",
+        "-destinations",
+        dest,
+        "-cert",
+        cert,
+        "-key",
+        key,
+        "-listen-https-port",
+        &port,
+    ];
+    args.extend_from_slice(extra);
+    let gw = Gateway::start(&args);
+    assert!(gw.proc.wait_log("HTTPS listening on", secs(5)));
+    (gw, https)
+}
+
+#[test]
+fn the_readmes_certificate_without_names_works_when_pinned() {
+    let dir = tempfile::tempdir().unwrap();
+    // Exactly the README's command (no subjectAltName; the subject would be asked for).
+    openssl(
+        dir.path(),
+        &[
+            "req",
+            "-x509",
+            "-nodes",
+            "-days",
+            "365",
+            "-newkey",
+            "rsa:2048",
+            "-keyout",
+            "key.pem",
+            "-out",
+            "cert.pem",
+            "-subj",
+            "/CN=gateway.example.com",
+        ],
+    );
+    let (cert, key) = (
+        dir.path().join("cert.pem").display().to_string(),
+        dir.path().join("key.pem").display().to_string(),
+    );
+    let sink = LineSink::start();
+    let (_gw, https) = https_gateway(&sink.addr(), &cert, &key, &[]);
+    let p = proxy(&format!("https://127.0.0.1:{https}"), &["-cert", &cert]);
+    assert!(
+        p.proc.wait_log("accepts the API key", secs(5)),
+        "{}",
+        p.proc.all_output()
+    );
+    let sent = lines("pinned", 600);
+    send_lines(&p.listen, &String::from_utf8(text(&sent)).unwrap()).unwrap();
+    assert!(
+        sink.wait_count(sent.len(), secs(20)),
+        "{}",
+        p.proc.all_output()
+    );
+}
+
+/// The proxy against a gateway that fails TLS for `cause`: the same one-line cause is
+/// logged at start and on the retries of a batch.
+fn assert_cause_at_start_and_on_retries(gateway: &str, proxy_args: &[&str], cause: &str) {
+    let p = proxy(gateway, proxy_args);
+    assert!(
+        p.proc.wait_log("unreachable at start", secs(5)),
+        "{}",
+        p.proc.all_output()
+    );
+    send_lines(&p.listen, "retried.line 1 1700000000\n").unwrap();
+    let logged = || {
+        p.proc
+            .all_output()
+            .lines()
+            .filter(|l| l.contains(cause))
+            .count()
+    };
+    assert!(
+        wait_until(secs(10), || logged() >= 3),
+        "want {cause:?} at start and on two retries:\n{}",
+        p.proc.all_output()
+    );
+    let start = p.proc.all_output();
+    let start = start
+        .lines()
+        .find(|l| l.contains("unreachable at start"))
+        .unwrap();
+    assert!(start.contains(cause), "{start}");
+    assert!(!start.contains("error sending request"), "{start}");
+}
+
+#[test]
+fn tls_failures_name_their_cause_at_start_and_on_retries() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path(), "ca");
+    let other = Pki::new(dir.path(), "other");
+    let sink = LineSink::start();
+    let (server_cert, server_key) = pki.server();
+    let (gw, https) = https_gateway(&sink.addr(), &server_cert, &server_key, &[]);
+    // Trusting another CA.
+    assert_cause_at_start_and_on_retries(
+        &format!("https://127.0.0.1:{https}"),
+        &["-cert", &other.ca()],
+        "unknown issuer",
+    );
+    drop(gw);
+    // Reached by a name the certificate does not hold.
+    let (named, named_key) = pki.leaf("named", "subjectAltName=DNS:gateway.example", 2);
+    let (gw, https) = https_gateway(&sink.addr(), &named, &named_key, &[]);
+    assert_cause_at_start_and_on_retries(
+        &format!("https://127.0.0.1:{https}"),
+        &["-cert", &pki.ca()],
+        "is not valid for 127.0.0.1 (it names gateway.example)",
+    );
+    // Expired.
+    let (old_cert, old_key) = pki.leaf("expired", "subjectAltName=IP:127.0.0.1", -1);
+    let (_gw, https) = https_gateway(&sink.addr(), &old_cert, &old_key, &[]);
+    assert_cause_at_start_and_on_retries(
+        &format!("https://127.0.0.1:{https}"),
+        &["-cert", &pki.ca()],
+        "TLS: the gateway's certificate has expired",
+    );
+    // http:// to the HTTPS port.
+    assert_cause_at_start_and_on_retries(
+        &format!("http://127.0.0.1:{https}"),
+        &[],
+        "(is it an HTTPS port?): use -gateway=https://127.0.0.1:",
+    );
+    // https:// to the plain HTTP port.
+    let plain = Gateway::start(&["-dev-mode", "-destinations", &sink.addr()]);
+    assert_cause_at_start_and_on_retries(
+        &format!("https://{}", plain.http),
+        &[],
+        &format!(
+            "the gateway answered plain HTTP: use -gateway=http://{}",
+            plain.http
+        ),
+    );
+    assert_eq!(sink.lines(), Vec::<String>::new());
+}

@@ -167,7 +167,8 @@ async fn connect(config: &ProxyConfig) -> Result<Arc<Gateway>, DaemonError> {
             // The old proxy exited here; keeping the site's data flowing into the
             // queue (and spool) is more useful: workers retry until the gateway is up.
             Err(e) => tracing::warn!(
-                "Gateway {base} unreachable at start ({e}); batches are queued and retried"
+                "Gateway {base} unreachable at start ({}); batches are queued and retried",
+                crate::http_client::describe(&e)
             ),
         }
     }

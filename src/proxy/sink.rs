@@ -410,16 +410,9 @@ impl Gateway {
     }
 }
 
-/// An error with its causes (reqwest's top-level message alone says little).
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
+/// One line: the TLS cause when there is one, else the error with its causes.
+fn error_chain(e: &reqwest::Error) -> String {
+    crate::http_client::describe(e)
 }
 
 #[cfg(test)]
