@@ -38,6 +38,8 @@ pub enum ClientError {
     Ca { path: String, message: String },
     #[error("TLS client configuration: {0}")]
     Tls(String),
+    #[error("client certificate {path}: {message} (check -client-cert / -client-key)")]
+    Identity { path: String, message: String },
     #[error("HTTP client: {0}")]
     Http(String),
 }
@@ -69,9 +71,26 @@ fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, ClientError> 
     Ok(certs)
 }
 
+/// A client certificate and its key (PEM files), for servers that require one.
+#[derive(Clone, Copy, Debug)]
+pub struct Identity<'a> {
+    /// Certificate chain, leaf first (`-client-cert`).
+    pub cert: &'a Path,
+    /// Its private key (`-client-key`).
+    pub key: &'a Path,
+}
+
 /// A rustls client configuration on the ring provider: system roots (or
 /// `SSL_CERT_FILE`), plus the certificates of `extra_ca`, which are also pinned.
 pub fn tls_config(extra_ca: Option<&Path>) -> Result<rustls::ClientConfig, ClientError> {
+    tls_config_with(extra_ca, None)
+}
+
+/// Like [`tls_config`], presenting `identity` when the server asks for a certificate.
+pub fn tls_config_with(
+    extra_ca: Option<&Path>,
+    identity: Option<Identity<'_>>,
+) -> Result<rustls::ClientConfig, ClientError> {
     let mut roots = rustls::RootCertStore::empty();
     let bundle: Option<PathBuf> = match std::env::var_os("SSL_CERT_FILE") {
         Some(path) => Some(path.into()),
@@ -105,16 +124,39 @@ pub fn tls_config(extra_ca: Option<&Path>) -> Result<rustls::ClientConfig, Clien
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| ClientError::Tls(e.to_string()))?;
-    if pinned.is_empty() {
-        return Ok(builder.with_root_certificates(roots).with_no_client_auth());
+    let builder = if pinned.is_empty() {
+        builder.with_root_certificates(roots)
+    } else {
+        let inner = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
+            .build()
+            .map_err(|e| ClientError::Tls(e.to_string()))?;
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(PinnedOrWebPki { inner, pinned }))
+    };
+    match identity {
+        None => Ok(builder.with_no_client_auth()),
+        Some(id) => {
+            let bad = |message: String| ClientError::Identity {
+                path: id.cert.display().to_string(),
+                message,
+            };
+            let certs = read_certs(id.cert)?;
+            let key_pem = std::fs::read(id.key).map_err(|e| ClientError::Identity {
+                path: id.key.display().to_string(),
+                message: e.to_string(),
+            })?;
+            let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(&key_pem).map_err(|_| {
+                ClientError::Identity {
+                    path: id.key.display().to_string(),
+                    message: "no PEM private key".into(),
+                }
+            })?;
+            builder
+                .with_client_auth_cert(certs, key)
+                .map_err(|e| bad(e.to_string()))
+        }
     }
-    let inner = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
-        .build()
-        .map_err(|e| ClientError::Tls(e.to_string()))?;
-    Ok(builder
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(PinnedOrWebPki { inner, pinned }))
-        .with_no_client_auth())
 }
 
 /// A reqwest client over [`tls_config`]. Proxies from the environment are ignored:
@@ -125,7 +167,16 @@ pub fn reqwest_client(
     extra_ca: Option<&Path>,
     configure: impl FnOnce(reqwest::ClientBuilder) -> reqwest::ClientBuilder,
 ) -> Result<reqwest::Client, ClientError> {
-    let tls = tls_config(extra_ca)?;
+    reqwest_client_with(extra_ca, None, configure)
+}
+
+/// Like [`reqwest_client`], presenting `identity` to servers that ask for a certificate.
+pub fn reqwest_client_with(
+    extra_ca: Option<&Path>,
+    identity: Option<Identity<'_>>,
+    configure: impl FnOnce(reqwest::ClientBuilder) -> reqwest::ClientBuilder,
+) -> Result<reqwest::Client, ClientError> {
+    let tls = tls_config_with(extra_ca, identity)?;
     configure(
         reqwest::Client::builder()
             .tls_backend_preconfigured(tls)

@@ -648,3 +648,274 @@ fn tls_failures_name_their_cause_at_start_and_on_retries() {
     );
     assert_eq!(sink.lines(), Vec::<String>::new());
 }
+
+const RELAY: &str = env!("CARGO_BIN_EXE_polymur");
+
+/// A TLS client config trusting `ca`, presenting `identity` (cert, key) when given.
+fn client_tls(ca: &str, identity: Option<(&str, &str)>) -> Arc<rustls::ClientConfig> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots);
+    Arc::new(match identity {
+        None => builder.with_no_client_auth(),
+        Some((cert, key)) => builder
+            .with_client_auth_cert(
+                CertificateDer::pem_file_iter(cert)
+                    .unwrap()
+                    .map(Result::unwrap)
+                    .collect(),
+                PrivateKeyDer::from_pem_file(key).unwrap(),
+            )
+            .unwrap(),
+    })
+}
+
+/// Sends `text` over TLS to `addr` and closes cleanly (close_notify). An error when
+/// the handshake or the writes fail, as they do for a client the server refuses.
+fn send_tls(addr: &str, config: Arc<rustls::ClientConfig>, text: &str) -> std::io::Result<()> {
+    let tcp = TcpStream::connect(addr)?;
+    tcp.set_read_timeout(Some(secs(5)))?;
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let conn = rustls::ClientConnection::new(config, name).map_err(std::io::Error::other)?;
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    tls.write_all(text.as_bytes())?;
+    tls.flush()?;
+    tls.conn.send_close_notify();
+    tls.flush()?;
+    // A refusal (TLS 1.3 checks the client certificate after the client's first
+    // flight) arrives as an alert: read until EOF to see it.
+    let mut rest = Vec::new();
+    match tls.read_to_end(&mut rest) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// The relay with `args` after its listener flags; waits until it serves.
+fn relay(listen: &str, args: &[&str]) -> Proc {
+    let (api, stat, admin) = (
+        format!("127.0.0.1:{}", free_port()),
+        format!("127.0.0.1:{}", free_port()),
+        format!("127.0.0.1:{}", free_port()),
+    );
+    let mut all = vec![
+        "-listen-addr",
+        listen,
+        "-api-addr",
+        &api,
+        "-stat-addr",
+        &stat,
+        "-admin-addr",
+        &admin,
+    ];
+    all.extend_from_slice(args);
+    let proc = Proc::spawn(RELAY, &all, &[]);
+    assert!(
+        proc.wait_log("Admin HTTP started", secs(15)),
+        "relay did not start: {}",
+        proc.all_output()
+    );
+    proc
+}
+
+#[test]
+fn relay_serves_plaintext_and_mtls_at_once_and_refuses_clients_without_a_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path(), "ca");
+    let stranger = Pki::new(dir.path(), "stranger");
+    let (cert, key) = pki.server();
+    let (client_cert, client_key) = pki.leaf("client", "extendedKeyUsage=clientAuth", 2);
+    let (bad_cert, bad_key) = stranger.leaf("intruder", "extendedKeyUsage=clientAuth", 2);
+    let sink = LineSink::start();
+    let (plain, tls) = (
+        format!("127.0.0.1:{}", free_port()),
+        format!("127.0.0.1:{}", free_port()),
+    );
+    let r = relay(
+        &plain,
+        &[
+            "-destinations",
+            &sink.addr(),
+            "-listen-tls-cert",
+            &cert,
+            "-listen-tls-key",
+            &key,
+            "-listen-tls-addr",
+            &tls,
+            "-listen-client-ca",
+            &pki.ca(),
+        ],
+    );
+    assert!(r.has_log(&format!(
+        "Listening on {tls} (TLS, client certificates required)"
+    )));
+    let plain_lines = lines("relay.plain", 100);
+    send_lines(&plain, &String::from_utf8(text(&plain_lines)).unwrap()).unwrap();
+    let tls_lines = lines("relay.mtls", 100);
+    let with_cert = client_tls(&pki.ca(), Some((&client_cert, &client_key)));
+    send_tls(
+        &tls,
+        with_cert,
+        &String::from_utf8(text(&tls_lines)).unwrap(),
+    )
+    .unwrap();
+    assert!(sink.wait_count(200, secs(10)), "{}", r.all_output());
+    // No certificate, or one from another CA: refused, nothing forwarded.
+    let refused = lines("relay.refused", 10);
+    let refused_text = String::from_utf8(text(&refused)).unwrap();
+    assert!(send_tls(&tls, client_tls(&pki.ca(), None), &refused_text).is_err());
+    let stranger_cfg = client_tls(&pki.ca(), Some((&bad_cert, &bad_key)));
+    assert!(send_tls(&tls, stranger_cfg, &refused_text).is_err());
+    // Plain text on the TLS port is not a handshake either.
+    let _ = send_lines(&tls, &refused_text);
+    assert_eq!(sink.wait_idle(millis(500), secs(3)), 200);
+    let mut got = sink.lines();
+    got.sort();
+    let mut want: Vec<String> = plain_lines.into_iter().chain(tls_lines).collect();
+    want.sort();
+    assert_eq!(got, want);
+}
+
+#[test]
+fn listener_certificates_reload_on_sighup() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = Pki::new(dir.path(), "first");
+    let second = Pki::new(dir.path(), "second");
+    let (cert1, key1) = first.server();
+    let (cert2, key2) = second.server();
+    let live = dir.path().join("live");
+    std::fs::create_dir_all(&live).unwrap();
+    let (cert, key) = (live.join("cert.pem"), live.join("key.pem"));
+    std::fs::copy(&cert1, &cert).unwrap();
+    std::fs::copy(&key1, &key).unwrap();
+    let sink = LineSink::start();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let r = relay(
+        &listen,
+        &[
+            "-destinations",
+            &sink.addr(),
+            "-listen-tls-cert",
+            cert.to_str().unwrap(),
+            "-listen-tls-key",
+            key.to_str().unwrap(),
+        ],
+    );
+    assert!(r.has_log(&format!("Listening on {listen} (TLS)")));
+    send_tls(
+        &listen,
+        client_tls(&first.ca(), None),
+        "before.reload 1 1700000000\n",
+    )
+    .unwrap();
+    assert!(sink.wait_count(1, secs(10)));
+    // A broken pair keeps the current certificate.
+    std::fs::write(&cert, "not a certificate").unwrap();
+    r.signal("HUP");
+    assert!(r.wait_log("keeping the current TLS certificate", secs(5)));
+    send_tls(
+        &listen,
+        client_tls(&first.ca(), None),
+        "still.first 2 1700000000\n",
+    )
+    .unwrap();
+    assert!(sink.wait_count(2, secs(10)));
+    std::fs::copy(&cert2, &cert).unwrap();
+    std::fs::copy(&key2, &key).unwrap();
+    r.signal("HUP");
+    assert!(r.wait_log("TLS certificate reloaded", secs(5)));
+    assert!(send_tls(
+        &listen,
+        client_tls(&first.ca(), None),
+        "old.ca 3 1700000000\n"
+    )
+    .is_err());
+    send_tls(
+        &listen,
+        client_tls(&second.ca(), None),
+        "after.reload 4 1700000000\n",
+    )
+    .unwrap();
+    assert!(sink.wait_count(3, secs(10)));
+    assert_eq!(
+        sink.lines(),
+        vec![
+            "before.reload 1 1700000000",
+            "still.first 2 1700000000",
+            "after.reload 4 1700000000"
+        ]
+    );
+}
+
+#[test]
+fn gateway_mtls_takes_the_proxys_client_certificate_and_refuses_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path(), "ca");
+    let (cert, key) = pki.server();
+    let (client_cert, client_key) = pki.leaf("proxy", "extendedKeyUsage=clientAuth", 2);
+    let sink = LineSink::start();
+    let (_gw, https) = https_gateway(&sink.addr(), &cert, &key, &["-client-ca", &pki.ca()]);
+    let url = format!("https://127.0.0.1:{https}");
+    // The proxy also serves its own listener over TLS only.
+    let p = proxy(
+        &url,
+        &[
+            "-cert",
+            &pki.ca(),
+            "-client-cert",
+            &client_cert,
+            "-client-key",
+            &client_key,
+            "-listen-tls-cert",
+            &cert,
+            "-listen-tls-key",
+            &key,
+        ],
+    );
+    assert!(
+        p.proc.wait_log("accepts the API key", secs(5)),
+        "{}",
+        p.proc.all_output()
+    );
+    assert!(p.proc.has_log(&format!("Listening on {} (TLS)", p.listen)));
+    let sent = lines("mtls.proxy", 700);
+    send_tls(
+        &p.listen,
+        client_tls(&pki.ca(), None),
+        &String::from_utf8(text(&sent)).unwrap(),
+    )
+    .unwrap();
+    assert!(
+        sink.wait_count(sent.len(), secs(20)),
+        "{}",
+        p.proc.all_output()
+    );
+    // Without a client certificate: refused in the handshake, whatever the key.
+    let mut c = HttpConn::connect_tls(
+        &format!("127.0.0.1:{https}"),
+        std::path::Path::new(&pki.ca()),
+    )
+    .and_then(|mut c| c.post("/ping", &[KEY], b""));
+    assert!(c.is_err(), "{:?}", c.as_mut().map(|r| r.status));
+    // A proxy without one says why, in one line.
+    assert_cause_at_start_and_on_retries(
+        &url,
+        &["-cert", &pki.ca()],
+        "TLS: the gateway requires a client certificate: give -client-cert and -client-key",
+    );
+    let mut got = sink.lines();
+    got.sort();
+    let mut want = sent;
+    want.sort();
+    assert_eq!(got, want);
+}

@@ -6,7 +6,7 @@ use std::time::Duration;
 use clap::ArgAction;
 
 use super::compression::CompressionFlag;
-use crate::config::{parse_bytes, parse_duration, CommonFlags};
+use crate::config::{parse_bytes, parse_duration, CommonFlags, ListenTlsFlags};
 
 /// Flags of polymur-proxy. Every flag of the Go original keeps its name and default;
 /// each is also read from `POLYMUR_PROXY_<FLAG>` (see [`crate::config::parse`]).
@@ -15,6 +15,9 @@ pub struct ProxyConfig {
     /// Flags every daemon has.
     #[command(flatten)]
     pub common: CommonFlags,
+    /// TLS on the plaintext listener.
+    #[command(flatten)]
+    pub listen_tls: ListenTlsFlags,
     /// polymur gateway API key
     #[arg(
         long,

@@ -29,7 +29,6 @@ use self::queue::Outbox;
 use self::sink::Gateway;
 use self::spool::Spool;
 use crate::daemon::{operator, DaemonError, Listeners};
-use crate::net;
 use crate::plaintext::{PlaintextConfig, PlaintextSource};
 use crate::shutdown::{Shutdown, ShutdownTrigger};
 use crate::stats::Stats;
@@ -70,10 +69,15 @@ pub async fn run(config: ProxyConfig) -> Result<(), DaemonError> {
             max_inflight_points: config.queue_cap.max(1).saturating_mul(100),
         },
     );
-    let (listener, local) = net::bind(&config.listen_addr).await?;
-    tracing::info!("Listening on {local}");
+    let tls = crate::plaintext::listen::listen(
+        &source,
+        &config.listen_addr,
+        &config.listen_tls,
+        &mut listeners,
+    )
+    .await?;
     let closing = listeners.shutdown();
-    listeners.spawn(source.serve(listener, closing.clone()));
+    crate::ingest::tls::reload_on_hup(tls.into_iter().collect(), closing.clone());
     listeners.spawn(
         batcher
             .clone()
@@ -139,7 +143,11 @@ async fn connect(config: &ProxyConfig) -> Result<Arc<Gateway>, DaemonError> {
     let base = config.gateway_url();
     let workers = config.workers as usize;
     let timeout = config.request_timeout;
-    let client = crate::http_client::reqwest_client(config.cert.as_deref(), |b| {
+    let identity = match (&config.client_cert, &config.client_key) {
+        (Some(cert), Some(key)) => Some(crate::http_client::Identity { cert, key }),
+        _ => None,
+    };
+    let client = crate::http_client::reqwest_client_with(config.cert.as_deref(), identity, |b| {
         b.http1_only()
             .pool_max_idle_per_host(workers)
             .pool_idle_timeout(Duration::from_secs(90))
