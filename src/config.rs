@@ -429,3 +429,39 @@ mod tests {
         assert!(parse_bytes("12Q").is_err());
     }
 }
+
+/// TLS on the plaintext TCP listener (relay and proxy): the same files and SIGHUP
+/// reload as the gateway's HTTPS ([`crate::ingest::tls`]).
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct ListenTlsFlags {
+    /// TLS certificate (PEM) of the plaintext listener: with -listen-tls-key, clients connect over TLS
+    #[arg(long)]
+    pub listen_tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of -listen-tls-cert
+    #[arg(long)]
+    pub listen_tls_key: Option<PathBuf>,
+    /// Serve TLS on this address and plaintext on -listen-addr at once (default: -listen-addr serves TLS only)
+    #[arg(long)]
+    pub listen_tls_addr: Option<String>,
+    /// Require client certificates signed by this CA (PEM) on the TLS listener
+    #[arg(long)]
+    pub listen_client_ca: Option<PathBuf>,
+}
+
+impl ListenTlsFlags {
+    /// The TLS files, when both -listen-tls-cert and -listen-tls-key are given.
+    pub fn server_tls(&self) -> Result<Option<crate::ingest::tls::ServerTls>, String> {
+        match (&self.listen_tls_cert, &self.listen_tls_key) {
+            (Some(cert), Some(key)) => Ok(Some(crate::ingest::tls::ServerTls {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: self.listen_client_ca.clone(),
+            })),
+            (None, None) if self.listen_client_ca.is_some() || self.listen_tls_addr.is_some() => {
+                Err("-listen-client-ca and -listen-tls-addr need -listen-tls-cert and -listen-tls-key".into())
+            }
+            (None, None) => Ok(None),
+            _ => Err("TLS on the listener needs both -listen-tls-cert and -listen-tls-key".into()),
+        }
+    }
+}

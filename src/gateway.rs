@@ -3,12 +3,11 @@
 //! file holds what only the gateway has: its flags, TLS, the key store and the
 //! HTTP(S) listeners.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{ArgAction, ValueEnum};
-use tokio_rustls::TlsAcceptor;
 
 use crate::config::{parse_bytes, parse_duration, CommonFlags, PipelineFlags};
 use crate::daemon::{DaemonError, Listeners, Reload, RoutingDaemon, Source};
@@ -46,6 +45,9 @@ pub struct GatewayConfig {
     /// TLS Key (PEM)
     #[arg(long)]
     pub key: Option<PathBuf>,
+    /// HTTPS requires a client certificate signed by this CA (PEM); the API key is still required
+    #[arg(long)]
+    pub client_ca: Option<PathBuf>,
     /// Prepend every metric with the origin polymur-proxy API key's name
     #[arg(long, action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_parser = crate::go_bool!())]
     pub key_prefix: bool,
@@ -123,30 +125,30 @@ impl GatewayConfig {
     }
 
     /// The HTTPS acceptor, when both -cert and -key are given.
-    fn tls(&self) -> Result<Option<TlsAcceptor>, DaemonError> {
+    fn tls(&self) -> Result<Option<ingest::tls::Reloadable>, DaemonError> {
         let tls = match (&self.cert, &self.key) {
-            (Some(c), Some(k)) => Some(ingest::tls::acceptor(c, k)?),
+            (Some(c), Some(k)) => Some(
+                ingest::tls::ServerTls {
+                    cert: c.clone(),
+                    key: k.clone(),
+                    client_ca: self.client_ca.clone(),
+                }
+                .load()?,
+            ),
             (None, None) => None,
             _ => return Err(DaemonError::config("HTTPS needs both -cert and -key")),
         };
+        if tls.is_none() && self.client_ca.is_some() {
+            return Err(DaemonError::config(
+                "-client-ca needs HTTPS (-cert and -key): client certificates are checked in the TLS handshake",
+            ));
+        }
         if tls.is_none() && self.listen_https_port.is_some() {
             tracing::warn!(
                 "-listen-https-port is ignored: HTTPS starts only with both -cert and -key"
             );
         }
         Ok(tls)
-    }
-}
-
-/// SIGHUP part for HTTPS: re-reads the certificate and key. New connections use
-/// the new pair; a pair that does not load keeps the old one and says why.
-fn reload_tls(slot: &ingest::TlsSlot, cert: &Path, key: &Path) {
-    match ingest::tls::acceptor(cert, key) {
-        Ok(a) => {
-            slot.store(Arc::new(a));
-            tracing::info!("SIGHUP: TLS certificate reloaded from {}", cert.display());
-        }
-        Err(e) => tracing::error!("SIGHUP: keeping the current TLS certificate: {e}"),
     }
 }
 
@@ -213,7 +215,7 @@ pub async fn run(config: GatewayConfig) -> Result<(), DaemonError> {
 /// gateway as a source for the daemon layer.
 async fn listen(
     config: &GatewayConfig,
-    tls: Option<TlsAcceptor>,
+    tls: Option<ingest::tls::Reloadable>,
     state: Arc<Ingest>,
     store: Arc<dyn KeyStore>,
 ) -> Result<Source, DaemonError> {
@@ -223,24 +225,21 @@ async fn listen(
     tracing::info!("HTTP listening on {local}");
     let stop = listeners.shutdown();
     listeners.spawn(ingest::serve(l, None, state.clone(), stop));
-    let mut tls_slot: Option<ingest::TlsSlot> = None;
-    if let Some(tls) = tls {
+    if let Some(tls) = &tls {
         let https_addr =
             net::host_port(&config.listen_addr, config.listen_https_port.unwrap_or(443));
         let (l, local) = net::bind(&https_addr).await?;
         tracing::info!("HTTPS listening on {local}");
-        let slot: ingest::TlsSlot = Arc::new(arc_swap::ArcSwap::from_pointee(tls));
         let stop = listeners.shutdown();
-        listeners.spawn(ingest::serve(l, Some(slot.clone()), state.clone(), stop));
-        tls_slot = Some(slot);
+        listeners.spawn(ingest::serve(l, Some(tls.slot()), state.clone(), stop));
     }
     // SIGHUP: the certificate and the keys, each kept as it was when its new version
     // does not load (the daemon layer adds the destinations file).
-    let (cert, key, cache) = (config.cert.clone(), config.key.clone(), state.keys.clone());
+    let cache = state.keys.clone();
     let describe = store.describe();
     let reload: Reload = Box::new(move || {
-        if let (Some(slot), Some(cert), Some(key)) = (&tls_slot, &cert, &key) {
-            reload_tls(slot, cert, key);
+        if let Some(tls) = &tls {
+            tls.reload();
         }
         let (store, cache) = (store.clone(), cache.clone());
         Box::pin(async move {

@@ -10,10 +10,16 @@
 //! with `openssl req -x509` as the gateway README shows. openssl marks it `CA:TRUE`,
 //! and webpki refuses a CA certificate as a server's end-entity certificate
 //! (`CaUsedAsEndEntity`), while Go's TLS client, which the old proxy used, accepts it.
-//! So a server certificate that is byte-identical to one in the operator's file is
-//! trusted (pinned) after the server name is checked against it; everything else goes
-//! through normal webpki chain verification, with the operator's certificates as
-//! additional roots.
+//! The same command makes a certificate without subjectAltName, which names no host at
+//! all for webpki. So a server certificate that is byte-identical to one in the operator's
+//! file is trusted (pinned) whatever names it holds: the operator handed us exactly that
+//! certificate, which says more than any name could. Only its dates still count (an
+//! expired pinned certificate is refused). Everything else goes through normal webpki
+//! chain and name verification, with the operator's certificates as additional roots.
+//!
+//! When a request fails, [`describe`] names the cause in one line (unknown issuer, name
+//! mismatch, expired, plain HTTP on the other side, a missing client certificate)
+//! instead of reqwest's `error sending request`.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -32,6 +38,8 @@ pub enum ClientError {
     Ca { path: String, message: String },
     #[error("TLS client configuration: {0}")]
     Tls(String),
+    #[error("client certificate {path}: {message} (check -client-cert / -client-key)")]
+    Identity { path: String, message: String },
     #[error("HTTP client: {0}")]
     Http(String),
 }
@@ -63,9 +71,26 @@ fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, ClientError> 
     Ok(certs)
 }
 
+/// A client certificate and its key (PEM files), for servers that require one.
+#[derive(Clone, Copy, Debug)]
+pub struct Identity<'a> {
+    /// Certificate chain, leaf first (`-client-cert`).
+    pub cert: &'a Path,
+    /// Its private key (`-client-key`).
+    pub key: &'a Path,
+}
+
 /// A rustls client configuration on the ring provider: system roots (or
 /// `SSL_CERT_FILE`), plus the certificates of `extra_ca`, which are also pinned.
 pub fn tls_config(extra_ca: Option<&Path>) -> Result<rustls::ClientConfig, ClientError> {
+    tls_config_with(extra_ca, None)
+}
+
+/// Like [`tls_config`], presenting `identity` when the server asks for a certificate.
+pub fn tls_config_with(
+    extra_ca: Option<&Path>,
+    identity: Option<Identity<'_>>,
+) -> Result<rustls::ClientConfig, ClientError> {
     let mut roots = rustls::RootCertStore::empty();
     let bundle: Option<PathBuf> = match std::env::var_os("SSL_CERT_FILE") {
         Some(path) => Some(path.into()),
@@ -99,16 +124,39 @@ pub fn tls_config(extra_ca: Option<&Path>) -> Result<rustls::ClientConfig, Clien
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| ClientError::Tls(e.to_string()))?;
-    if pinned.is_empty() {
-        return Ok(builder.with_root_certificates(roots).with_no_client_auth());
+    let builder = if pinned.is_empty() {
+        builder.with_root_certificates(roots)
+    } else {
+        let inner = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
+            .build()
+            .map_err(|e| ClientError::Tls(e.to_string()))?;
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(PinnedOrWebPki { inner, pinned }))
+    };
+    match identity {
+        None => Ok(builder.with_no_client_auth()),
+        Some(id) => {
+            let bad = |message: String| ClientError::Identity {
+                path: id.cert.display().to_string(),
+                message,
+            };
+            let certs = read_certs(id.cert)?;
+            let key_pem = std::fs::read(id.key).map_err(|e| ClientError::Identity {
+                path: id.key.display().to_string(),
+                message: e.to_string(),
+            })?;
+            let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(&key_pem).map_err(|_| {
+                ClientError::Identity {
+                    path: id.key.display().to_string(),
+                    message: "no PEM private key".into(),
+                }
+            })?;
+            builder
+                .with_client_auth_cert(certs, key)
+                .map_err(|e| bad(e.to_string()))
+        }
     }
-    let inner = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
-        .build()
-        .map_err(|e| ClientError::Tls(e.to_string()))?;
-    Ok(builder
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(PinnedOrWebPki { inner, pinned }))
-        .with_no_client_auth())
 }
 
 /// A reqwest client over [`tls_config`]. Proxies from the environment are ignored:
@@ -119,7 +167,16 @@ pub fn reqwest_client(
     extra_ca: Option<&Path>,
     configure: impl FnOnce(reqwest::ClientBuilder) -> reqwest::ClientBuilder,
 ) -> Result<reqwest::Client, ClientError> {
-    let tls = tls_config(extra_ca)?;
+    reqwest_client_with(extra_ca, None, configure)
+}
+
+/// Like [`reqwest_client`], presenting `identity` to servers that ask for a certificate.
+pub fn reqwest_client_with(
+    extra_ca: Option<&Path>,
+    identity: Option<Identity<'_>>,
+    configure: impl FnOnce(reqwest::ClientBuilder) -> reqwest::ClientBuilder,
+) -> Result<reqwest::Client, ClientError> {
+    let tls = tls_config_with(extra_ca, identity)?;
     configure(
         reqwest::Client::builder()
             .tls_backend_preconfigured(tls)
@@ -130,9 +187,10 @@ pub fn reqwest_client(
     .map_err(|e| ClientError::Http(e.to_string()))
 }
 
-/// Accepts a server certificate identical to a configured one (after checking the
-/// server name and that webpki's complaint is not about validity dates or
-/// revocation); every other certificate gets plain webpki verification.
+/// Accepts a server certificate identical to a configured one, whatever its names,
+/// when webpki's complaint is not about validity dates or revocation (webpki checks
+/// the dates first, so an expired certificate always reports that); every other
+/// certificate gets plain webpki verification.
 #[derive(Debug)]
 struct PinnedOrWebPki {
     inner: Arc<WebPkiServerVerifier>,
@@ -178,8 +236,6 @@ impl ServerCertVerifier for PinnedOrWebPki {
         {
             return Err(err);
         }
-        let parsed = rustls::server::ParsedCertificate::try_from(end_entity)?;
-        rustls::client::verify_server_name(&parsed, server_name)?;
         Ok(ServerCertVerified::assertion())
     }
 
@@ -204,4 +260,124 @@ impl ServerCertVerifier for PinnedOrWebPki {
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.inner.supported_verify_schemes()
     }
+}
+
+/// One line naming why a request to `url` failed: the TLS cause when there is one (with
+/// what to do about it), else the error and its causes joined with `: `.
+pub fn describe(e: &reqwest::Error) -> String {
+    let url = e
+        .url()
+        .map(|u| u.as_str().trim_end_matches('/').to_string());
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(cause) = tls_cause(err).and_then(|t| explain(t, url.as_deref())) {
+            return cause;
+        }
+        if let Some(h) = err.downcast_ref::<hyper::Error>() {
+            if h.is_parse() && url.as_deref().is_some_and(|u| u.starts_with("http://")) {
+                let https = url
+                    .as_deref()
+                    .unwrap_or("")
+                    .replacen("http://", "https://", 1);
+                let base = https.rsplit_once('/').map_or(https.as_str(), |(b, _)| b);
+                return format!(
+                    "the gateway did not answer HTTP (is it an HTTPS port?): use -gateway={base} ({h})"
+                );
+            }
+        }
+        cur = err.source();
+    }
+    chain(e)
+}
+
+/// The rustls error inside `err`, directly or wrapped in `io::Error`s (hyper-rustls wraps
+/// tokio-rustls' wrapper; `io::Error::source` skips the wrapped error, so walking the
+/// chain alone would miss it).
+fn tls_cause<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    let mut cur = err;
+    for _ in 0..8 {
+        if let Some(t) = cur.downcast_ref::<rustls::Error>() {
+            return Some(t);
+        }
+        cur = cur.downcast_ref::<std::io::Error>()?.get_ref()?;
+    }
+    None
+}
+
+/// `DnsName("a.example")` → `a.example` (rustls lists presented names in Debug form).
+fn bare_name(n: &str) -> &str {
+    match (n.find('('), n.rfind(')')) {
+        (Some(a), Some(b)) if a < b => n[a + 1..b].trim_matches('"'),
+        _ => n,
+    }
+}
+
+fn unix(t: &UnixTime) -> String {
+    let at = std::time::UNIX_EPOCH + Duration::from_secs(t.as_secs());
+    humantime::format_rfc3339_seconds(at).to_string()
+}
+
+/// What a TLS error means for an operator, or `None` to fall back to the raw chain.
+fn explain(t: &rustls::Error, url: Option<&str>) -> Option<String> {
+    use rustls::AlertDescription as A;
+    let cert = |why: String| Some(format!("TLS: the gateway's certificate {why}"));
+    match t {
+        rustls::Error::InvalidCertificate(c) => match c {
+            CertificateError::UnknownIssuer => cert(
+                "is signed by an unknown issuer: give its CA certificate, or the certificate itself, with -cert".into(),
+            ),
+            CertificateError::NotValidForNameContext { expected, presented } => cert(format!(
+                "is not valid for {} (it names {}): connect by one of its names, or pin exactly this certificate with -cert",
+                expected.to_str(),
+                if presented.is_empty() {
+                    "no host".to_string()
+                } else {
+                    presented.iter().map(|n| bare_name(n)).collect::<Vec<_>>().join(", ")
+                }
+            )),
+            CertificateError::NotValidForName => cert(
+                "is not valid for the name in -gateway: connect by one of its names, or pin exactly this certificate with -cert".into(),
+            ),
+            CertificateError::ExpiredContext { not_after, .. } => {
+                cert(format!("has expired (valid until {})", unix(not_after)))
+            }
+            CertificateError::Expired => cert("has expired".into()),
+            CertificateError::NotValidYetContext { not_before, .. } => {
+                cert(format!("is not valid before {}", unix(not_before)))
+            }
+            CertificateError::NotValidYet => cert("is not valid yet".into()),
+            other => cert(format!("was refused: {other:?}")),
+        },
+        rustls::Error::InvalidMessage(_) | rustls::Error::InappropriateMessage { .. } => {
+            let plain = url
+                .map(|u| u.replacen("https://", "http://", 1))
+                .map(|u| u.rsplit_once('/').map_or(u.clone(), |(b, _)| b.to_string()))
+                .unwrap_or_else(|| "http://…".into());
+            Some(format!(
+                "the gateway answered plain HTTP: use -gateway={plain}"
+            ))
+        }
+        rustls::Error::AlertReceived(A::CertificateRequired)
+        | rustls::Error::AlertReceived(A::HandshakeFailure) => Some(
+            "TLS: the gateway requires a client certificate: give -client-cert and -client-key".into(),
+        ),
+        rustls::Error::AlertReceived(
+            a @ (A::UnknownCA | A::BadCertificate | A::CertificateUnknown | A::CertificateExpired | A::AccessDenied | A::DecryptError),
+        ) => Some(format!(
+            "TLS: the gateway refused our client certificate ({a:?}): check -client-cert against its -client-ca"
+        )),
+        other => Some(format!("TLS: {other}")),
+    }
+}
+
+/// An error with its causes (reqwest's top-level message alone says little).
+pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
 }

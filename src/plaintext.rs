@@ -9,6 +9,9 @@
 //! is never dropped to make room, and memory stays bounded: one read buffer per busy
 //! connection, and at most `max_inflight_points` points waiting for admission in all.
 
+pub mod listen;
+mod stream;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -16,10 +19,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
+use self::stream::{ClientStream, Filled};
 use crate::batch::Batch;
 use crate::pipeline::Pipeline;
 use crate::shutdown::Shutdown;
@@ -94,6 +98,8 @@ const MAX_RETRY_PAUSE: Duration = Duration::from_millis(200);
 /// At shutdown, how long a connection may keep offering a refused batch, and how long
 /// the source waits for its connections to finish.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// A TLS client must finish its handshake within this time.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Options of a plaintext listener.
 #[derive(Clone, Debug)]
@@ -153,7 +159,28 @@ impl PlaintextSource {
 
     /// Accepts connections until shutdown, then lets every connection hand over the
     /// lines it has read (up to a grace period) and returns.
-    pub async fn serve(self: Arc<Self>, listener: TcpListener, mut shutdown: Shutdown) {
+    pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: Shutdown) {
+        self.serve_with(listener, None, shutdown).await
+    }
+
+    /// Like [`serve`](Self::serve), over TLS with the slot's current acceptor (SIGHUP
+    /// swaps it; see [`crate::ingest::tls`]). A client that fails the handshake (no
+    /// certificate when one is required, one not signed by the CA) sends nothing.
+    pub async fn serve_tls(
+        self: Arc<Self>,
+        listener: TcpListener,
+        tls: crate::ingest::TlsSlot,
+        shutdown: Shutdown,
+    ) {
+        self.serve_with(listener, Some(tls), shutdown).await
+    }
+
+    async fn serve_with(
+        self: Arc<Self>,
+        listener: TcpListener,
+        tls: Option<crate::ingest::TlsSlot>,
+        mut shutdown: Shutdown,
+    ) {
         let mut conns = JoinSet::new();
         loop {
             while conns.try_join_next().is_some() {}
@@ -162,9 +189,21 @@ impl PlaintextSource {
             };
             let source = self.clone();
             let shutdown = shutdown.clone();
+            let acceptor = tls.as_ref().map(|slot| (**slot.load()).clone());
             conns.spawn(async move {
                 source.connections.fetch_add(1, Ordering::Relaxed);
-                source.connection(stream, peer, shutdown).await;
+                match acceptor {
+                    None => source.connection(stream, peer, shutdown).await,
+                    Some(acceptor) => {
+                        let handshake =
+                            tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream));
+                        match handshake.await {
+                            Ok(Ok(tls)) => source.connection(tls, peer, shutdown).await,
+                            Ok(Err(e)) => tracing::info!("TLS handshake with {peer} failed: {e}"),
+                            Err(_) => tracing::info!("TLS handshake with {peer} timed out"),
+                        }
+                    }
+                }
                 source.connections.fetch_sub(1, Ordering::Relaxed);
             });
         }
@@ -183,54 +222,35 @@ impl PlaintextSource {
     }
 
     /// Reads one client until EOF, error, idle timeout or shutdown.
-    async fn connection(&self, stream: TcpStream, peer: SocketAddr, mut shutdown: Shutdown) {
+    async fn connection<S: ClientStream>(
+        &self,
+        mut stream: S,
+        peer: SocketAddr,
+        mut shutdown: Shutdown,
+    ) {
         tracing::debug!("Plaintext connection from {peer}");
         let mut buf: Vec<u8> = Vec::new();
         // True while discarding the rest of an over-long line.
         let mut skipping = false;
         loop {
-            let readable = async {
-                match self.config.idle_timeout {
-                    Some(t) => tokio::time::timeout(t, stream.readable())
-                        .await
-                        .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into())),
-                    None => stream.readable().await,
-                }
-            };
-            let ready = tokio::select! {
-                r = readable => r,
+            let scan_from = buf.len();
+            let filled = tokio::select! {
+                f = stream.fill(&mut buf, READ_CHUNK, self.config.idle_timeout) => f,
                 // Complete lines were handed over already; what is left is a partial line.
                 _ = shutdown.recv() => break,
             };
-            if let Err(e) = ready {
-                if e.kind() == std::io::ErrorKind::TimedOut {
+            let (eof, failed) = match filled {
+                Filled::Data => (false, false),
+                Filled::Eof => (true, false),
+                Filled::Idle => {
                     tracing::debug!("Closing idle connection from {peer}");
-                } else {
+                    break;
+                }
+                Filled::Failed(e) => {
                     tracing::debug!("Connection from {peer}: {e}");
+                    (false, true)
                 }
-                break;
-            }
-            // Allocate only once data is there, so idle connections cost no buffer.
-            let scan_from = buf.len();
-            let mut eof = false;
-            let mut failed = false;
-            while buf.len() < scan_from + READ_CHUNK {
-                buf.reserve(READ_CHUNK);
-                match stream.try_read_buf(&mut buf) {
-                    Ok(0) => {
-                        eof = true;
-                        break;
-                    }
-                    Ok(_) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                    Err(e) => {
-                        tracing::debug!("Connection from {peer}: {e}");
-                        failed = true;
-                        break;
-                    }
-                }
-            }
+            };
             // Where the newly read bytes start (the carried tail holds no `\n`).
             let mut from = scan_from;
             if skipping {
@@ -393,7 +413,7 @@ mod tests {
         let (l, addr) = bind("127.0.0.1:0").await.unwrap();
         let (trigger, shutdown) = Shutdown::new();
         let task = tokio::spawn(src.serve(l, shutdown));
-        let mut c = TcpStream::connect(addr).await.unwrap();
+        let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
         for chunk in chunks {
             c.write_all(&chunk).await.unwrap();
             c.flush().await.unwrap();

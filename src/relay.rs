@@ -7,9 +7,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::{parse_duration, CommonFlags, PipelineFlags};
-use crate::daemon::{DaemonError, Listeners, RoutingDaemon, Source};
-use crate::net;
+use crate::config::{parse_duration, CommonFlags, ListenTlsFlags, PipelineFlags};
+use crate::daemon::{DaemonError, Listeners, Reload, RoutingDaemon, Source};
 use crate::plaintext::{PlaintextConfig, PlaintextSource};
 
 /// Flags of polymur (the relay). Every flag of the Go original keeps its name and
@@ -31,6 +30,9 @@ pub struct RelayConfig {
     /// Close a client connection that sent nothing for this long (0 never closes)
     #[arg(long, default_value = "10m", value_parser = parse_duration)]
     pub idle_timeout: Duration,
+    /// TLS on the listener.
+    #[command(flatten)]
+    pub tls: ListenTlsFlags,
 }
 
 /// Runs the relay until SIGINT/SIGTERM, then drains and returns.
@@ -58,10 +60,16 @@ pub async fn run(config: RelayConfig) -> Result<(), DaemonError> {
         },
     );
     let mut listeners = Listeners::default();
-    let (listener, local) = net::bind(&config.listen_addr).await?;
-    tracing::info!("Listening on {local}");
-    let stop = listeners.shutdown();
-    listeners.spawn(source.clone().serve(listener, stop));
+    let tls =
+        crate::plaintext::listen::listen(&source, &config.listen_addr, &config.tls, &mut listeners)
+            .await?;
+    // SIGHUP: the listener's certificate (the daemon layer adds the destinations file).
+    let reload = tls.map(|tls| -> Reload {
+        Box::new(move || {
+            tls.reload();
+            Box::pin(async {})
+        })
+    });
     daemon
         .run(Source {
             listeners,
@@ -74,7 +82,7 @@ pub async fn run(config: RelayConfig) -> Result<(), DaemonError> {
             }),
             http: None,
             keys: None,
-            reload: None,
+            reload,
         })
         .await
 }

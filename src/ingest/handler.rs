@@ -8,10 +8,14 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, ALLOW, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
+use hyper::header::{
+    HeaderValue, ACCEPT_ENCODING, ALLOW, CONNECTION, CONTENT_ENCODING, CONTENT_LENGTH,
+    CONTENT_TYPE, RETRY_AFTER,
+};
 use hyper::{Method, Request, Response, StatusCode};
 
-use super::inflate::{gunzip, InflateError};
+use super::encoding::{self, Encoding};
+use super::inflate::InflateError;
 use super::Ingest;
 use crate::batch::Batch;
 use crate::keys::cache::Tenant;
@@ -91,7 +95,7 @@ pub async fn handle(
     };
     if path == "/ping" {
         tracing::info!("Ping from {client} with key {}: key is valid", tenant.name);
-        return Ok(reply(StatusCode::OK, "key is valid\n"));
+        return Ok(advertise(reply(StatusCode::OK, "key is valid\n")));
     }
     Ok(ingest(state, req, &client, &tenant).await)
 }
@@ -99,6 +103,7 @@ pub async fn handle(
 async fn ingest(state: Arc<Ingest>, req: Request<Incoming>, client: &str, tenant: &Tenant) -> Resp {
     let name: &str = &tenant.name;
     let limits = &state.config;
+    let coding = req.headers().get(CONTENT_ENCODING).cloned();
     let declared = req
         .headers()
         .get(CONTENT_LENGTH)
@@ -141,27 +146,31 @@ async fn ingest(state: Arc<Ingest>, req: Request<Incoming>, client: &str, tenant
         return refuse(&state, client, name, &refused);
     }
     let big = body.len() >= BLOCKING_THRESHOLD;
-    // The gzip trailer's size claim, when plausible for this body (deflate cannot
-    // exceed about 1032:1); otherwise assume the worst the cap allows.
-    let claimed = body
-        .len()
-        .checked_sub(4)
-        .and_then(|at| body.get(at..))
-        .map(|t| u32::from_le_bytes([t[0], t[1], t[2], t[3]]) as usize)
-        .filter(|&n| n <= limits.max_batch_bytes && n <= body.len().saturating_mul(1032))
-        .unwrap_or(limits.max_batch_bytes);
-    let prefix = limits.key_prefix.then(|| name.to_string());
+    let enc = match Encoding::of(coding.as_ref().map(|v| v.as_bytes()), &body) {
+        Ok(enc) => enc,
+        Err(unsupported) => {
+            state.http.malformed.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!("Batch from {client} (key {name}) refused: {unsupported}");
+            return advertise(reply(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "Unsupported Content-Encoding\n",
+            ));
+        }
+    };
     let max = limits.max_batch_bytes;
-    // Decode within the reservation first; a body whose trailer understated its
-    // size (several gzip members) reserves up to the cap and decodes again, so the
-    // decode budget bounds memory whatever the trailer says.
-    let mut reservation = state.decode_budget.reserve(claimed).await;
+    let claim = enc.claim(&body, max);
+    let prefix = limits.key_prefix.then(|| name.to_string());
     let rules = limits.rules;
-    let mut decoded = decode(body.clone(), claimed, prefix.clone(), big, rules).await;
-    if matches!(decoded, Some(Err(InflateError::TooLarge(_)))) && claimed < max {
+    // Decode within the reservation first; a body whose size claim is only a hint
+    // (several gzip members) reserves up to the cap and decodes again, so the
+    // decode budget bounds memory whatever the body says.
+    let mut reservation = state.decode_budget.reserve(claim.bytes).await;
+    let mut decoded = decode(enc, body.clone(), claim.bytes, prefix.clone(), big, rules).await;
+    if matches!(decoded, Some(Err(InflateError::TooLarge(_)))) && !claim.exact && claim.bytes < max
+    {
         drop(reservation);
         reservation = state.decode_budget.reserve(max).await;
-        decoded = decode(body, max, prefix, big, rules).await;
+        decoded = decode(enc, body, max, prefix, big, rules).await;
     }
     let _reservation = reservation;
     let Some(decoded) = decoded else {
@@ -195,7 +204,7 @@ async fn ingest(state: Arc<Ingest>, req: Request<Incoming>, client: &str, tenant
                 .received
                 .fetch_add(batch.len() as u64, Ordering::Relaxed);
             tracing::debug!("Batch from {client} (key {name}): {} points", batch.len());
-            reply(StatusCode::OK, "Batch Received\n")
+            advertise(reply(StatusCode::OK, "Batch Received\n"))
         }
         Err(refused) => refuse(&state, client, name, &refused),
     }
@@ -218,9 +227,20 @@ fn refuse(state: &Ingest, client: &str, name: &str, refused: &crate::pipeline::R
     r
 }
 
-/// Inflates and validates a body of at most `limit` decompressed bytes, on the
+/// Adds `Accept-Encoding: zstd, gzip`: a proxy set to `-compression auto` sends zstd
+/// once it has seen it (the original Go gateway sends no such header, so gzip stays).
+fn advertise(mut r: Resp) -> Resp {
+    r.headers_mut().insert(
+        ACCEPT_ENCODING,
+        HeaderValue::from_static(encoding::ACCEPTED),
+    );
+    r
+}
+
+/// Decompresses and validates a body of at most `limit` decompressed bytes, on the
 /// blocking pool when it is large. `None` if the blocking task died.
 async fn decode(
+    enc: Encoding,
     body: Bytes,
     limit: usize,
     prefix: Option<String>,
@@ -228,7 +248,7 @@ async fn decode(
     rules: crate::line::LineRules,
 ) -> Option<Result<(Batch, crate::batch::Rejects), InflateError>> {
     let work = move || -> Result<_, InflateError> {
-        let raw = gunzip(&body, limit)?;
+        let raw = enc.decode(&body, limit)?;
         Ok(Batch::build(raw, prefix.as_deref(), &rules))
     };
     if blocking {

@@ -1,5 +1,6 @@
 //! The HTTP(S) source: `POST /ping` and `POST /ingest` from polymur-proxy.
 
+pub mod encoding;
 pub mod handler;
 pub mod inflate;
 pub mod stats;

@@ -15,6 +15,10 @@ use super::inflate::{read_capped, InflateError};
 /// The four bytes every zstd frame starts with (RFC 8878, little-endian 0xFD2FB528).
 pub const MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
 
+/// The largest window a streamed frame may use: 16 MiB, what zstd's own levels up to 19
+/// use at most (only `--ultra` levels ask for more).
+const WINDOW_LOG_MAX: u32 = 24;
+
 /// True when `body` starts like a zstd frame.
 pub fn looks_like_zstd(body: &[u8]) -> bool {
     body.starts_with(&MAGIC)
@@ -64,7 +68,13 @@ fn one_shot(body: &[u8], size: usize) -> Result<Vec<u8>, InflateError> {
 }
 
 fn streaming(body: &[u8], max: usize) -> Result<Vec<u8>, InflateError> {
-    let decoder = zstd::stream::read::Decoder::with_buffer(body)
+    let mut decoder = zstd::stream::read::Decoder::with_buffer(body)
+        .map_err(|e| InflateError::Malformed(e.to_string()))?;
+    // A frame may ask for a window of up to 2 GiB (zstd's decoder accepts 128 MiB by
+    // default); the proxy's batches need far less, so a bigger ask is refused (400)
+    // instead of allocated: memory stays bounded by the cap plus this window.
+    decoder
+        .window_log_max(WINDOW_LOG_MAX)
         .map_err(|e| InflateError::Malformed(e.to_string()))?;
     // Reserve for a plausible ratio only: an undeclared size must not reserve the cap
     // for a tiny body.

@@ -1,17 +1,16 @@
 //! Groups the lines of all client connections into batches of `-flush-size` lines
 //! (or whatever arrived within `-flush-interval`) and admits each to the proxy's one
-//! destination (the gateway writer, or the console), which gzips it when it sends it.
+//! destination (the gateway writer, or the console), which compresses it (gzip or zstd,
+//! see [`super::compression`]) when it sends it, so a spooled batch can go out in
+//! whatever the gateway takes by then.
 //! The gateway checks the key and decompresses once per batch, so big batches are what
 //! make the remote link cheap.
 
-use std::io::Write as _;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::Bytes;
-use flate2::write::GzEncoder;
-use flate2::Compression;
 use tokio::time::Instant;
 
 use crate::batch::Batch;
@@ -158,15 +157,9 @@ impl Batcher {
     }
 }
 
-/// Gzip as the gateway expects it (one member, default level like Go's gzip.Writer).
+/// Gzip as the gateway expects it (one member, level 6 like Go's gzip.Writer).
 pub fn gzip(data: &[u8]) -> Vec<u8> {
-    let mut enc = GzEncoder::new(
-        Vec::with_capacity(data.len() / 4 + 64),
-        Compression::default(),
-    );
-    // Writing to a Vec cannot fail.
-    let _ = enc.write_all(data);
-    enc.finish().unwrap_or_default()
+    super::compression::gzip(data, super::compression::GZIP_DEFAULT_LEVEL)
 }
 
 impl Intake for Batcher {

@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use clap::ArgAction;
 
-use crate::config::{parse_bytes, parse_duration, CommonFlags};
+use super::compression::CompressionFlag;
+use crate::config::{parse_bytes, parse_duration, CommonFlags, ListenTlsFlags};
 
 /// Flags of polymur-proxy. Every flag of the Go original keeps its name and default;
 /// each is also read from `POLYMUR_PROXY_<FLAG>` (see [`crate::config::parse`]).
@@ -14,6 +15,9 @@ pub struct ProxyConfig {
     /// Flags every daemon has.
     #[command(flatten)]
     pub common: CommonFlags,
+    /// TLS on the plaintext listener.
+    #[command(flatten)]
+    pub listen_tls: ListenTlsFlags,
     /// polymur gateway API key
     #[arg(
         long,
@@ -25,6 +29,27 @@ pub struct ProxyConfig {
     /// Certificate (PEM) to trust for the gateway's TLS: its CA, or its self-signed certificate
     #[arg(long, env = "POLYMUR_PROXY_CERT")]
     pub cert: Option<PathBuf>,
+    /// Batch compression: auto (zstd when the gateway advertises it, else gzip), zstd or gzip
+    #[arg(
+        long,
+        env = "POLYMUR_PROXY_COMPRESSION",
+        value_enum,
+        default_value = "auto"
+    )]
+    pub compression: CompressionFlag,
+    /// Compression level [default: 6 for gzip (0-9), 1 for zstd (1-19)]
+    #[arg(
+        long,
+        env = "POLYMUR_PROXY_COMPRESSION_LEVEL",
+        allow_negative_numbers = true
+    )]
+    pub compression_level: Option<i32>,
+    /// Client certificate (PEM) presented to the gateway (for a gateway with -client-ca)
+    #[arg(long, env = "POLYMUR_PROXY_CLIENT_CERT", requires = "client_key")]
+    pub client_cert: Option<PathBuf>,
+    /// Private key (PEM) of -client-cert
+    #[arg(long, env = "POLYMUR_PROXY_CLIENT_KEY", requires = "client_cert")]
+    pub client_key: Option<PathBuf>,
     /// Dump output to console instead of sending it to the gateway
     #[arg(long, env = "POLYMUR_PROXY_CONSOLE_OUT", action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_parser = crate::go_bool!())]
     pub console_out: bool,

@@ -14,6 +14,7 @@
 
 pub mod admin;
 pub mod batcher;
+pub mod compression;
 pub mod config;
 pub mod migrate;
 pub mod sink;
@@ -30,7 +31,6 @@ use self::sink::Gateway;
 use self::writer::GatewayWriter;
 use crate::daemon::{operator, DaemonError, Listeners};
 use crate::dest::{DestConfig, Destination, Overflow, SinkKind};
-use crate::net;
 use crate::plaintext::{PlaintextConfig, PlaintextSource};
 use crate::shutdown::Shutdown;
 use crate::stats::Stats;
@@ -77,19 +77,27 @@ pub async fn run(config: ProxyConfig) -> Result<(), DaemonError> {
             },
         },
     );
-    let (listener, local) = net::bind(&config.listen_addr).await?;
-    tracing::info!("Listening on {local}");
+    let tls = crate::plaintext::listen::listen(
+        &source,
+        &config.listen_addr,
+        &config.listen_tls,
+        &mut listeners,
+    )
+    .await?;
     let closing = listeners.shutdown();
-    listeners.spawn(source.serve(listener, closing.clone()));
+    let reloads_tls = tls.is_some();
+    crate::ingest::tls::reload_on_hup(tls.into_iter().collect(), closing.clone());
     listeners.spawn(
         batcher
             .clone()
             .run_timer(config.flush_interval, closing.clone()),
     );
     // SIGHUP must not end the proxy (its default action would): `systemctl reload`.
-    crate::daemon::destinations::on_hup(stop.clone(), || async {
-        tracing::info!("SIGHUP: the proxy has nothing to reload");
-    });
+    if !reloads_tls {
+        crate::daemon::destinations::on_hup(stop.clone(), || async {
+            tracing::info!("SIGHUP: the proxy has nothing to reload");
+        });
+    }
     listeners.ready();
     let parts = Parts {
         stats,
@@ -149,13 +157,27 @@ async fn connect(config: &ProxyConfig) -> Result<Arc<Gateway>, DaemonError> {
     let base = config.gateway_url();
     let workers = config.workers as usize;
     let timeout = config.request_timeout;
-    let client = crate::http_client::reqwest_client(config.cert.as_deref(), |b| {
+    let identity = match (&config.client_cert, &config.client_key) {
+        (Some(cert), Some(key)) => Some(crate::http_client::Identity { cert, key }),
+        _ => None,
+    };
+    let client = crate::http_client::reqwest_client_with(config.cert.as_deref(), identity, |b| {
         b.http1_only()
             .pool_max_idle_per_host(workers)
             .pool_idle_timeout(Duration::from_secs(90))
             .timeout(timeout)
     })?;
-    let gateway = Gateway::new(client, base.clone(), config.api_key.clone(), config.verbose);
+    let compressor = Arc::new(compression::Compressor::new(
+        config.compression,
+        config.compression_level,
+    ));
+    let gateway = Gateway::with_compressor(
+        client,
+        base.clone(),
+        config.api_key.clone(),
+        config.verbose,
+        compressor,
+    );
     if !config.console_out {
         match gateway.ping().await {
             Ok((200, _)) => tracing::info!("Gateway {base} accepts the API key"),
@@ -167,7 +189,8 @@ async fn connect(config: &ProxyConfig) -> Result<Arc<Gateway>, DaemonError> {
             // The old proxy exited here; keeping the site's data flowing into the
             // queue (and spool) is more useful: workers retry until the gateway is up.
             Err(e) => tracing::warn!(
-                "Gateway {base} unreachable at start ({e}); batches are queued and retried"
+                "Gateway {base} unreachable at start ({}); batches are queued and retried",
+                crate::http_client::describe(&e)
             ),
         }
     }

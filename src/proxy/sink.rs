@@ -1,4 +1,4 @@
-//! The HTTPS sink: `-workers` concurrent writers POST gzip'ed batches to
+//! The HTTPS sink: `-workers` concurrent writers POST compressed batches to
 //! `<gateway>/ingest` with `X-Polymur-Key`, over kept-alive HTTP/1.1 connections.
 //!
 //! The old proxy sent each batch once and forgot it, so every gateway restart lost data
@@ -19,6 +19,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::watch;
 
+use super::compression::{Codec, Compressor};
 use crate::shutdown::Shutdown;
 
 /// The header carrying the API key (the old proxy spelled it `X-polymur-key`; header
@@ -74,6 +75,8 @@ pub struct Gateway {
     /// Counters.
     pub stats: SinkStats,
     verbose: bool,
+    /// What batches are sealed with; learns from the gateway's `Accept-Encoding`.
+    compressor: Arc<Compressor>,
 }
 
 /// Short text of a response body for logs (the gateway's messages are one line).
@@ -118,6 +121,18 @@ pub fn retry_delay(attempt: u32, after: Option<Duration>, max: Duration) -> Dura
 impl Gateway {
     /// A gateway client for `base` (`https://host:port`) with `key`.
     pub fn new(client: reqwest::Client, base: String, key: String, verbose: bool) -> Arc<Gateway> {
+        Self::with_compressor(client, base, key, verbose, Arc::default())
+    }
+
+    /// Like [`Gateway::new`], negotiating the compression of `compressor` from the
+    /// gateway's answers (see [`super::compression`]).
+    pub fn with_compressor(
+        client: reqwest::Client,
+        base: String,
+        key: String,
+        verbose: bool,
+        compressor: Arc<Compressor>,
+    ) -> Arc<Gateway> {
         Arc::new(Gateway {
             client,
             base,
@@ -125,7 +140,21 @@ impl Gateway {
             key_ok: watch::channel(true).0,
             stats: SinkStats::default(),
             verbose,
+            compressor,
         })
+    }
+
+    /// The compression choice shared with the batcher.
+    pub fn compressor(&self) -> Arc<Compressor> {
+        self.compressor.clone()
+    }
+
+    /// Remembers what a successful answer says the gateway accepts.
+    fn note_accepted(&self, headers: &reqwest::header::HeaderMap) {
+        let accepted = headers
+            .get(reqwest::header::ACCEPT_ENCODING)
+            .and_then(|v| v.to_str().ok());
+        self.compressor.note_accept_encoding(accepted);
     }
 
     /// `POST /ping`: the status and body, or the network error.
@@ -137,17 +166,23 @@ impl Gateway {
             .send()
             .await?;
         let status = resp.status().as_u16();
+        if status == 200 {
+            self.note_accepted(resp.headers());
+        }
         let body = resp.bytes().await.unwrap_or_default();
         Ok((status, body_text(&body)))
     }
 
-    /// `POST /ingest` of one gzip'ed batch.
+    /// `POST /ingest` of one compressed batch, with the `Content-Encoding` its magic
+    /// says (a zstd batch is re-encoded to gzip for a gateway that does not take zstd).
     pub async fn post(&self, body: Bytes) -> Outcome {
+        let (body, codec) = self.compressor.for_gateway(body);
         let resp = self
             .client
             .post(format!("{}/ingest", self.base))
             .header(KEY_HEADER, &self.key)
             .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+            .header(reqwest::header::CONTENT_ENCODING, codec.content_encoding())
             .body(body)
             .send()
             .await;
@@ -162,6 +197,9 @@ impl Gateway {
         };
         let status = resp.status();
         let after = retry_after(resp.headers());
+        if status.is_success() {
+            self.note_accepted(resp.headers());
+        }
         // Read the body even when it is not needed, so the connection can be reused.
         let text = match resp.bytes().await {
             Ok(b) => body_text(&b),
@@ -176,7 +214,16 @@ impl Gateway {
         };
         match status.as_u16() {
             200..=299 => Outcome::Delivered,
-            400 | 413 => Outcome::Rejected(format!("{status} {text}")),
+            // A gateway that does not read zstd (at least not any more): gzip from now on,
+            // and this batch again, re-encoded.
+            415 if codec == Codec::Zstd => {
+                self.compressor.note_zstd_refused();
+                Outcome::Retry {
+                    why: format!("{status} {text}: the gateway does not take zstd"),
+                    after: None,
+                }
+            }
+            400 | 413 | 415 => Outcome::Rejected(format!("{status} {text}")),
             401 => Outcome::Unauthorized(format!("{status} {text}")),
             _ => Outcome::Retry {
                 why: format!("{status} {text}"),
@@ -256,7 +303,8 @@ impl Gateway {
         spool: bool,
         mut drain: Shutdown,
     ) -> Settled {
-        let body = match tokio::task::spawn_blocking(move || super::batcher::gzip(&lines)).await {
+        let compressor = self.compressor.clone();
+        let body = match tokio::task::spawn_blocking(move || compressor.compress(&lines)).await {
             Ok(b) => Bytes::from(b),
             Err(e) => {
                 tracing::error!("Compressing a batch of {points} points failed: {e}");
@@ -340,16 +388,9 @@ pub enum Settled {
     GaveBack,
 }
 
-/// An error with its causes (reqwest's top-level message alone says little).
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
+/// One line: the TLS cause when there is one, else the error with its causes.
+fn error_chain(e: &reqwest::Error) -> String {
+    crate::http_client::describe(e)
 }
 
 #[cfg(test)]

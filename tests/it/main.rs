@@ -30,3 +30,4 @@ mod side_ports;
 mod systemd;
 mod tags;
 mod topology;
+mod wire;

@@ -77,6 +77,8 @@ pub struct HttpTarget {
     pub url: String,
     /// `X-Polymur-Key` value.
     pub api_key: String,
+    /// `Content-Encoding` of the bodies (`gzip` or `zstd`).
+    pub encoding: &'static str,
 }
 
 /// One HTTP client: posts bodies in turn (starting at `first`) over a kept-alive
@@ -93,6 +95,7 @@ pub async fn http_client(
         client,
         url,
         api_key,
+        encoding,
     } = target;
     let mut lat = Vec::new();
     let start = Instant::now();
@@ -108,6 +111,7 @@ pub async fn http_client(
             let send = client
                 .post(&url)
                 .header("X-Polymur-Key", &api_key)
+                .header("Content-Encoding", encoding)
                 .body(body.clone())
                 .send();
             let status = match tokio::time::timeout(budget.request_timeout, send).await {

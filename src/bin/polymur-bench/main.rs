@@ -144,6 +144,18 @@ pub struct BenchArgs {
     /// Use https:// for the gateway
     #[arg(long, action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_parser = polymur::go_bool!())]
     pub https: bool,
+    /// Compare mode: https:// for target B only (default: as -https), so HTTP and HTTPS run side by side
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = polymur::go_bool!())]
+    pub https_b: Option<bool>,
+    /// Body compression sent to a gateway: gzip (at -gzip-level) or zstd (at -zstd-level)
+    #[arg(long, default_value = "gzip", value_parser = ["gzip", "zstd"])]
+    pub encoding: String,
+    /// Compare mode: target B's body compression (default: as -encoding)
+    #[arg(long, value_parser = ["gzip", "zstd"])]
+    pub encoding_b: Option<String>,
+    /// zstd level of the bodies (polymur-proxy's default: 1)
+    #[arg(long, default_value_t = polymur::proxy::compression::ZSTD_DEFAULT_LEVEL)]
+    pub zstd_level: i32,
     /// CA or self-signed certificate (PEM) to trust for -https
     #[arg(long)]
     pub ca: Option<PathBuf>,
@@ -172,13 +184,17 @@ fn interrupted() -> Arc<AtomicBool> {
         .clone()
 }
 
-/// The prepared load, shared by every round.
+/// The prepared load of one target, shared by its rounds.
 struct Load {
     gateway: bool,
-    /// What goes on the wire: gzip bodies (gateway) or plaintext (tcp).
+    /// What goes on the wire: gzip or zstd bodies (gateway) or plaintext (tcp).
     payloads: Arc<[Bytes]>,
     lines: u64,
     client: Option<reqwest::Client>,
+    /// `https` or `http` (gateway).
+    scheme: &'static str,
+    /// `Content-Encoding` of the bodies (gateway).
+    encoding: &'static str,
 }
 
 /// Sums over a target's rounds.
@@ -329,13 +345,13 @@ fn spawn_clients(
         let first = c * load.payloads.len() / args.clients.max(1);
         let payloads = load.payloads.clone();
         if load.gateway {
-            let scheme = if args.https { "https" } else { "http" };
-            let url = format!("{scheme}://{}/ingest", t.addr);
+            let url = format!("{}://{}/ingest", load.scheme, t.addr);
             let client = load.client.clone().expect("http client");
             let target = driver::HttpTarget {
                 client,
                 url,
                 api_key: args.api_key.clone(),
+                encoding: load.encoding,
             };
             tasks.push(tokio::spawn(driver::http_client(
                 target, payloads, load.lines, first, budget, tally,
@@ -394,12 +410,14 @@ fn finish(mut acc: Acc, copies: u64) -> TargetReport {
 pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
     polymur::logging::install_tls_provider();
     let gateway = args.target == "gateway";
-    let load = build_load(&args)?;
     let (specs, targets) = start_targets(&args).await?;
+    let loads: Vec<Load> = (0..targets.len())
+        .map(|i| build_load(&args, i == 1))
+        .collect::<anyhow::Result<_>>()?;
     let show = !args.quiet && std::io::stderr().is_terminal();
     let mut accs: Vec<Acc> = targets.iter().map(|_| Acc::default()).collect();
     'rounds: for r in 0..args.rounds.max(1) {
-        for (t, acc) in targets.iter().zip(accs.iter_mut()) {
+        for ((t, acc), load) in targets.iter().zip(accs.iter_mut()).zip(&loads) {
             if interrupted().load(Ordering::Relaxed) {
                 break 'rounds;
             }
@@ -407,16 +425,26 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
             if !show && !args.quiet {
                 eprintln!("{label} running");
             }
-            round(t, &load, &args, acc, show.then_some(label)).await?;
+            round(t, load, &args, acc, show.then_some(label)).await?;
             if show {
                 eprint!("\r\x1b[K");
             }
         }
     }
+    for (acc, load) in accs.iter_mut().zip(&loads) {
+        let bytes: usize = load.payloads.iter().map(|p| p.len()).sum();
+        acc.report.wire_bytes_per_point =
+            Some(bytes as f64 / (load.payloads.len() as f64 * load.lines.max(1) as f64));
+    }
     let reference = if gateway && args.reference {
-        let body = load.payloads[0].clone();
-        let (lines, secs) = (load.lines, args.reference_secs);
-        Some(tokio::task::spawn_blocking(move || reference::measure(&body, lines, secs)).await?)
+        let w = workload(&args);
+        let body = w.gzip(&w.batch(0));
+        let (lines, secs, zstd_level) =
+            (w.batch_lines as u64, args.reference_secs, args.zstd_level);
+        Some(
+            tokio::task::spawn_blocking(move || reference::measure(&body, lines, secs, zstd_level))
+                .await?,
+        )
     } else {
         None
     };
@@ -424,19 +452,40 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
     Ok(report(&args, targets, accs, &specs, reference))
 }
 
-/// The batches (gzip'ed for a gateway) and the HTTP client, built before the clock starts.
-fn build_load(args: &BenchArgs) -> anyhow::Result<Load> {
-    let gateway = args.target == "gateway";
-    let w = Workload {
+fn workload(args: &BenchArgs) -> Workload {
+    Workload {
         series: args.series.max(1),
         name_len: args.name_len.max(1),
         batch_lines: args.batch_lines.max(1),
         gzip_level: args.gzip_level,
         ..Workload::default()
+    }
+}
+
+/// One target's batches (compressed for a gateway) and HTTP client, built before the
+/// clock starts; `b` selects target B's -https-b and -encoding-b.
+fn build_load(args: &BenchArgs, b: bool) -> anyhow::Result<Load> {
+    let gateway = args.target == "gateway";
+    let w = workload(args);
+    let https = if b {
+        args.https_b.unwrap_or(args.https)
+    } else {
+        args.https
     };
+    let encoding = match (b, &args.encoding_b) {
+        (true, Some(e)) => e.as_str(),
+        _ => args.encoding.as_str(),
+    };
+    let encoding = if encoding == "zstd" { "zstd" } else { "gzip" };
     let plain = w.batches(args.distinct_batches);
     let payloads: Arc<[Bytes]> = if gateway {
-        plain.iter().map(|b| w.gzip(b)).collect()
+        plain
+            .iter()
+            .map(|b| match encoding {
+                "zstd" => Bytes::from(polymur::proxy::compression::zstd(b, args.zstd_level)),
+                _ => w.gzip(b),
+            })
+            .collect()
     } else {
         plain.clone().into()
     };
@@ -456,6 +505,8 @@ fn build_load(args: &BenchArgs) -> anyhow::Result<Load> {
         payloads,
         lines: w.batch_lines as u64,
         client,
+        scheme: if https { "https" } else { "http" },
+        encoding,
     })
 }
 
@@ -525,7 +576,7 @@ fn report(
             "{} clients, {}-line batches{}, {} series, {}-byte names, rate {}, {:?} or {} points per round",
             args.clients,
             args.batch_lines,
-            if gateway { format!(" (gzip -{})", args.gzip_level) } else { String::new() },
+            if gateway { bodies(args) } else { String::new() },
             args.series,
             args.name_len,
             if args.rate == 0 { "max".to_string() } else { format!("{}/s", args.rate) },
@@ -538,6 +589,31 @@ fn report(
     };
     report.compute_ratios();
     report
+}
+
+/// How target A's (and B's) bodies are sent, for the report's load line.
+fn bodies(args: &BenchArgs) -> String {
+    let one = |enc: &str, https: bool| {
+        let level = if enc == "zstd" {
+            args.zstd_level
+        } else {
+            args.gzip_level as i32
+        };
+        format!(
+            "{enc} -{level} over {}",
+            if https { "HTTPS" } else { "HTTP" }
+        )
+    };
+    let a = one(&args.encoding, args.https);
+    let b = one(
+        args.encoding_b.as_deref().unwrap_or(&args.encoding),
+        args.https_b.unwrap_or(args.https),
+    );
+    if args.spawn_b.is_some() || args.addr_b.is_some() {
+        format!(" (A: {a}; B: {b})")
+    } else {
+        format!(" ({a})")
+    }
 }
 
 /// Entry point of the `polymur-bench` binary.

@@ -35,6 +35,20 @@ pub struct Reference {
     pub python_zlib_lines_per_cpu_sec: Option<f64>,
     /// In process, no sockets: inflate + validate + broadcast route to one destination.
     pub hot_path_lines_per_cpu_sec: f64,
+    /// zstd one-shot decode of the same batch compressed at `zstd_level`.
+    pub zstd_decode_lines_per_cpu_sec: f64,
+    /// What the proxy pays to compress: gzip -6 (flate2 with zlib-rs, the proxy's codec).
+    pub gzip6_lines_per_cpu_sec: f64,
+    /// `/usr/bin/python3` `zlib.compressobj(6, wbits=31)` on the plain batch.
+    pub python_zlib_compress_lines_per_cpu_sec: Option<f64>,
+    /// zstd at `zstd_level` (the proxy's codec).
+    pub zstd_lines_per_cpu_sec: f64,
+    /// The zstd level measured.
+    pub zstd_level: i32,
+    /// gzip -6 body bytes per point.
+    pub gzip6_bytes_per_point: f64,
+    /// zstd body bytes per point.
+    pub zstd_bytes_per_point: f64,
 }
 
 /// Runs `f` on this thread for about `secs` CPU-seconds; returns calls per CPU-second.
@@ -55,20 +69,34 @@ fn per_cpu_sec(secs: f64, mut f: impl FnMut()) -> f64 {
 
 /// Python's `zlib.decompress`, timed by Python itself with `time.process_time`.
 fn python_zlib(body: &[u8], secs: f64) -> Option<f64> {
+    python_timed(body, secs, "zlib.decompress(d, 31)")
+}
+
+/// Python's zlib compressing `plain` to gzip at level 6 (C zlib, the bar for the proxy).
+fn python_zlib_compress(plain: &[u8], secs: f64) -> Option<f64> {
+    python_timed(
+        plain,
+        secs,
+        "(lambda c: c.compress(d) + c.flush())(zlib.compressobj(6, zlib.DEFLATED, 31))",
+    )
+}
+
+/// Calls per CPU-second of the Python expression `call` on the bytes `d` read from a file.
+fn python_timed(body: &[u8], secs: f64, call: &str) -> Option<f64> {
     let python = "/usr/bin/python3";
     if !std::path::Path::new(python).exists() {
         return None;
     }
-    let path = std::env::temp_dir().join(format!("polymur-bench-{}.gz", std::process::id()));
+    let path = std::env::temp_dir().join(format!("polymur-bench-{}.bin", std::process::id()));
     std::fs::write(&path, body).ok()?;
     let script = format!(
         "import sys, time, zlib\n\
          d = open(sys.argv[1], 'rb').read()\n\
-         zlib.decompress(d, 31)\n\
+         {call}\n\
          n = 0\n\
          t = time.process_time()\n\
          while time.process_time() - t < {secs}:\n\
-         \x20   zlib.decompress(d, 31)\n\
+         \x20   {call}\n\
          \x20   n += 1\n\
          print(n / (time.process_time() - t))\n"
     );
@@ -84,7 +112,7 @@ fn python_zlib(body: &[u8], secs: f64) -> Option<f64> {
 
 /// Measures every reference on `body` (one gzip batch of `lines` lines), about
 /// `secs` CPU-seconds each. Blocking: call it from a blocking thread.
-pub fn measure(body: &[u8], lines: u64, secs: f64) -> Reference {
+pub fn measure(body: &[u8], lines: u64, secs: f64, zstd_level: i32) -> Reference {
     let plain = gunzip(body, usize::MAX >> 1).expect("the bench's own gzip body inflates");
     let plain_bytes = plain.len();
     let lines_f = lines as f64;
@@ -110,7 +138,27 @@ pub fn measure(body: &[u8], lines: u64, secs: f64) -> Reference {
         std::hint::black_box(&parts);
     }) * lines_f;
     let python = python_zlib(body, secs).map(|calls| calls * lines_f);
+    use polymur::proxy::compression::{gzip, zstd};
+    let zbody = zstd(&plain, zstd_level);
+    let zstd_decode = per_cpu_sec(secs, || {
+        let out = polymur::ingest::zstd::unzstd(&zbody, plain_bytes).expect("zstd decodes");
+        std::hint::black_box(out);
+    }) * lines_f;
+    let gzip6 = per_cpu_sec(secs, || {
+        std::hint::black_box(gzip(&plain, 6));
+    }) * lines_f;
+    let zstd_c = per_cpu_sec(secs, || {
+        std::hint::black_box(zstd(&plain, zstd_level));
+    }) * lines_f;
+    let python_c = python_zlib_compress(&plain, secs).map(|calls| calls * lines_f);
     Reference {
+        zstd_decode_lines_per_cpu_sec: zstd_decode,
+        gzip6_lines_per_cpu_sec: gzip6,
+        python_zlib_compress_lines_per_cpu_sec: python_c,
+        zstd_lines_per_cpu_sec: zstd_c,
+        zstd_level,
+        gzip6_bytes_per_point: gzip(&plain, 6).len() as f64 / lines_f,
+        zstd_bytes_per_point: zbody.len() as f64 / lines_f,
         batch_lines: lines,
         body_bytes: body.len(),
         plain_bytes,

@@ -55,6 +55,8 @@ pub struct TargetReport {
     pub bench_cpu_secs: f64,
     /// 1-minute load average when the rounds started and ended.
     pub load_avg: (f64, f64),
+    /// Compressed body bytes per point on the wire (gateway targets).
+    pub wire_bytes_per_point: Option<f64>,
 }
 
 /// `B/A` for the figures that matter.
@@ -129,6 +131,10 @@ impl Report {
         ));
         rows.push(("wall s", col(&|t| f2(t.wall_secs))));
         rows.push(("arrived points/s", col(&|t| mil(t.arrived_per_sec))));
+        rows.push((
+            "wire bytes/point",
+            col(&|t| opt(t.wire_bytes_per_point, &f2)),
+        ));
         rows.push(("target CPU s", col(&|t| opt(t.cpu_secs, &f2))));
         rows.push((
             "arrived points/CPU-s",
@@ -154,6 +160,10 @@ impl Report {
                     "arrived points/s" => ratio(Some(r.arrived_per_sec)),
                     "arrived points/CPU-s" => ratio(r.arrived_per_cpu_sec),
                     "peak RSS MiB (VmHWM)" => ratio(r.peak_rss),
+                    "wire bytes/point" => ratio(opt_ratio(
+                        self.targets[1].wire_bytes_per_point,
+                        self.targets[0].wire_bytes_per_point,
+                    )),
                     _ => String::new(),
                 });
             }
@@ -193,6 +203,27 @@ impl Report {
             refline(
                 "in-process inflate+validate+route",
                 r.hot_path_lines_per_cpu_sec,
+            );
+            refline("zstd decode (one shot)", r.zstd_decode_lines_per_cpu_sec);
+            let _ = writeln!(
+                s,
+                "compression, one core, same batch, lines per CPU-second (bytes per point):"
+            );
+            let mut cline = |name: &str, v: f64, bpp: f64| {
+                let _ = writeln!(s, "  {name:<34} {:>9.3} M  ({bpp:.2} B/point)", v / 1e6);
+            };
+            cline(
+                "gzip -6 (flate2 zlib-rs)",
+                r.gzip6_lines_per_cpu_sec,
+                r.gzip6_bytes_per_point,
+            );
+            if let Some(p) = r.python_zlib_compress_lines_per_cpu_sec {
+                cline("python3 zlib.compress level 6", p, r.gzip6_bytes_per_point);
+            }
+            cline(
+                &format!("zstd -{} (libzstd)", r.zstd_level),
+                r.zstd_lines_per_cpu_sec,
+                r.zstd_bytes_per_point,
             );
             let _ = writeln!(
                 s,
