@@ -270,6 +270,18 @@ pub fn keys(out: &mut String, keys: &KeyCache, now: u64) {
     );
 }
 
+/// hash-route's name → ring position cache (shown once a router uses one).
+pub fn hash_cache(out: &mut String) {
+    let Some((hits, misses)) = crate::route::pos_cache::totals() else {
+        return;
+    };
+    let name = "polymur_hash_cache_lookups_total";
+    let help = "hash-route ring position lookups by result: hit (from the cache) or miss (hashed).";
+    header(out, name, "counter", help);
+    let _ = writeln!(out, "{name}{{result=\"hit\"}} {hits}");
+    let _ = writeln!(out, "{name}{{result=\"miss\"}} {misses}");
+}
+
 /// Memory and start time of the process.
 pub fn process(out: &mut String, started: SystemTime) {
     let (rss, peak) = super::runstats::memory();

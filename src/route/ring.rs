@@ -189,6 +189,29 @@ impl HashRing {
             Table::Jump(order) => jump_walk(order, metric, replication, out),
         }
     }
+
+    /// The ring position of `metric` (what [`Self::lookup`] starts its walk from), for
+    /// rings whose walk starts from a 16-bit position; `None` for jump_fnv1a_ch and an
+    /// empty ring. It depends on the metric and the hash only, never on the members,
+    /// which is what makes it safe to cache across ring changes.
+    #[inline]
+    pub fn position(&self, metric: &[u8]) -> Option<u16> {
+        match (&self.table, self.kind) {
+            (Table::Ring(_), HashKind::Fnv1aCh) => Some(fnv1a_pos(metric)),
+            (Table::Ring(_), _) => Some(md5_pos(metric)),
+            _ => None,
+        }
+    }
+
+    /// [`Self::lookup`] from a position [`Self::position`] returned for this ring's kind:
+    /// the same owners in the same order. Does nothing on a ring without positions.
+    #[inline]
+    pub fn lookup_at(&self, pos: u16, replication: usize, out: &mut Vec<usize>) {
+        out.clear();
+        if let Table::Ring(ring) = &self.table {
+            ring.walk(pos, replication, out);
+        }
+    }
 }
 
 impl PosRing {
