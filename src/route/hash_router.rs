@@ -13,7 +13,7 @@ use crate::dest::DestAddr;
 
 /// Names probed before the first of them is resolved: their cache loads are
 /// independent, so the CPU overlaps their misses instead of waiting for each.
-const AHEAD: usize = 8;
+const AHEAD: usize = 16;
 
 /// Routes by metric name on a [`HashRing`] with `replication` owners per metric.
 pub struct HashRouter {
@@ -62,7 +62,7 @@ impl HashRouter {
     pub fn owners(&self, metric: &[u8], out: &mut Vec<usize>) {
         match &self.cache {
             Some(cache) => {
-                let (pos, hit) = self.position(cache, &cache.probe(metric), metric);
+                let (pos, hit) = self.position(cache, &cache.locate(metric), metric);
                 pos_cache::count(u64::from(hit), u64::from(!hit));
                 self.ring.lookup_at(pos, self.replication, out);
             }
@@ -95,7 +95,7 @@ impl HashRouter {
         loop {
             let mut chunk: [Option<(usize, &[u8], Probe)>; AHEAD] = [None; AHEAD];
             for (slot, (line, metric)) in chunk.iter_mut().zip(lines.by_ref()) {
-                *slot = Some((line.len(), metric, cache.probe(metric)));
+                *slot = Some((line.len(), metric, cache.locate(metric)));
             }
             if chunk[0].is_none() {
                 break;
