@@ -52,9 +52,9 @@ pub struct Probe {
 const TAG_MASK: u64 = (1 << 48) - 1;
 
 impl PosCache {
-    /// A cache of about `slots` entries (rounded up to a power of two, at least 2).
+    /// A cache of about `slots` entries (rounded up to a power of two, at least 4).
     pub fn new(slots: usize) -> PosCache {
-        let slots = slots.max(2).next_power_of_two();
+        let slots = slots.max(4).next_power_of_two();
         let sets = slots / 2;
         PosCache {
             slots: zeroed_slots(slots),
@@ -71,7 +71,7 @@ impl PosCache {
     #[inline]
     pub fn locate(&self, metric: &[u8]) -> Probe {
         let hash = self.seed.hash_one(metric);
-        // `shift` is at least 1, so `hash >> shift` < sets.
+        // `shift` is 1 to 63, so `hash >> shift` < sets.
         let set = ((hash >> self.shift) as usize) * 2;
         prefetch(&self.slots[set]);
         Probe { hash, set }
@@ -174,7 +174,7 @@ fn prefetch(slot: &AtomicU64) {
 /// they are touched: a small series set costs only the pages it uses.
 fn zeroed_slots(n: usize) -> Box<[AtomicU64]> {
     let layout = Layout::array::<AtomicU64>(n).expect("cache size fits the address space");
-    // SAFETY: the layout is non-empty (n >= 2) and describes `n` AtomicU64s; all-zero
+    // SAFETY: the layout is non-empty (n >= 4) and describes `n` AtomicU64s; all-zero
     // bytes are a valid AtomicU64 (it has the representation of u64), and the pointer
     // is handed to a Box with this very layout, which the global allocator frees.
     unsafe {
@@ -236,7 +236,7 @@ mod tests {
 
     #[test]
     fn a_full_set_evicts_without_answering_wrongly() {
-        // Two slots: every name shares the only set.
+        // Four slots: fifty names share two sets.
         let c = PosCache::new(2);
         let mut hits = 0;
         for _ in 0..3 {
