@@ -118,7 +118,7 @@ pub struct PipelineFlags {
     pub hash_failover: bool,
     /// hash-route: metric names whose ring position is remembered (8 bytes each, shared by
     /// all clients), so a repeating series is hashed once; 0 hashes every line
-    #[arg(long, default_value_t = 1 << 20)]
+    #[arg(long, default_value_t = crate::route::pos_cache::DEFAULT_SLOTS)]
     pub hash_cache_entries: usize,
     /// Per-destination disk spool for lines the memory queue cannot hold (survives restarts)
     #[arg(long)]

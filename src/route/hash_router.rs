@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::pos_cache::{self, PosCache, Probe};
+use super::pos_cache::{self, Outcome, PosCache, Probe};
 use super::ring::{HashKind, HashRing};
 use super::{RoutedPart, Router};
 use crate::batch::Batch;
@@ -62,7 +62,8 @@ impl HashRouter {
     pub fn owners(&self, metric: &[u8], out: &mut Vec<usize>) {
         match &self.cache {
             Some(cache) => {
-                let (pos, hit) = self.position(cache, &cache.locate(metric), metric);
+                let (pos, how) = self.position(cache, &cache.locate(metric), metric);
+                let hit = how == Outcome::Hit;
                 pos_cache::count(u64::from(hit), u64::from(!hit));
                 self.ring.lookup_at(pos, self.replication, out);
             }
@@ -71,7 +72,7 @@ impl HashRouter {
     }
 
     #[inline]
-    fn position(&self, cache: &PosCache, probe: &Probe, metric: &[u8]) -> (u16, bool) {
+    fn position(&self, cache: &PosCache, probe: &Probe, metric: &[u8]) -> (u16, Outcome) {
         cache.resolve(probe, || self.ring.position(metric).unwrap_or(0))
     }
 
@@ -84,14 +85,18 @@ impl HashRouter {
             counts: vec![0u64; self.members],
         };
         let mut owners = Vec::with_capacity(self.replication);
-        let Some(cache) = &self.cache else {
+        let cache = self.cache.as_ref().filter(|c| !c.skip_batch());
+        let Some(cache) = cache else {
             for (line, metric) in batch.lines() {
                 self.ring.lookup(metric, self.replication, &mut owners);
                 p.record(&owners, stride, line.len());
             }
+            if self.cache.is_some() {
+                pos_cache::count_bypassed(batch.len() as u64);
+            }
             return p;
         };
-        let (mut hits, mut lines) = (0u64, batch.lines());
+        let (mut hits, mut evictions, mut lines) = (0u64, 0u64, batch.lines());
         loop {
             let mut chunk: [Option<(usize, &[u8], Probe)>; AHEAD] = [None; AHEAD];
             for (slot, (line, metric)) in chunk.iter_mut().zip(lines.by_ref()) {
@@ -101,13 +106,15 @@ impl HashRouter {
                 break;
             }
             for (len, metric, probe) in chunk.iter().flatten() {
-                let (pos, hit) = self.position(cache, probe, metric);
-                hits += u64::from(hit);
+                let (pos, how) = self.position(cache, probe, metric);
+                hits += u64::from(how == Outcome::Hit);
+                evictions += u64::from(how == Outcome::Evicted);
                 self.ring.lookup_at(pos, self.replication, &mut owners);
                 p.record(&owners, stride, *len);
             }
         }
         pos_cache::count(hits, batch.len() as u64 - hits);
+        cache.learn(hits, evictions, batch.len() as u64);
         p
     }
 }

@@ -23,13 +23,16 @@ use std::alloc::{alloc_zeroed, Layout};
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// Slots of the daemon's cache: 8 MiB of address space, touched as it fills; two
-/// ways per set keep conflict misses around 1 % up to about 200 000 series.
-pub const DEFAULT_SLOTS: usize = 1 << 20;
+/// Slots of a router's own cache (the daemons take `-hash-cache-entries`): 4 MiB of
+/// address space, touched as it fills; two ways per set keep conflict misses
+/// around 1 % up to about 100 000 series.
+pub const DEFAULT_SLOTS: usize = 1 << 19;
 
 /// Hits and misses of every cache in the process (what `/metrics` reports).
 static HITS: AtomicU64 = AtomicU64::new(0);
 static MISSES: AtomicU64 = AtomicU64::new(0);
+/// Lines routed without the cache while it was bypassed.
+static BYPASSED: AtomicU64 = AtomicU64::new(0);
 /// Routers built over a cache in this process: `/metrics` shows the family only
 /// when there was one.
 static IN_USE: AtomicU64 = AtomicU64::new(0);
@@ -40,6 +43,26 @@ pub struct PosCache {
     /// `64 - log2(sets)`: the set is `hash >> shift`.
     shift: u32,
     seed: foldhash::quality::RandomState,
+    /// Batches left to route without the cache (see [`Self::skip_batch`]).
+    bypass: AtomicU64,
+}
+
+/// A batch answered less than 1 in `POOR` lines from the cache, most of whose
+/// misses evicted another name, makes the next `BYPASS` batches skip it: far more series than slots (10 M series, say) would
+/// otherwise pay a hash and a table write per line for almost no hits. Every
+/// `BYPASS + 1`th batch still uses it, so a series set that shrinks back is noticed.
+const POOR: u64 = 4;
+const BYPASS: u64 = 15;
+
+/// How the cache answered one lookup.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Outcome {
+    /// The position came from the cache.
+    Hit,
+    /// Computed and stored in a free slot.
+    Filled,
+    /// Computed and stored over another name's entry.
+    Evicted,
 }
 
 /// A located name: its hash and the index of its set's first slot.
@@ -60,6 +83,7 @@ impl PosCache {
             slots: zeroed_slots(slots),
             shift: 64 - sets.trailing_zeros(),
             seed: foldhash::quality::RandomState::default(),
+            bypass: AtomicU64::new(0),
         }
     }
 
@@ -99,31 +123,58 @@ impl PosCache {
     /// Remembers `pos` for a located name: in an empty slot of its set, else over
     /// the slot one bit of its tag picks (random replacement, no bookkeeping on the
     /// read path).
+    /// True when it evicted another name.
     #[inline]
-    pub fn insert(&self, probe: &Probe, pos: u16) {
+    pub fn insert(&self, probe: &Probe, pos: u16) -> bool {
         let entry = (probe.hash & TAG_MASK) << 16 | u64::from(pos);
         if entry == 0 {
-            return; // indistinguishable from empty; this one name stays uncached
+            return false; // indistinguishable from empty; this one name stays uncached
         }
-        let way = match self.read(probe) {
-            [0, _] => 0,
-            [_, 0] => 1,
-            _ => (probe.hash & 1) as usize,
+        let (way, evicts) = match self.read(probe) {
+            [0, _] => (0, false),
+            [_, 0] => (1, false),
+            _ => ((probe.hash & 1) as usize, true),
         };
         self.slots[probe.set + way].store(entry, Ordering::Relaxed);
+        evicts
     }
 
     /// The position of a located name, computed by `compute` (and remembered) on a
-    /// miss; `true` for a hit.
+    /// miss, and how the cache answered.
     #[inline]
-    pub fn resolve(&self, probe: &Probe, compute: impl FnOnce() -> u16) -> (u16, bool) {
+    pub fn resolve(&self, probe: &Probe, compute: impl FnOnce() -> u16) -> (u16, Outcome) {
         match self.get(probe) {
-            Some(pos) => (pos, true),
+            Some(pos) => (pos, Outcome::Hit),
             None => {
                 let pos = compute();
-                self.insert(probe, pos);
-                (pos, false)
+                match self.insert(probe, pos) {
+                    true => (pos, Outcome::Evicted),
+                    false => (pos, Outcome::Filled),
+                }
             }
+        }
+    }
+
+    /// True when the next batch should be routed without the cache (its hashes
+    /// computed directly, nothing inserted), because recent batches hit too rarely.
+    #[inline]
+    pub fn skip_batch(&self) -> bool {
+        let left = self.bypass.load(Ordering::Relaxed);
+        if left == 0 {
+            return false;
+        }
+        // Racing routers may skip a batch more or less; it only moves the sampling.
+        self.bypass.store(left - 1, Ordering::Relaxed);
+        true
+    }
+
+    /// Records how a batch of `lines` fared in the cache (see [`Self::skip_batch`]):
+    /// only a full cache that keeps missing is bypassed — a cold one, filling free
+    /// slots, is not.
+    #[inline]
+    pub fn learn(&self, hits: u64, evictions: u64, lines: u64) {
+        if hits * POOR < lines && evictions * 2 > lines - hits {
+            self.bypass.store(BYPASS, Ordering::Relaxed);
         }
     }
 
@@ -149,10 +200,16 @@ pub fn note_in_use() {
     IN_USE.fetch_add(1, Ordering::Relaxed);
 }
 
-/// `(hits, misses)` of every cache in the process, or `None` if no router used one.
-pub fn totals() -> Option<(u64, u64)> {
+/// Counts lines of a batch routed around the cache (see [`PosCache::skip_batch`]).
+pub fn count_bypassed(lines: u64) {
+    BYPASSED.fetch_add(lines, Ordering::Relaxed);
+}
+
+/// `[hits, misses, bypassed]` of every cache in the process, or `None` if no router
+/// used one.
+pub fn totals() -> Option<[u64; 3]> {
     (IN_USE.load(Ordering::Relaxed) > 0)
-        .then(|| (HITS.load(Ordering::Relaxed), MISSES.load(Ordering::Relaxed)))
+        .then(|| [&HITS, &MISSES, &BYPASSED].map(|c| c.load(Ordering::Relaxed)))
 }
 
 /// A hint to bring `slot`'s cache line in; no effect on what any load returns.
@@ -242,11 +299,26 @@ mod tests {
         for _ in 0..3 {
             for i in 0..50u16 {
                 let name = format!("m{i}");
-                let (pos, hit) = c.resolve(&c.locate(name.as_bytes()), || i * 7);
+                let (pos, how) = c.resolve(&c.locate(name.as_bytes()), || i * 7);
                 assert_eq!(pos, i * 7, "{name}");
-                hits += usize::from(hit);
+                hits += usize::from(how == Outcome::Hit);
             }
         }
         assert!(hits < 150);
+    }
+
+    #[test]
+    fn only_a_full_cache_that_keeps_missing_is_bypassed() {
+        let c = PosCache::new(1 << 10);
+        c.learn(0, 0, 5000); // cold: every miss filled a free slot
+        assert!(!c.skip_batch());
+        c.learn(4000, 900, 5000); // warm
+        assert!(!c.skip_batch());
+        c.learn(100, 4000, 5000); // thrashing
+        let skipped = (0..100).take_while(|_| c.skip_batch()).count();
+        assert_eq!(
+            skipped, BYPASS as usize,
+            "then one batch samples the cache again"
+        );
     }
 }

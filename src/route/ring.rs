@@ -241,7 +241,9 @@ impl PosRing {
             first: Box::new([]),
         };
         if ring.distinct > 0 && seen.last().is_some_and(|&m| m <= u32::from(u16::MAX)) {
-            ring.first = (0..=u16::MAX).map(|p| ring.search_first(p) as u16).collect();
+            ring.first = (0..=u16::MAX)
+                .map(|p| ring.search_first(p) as u16)
+                .collect();
         }
         ring
     }
