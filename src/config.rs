@@ -116,6 +116,10 @@ pub struct PipelineFlags {
     /// queued lines are re-routed (placement is no longer guaranteed while it is out)
     #[arg(long, action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_parser = crate::go_bool!())]
     pub hash_failover: bool,
+    /// hash-route: metric names whose ring position is remembered (8 bytes each, shared by
+    /// all clients), so a repeating series is hashed once; 0 hashes every line
+    #[arg(long, default_value_t = crate::route::pos_cache::DEFAULT_SLOTS)]
+    pub hash_cache_entries: usize,
     /// Per-destination disk spool for lines the memory queue cannot hold (survives restarts)
     #[arg(long)]
     pub spool_dir: Option<PathBuf>,

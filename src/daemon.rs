@@ -32,6 +32,7 @@ use crate::registry::{Registry, RouterFactory};
 use crate::route::broadcast::Broadcast;
 use crate::route::dry_run;
 use crate::route::hash_router::HashRouter;
+use crate::route::pos_cache::PosCache;
 use crate::route::ring::HashKind;
 use crate::route::Router;
 use crate::shutdown::{Shutdown, ShutdownTrigger};
@@ -186,6 +187,7 @@ impl RoutingDaemon {
                 flags.distribution,
                 flags.hash,
                 flags.replication_factor.into(),
+                flags.hash_cache_entries,
             ),
             DestConfig {
                 queue_cap: flags.outgoing_queue_cap.max(1),
@@ -309,12 +311,13 @@ impl RoutingDaemon {
     }
 }
 
-/// The router factory for `-distribution` (`broadcast`, or `hash-route` with `-hash`
-/// and `-replication-factor`).
+/// The router factory for `-distribution` (`broadcast`, or `hash-route` with `-hash`,
+/// `-replication-factor` and a position cache of `cache_entries`, 0 for none).
 pub fn router_factory(
     distribution: Distribution,
     hash: HashKind,
     replication_factor: usize,
+    cache_entries: usize,
 ) -> RouterFactory {
     match distribution {
         Distribution::Broadcast => Arc::new(|addrs: &[DestAddr]| {
@@ -322,9 +325,20 @@ pub fn router_factory(
                 destinations: addrs.len(),
             }) as Box<dyn Router>
         }),
-        Distribution::HashRoute => Arc::new(move |addrs: &[DestAddr]| {
-            Box::new(HashRouter::new(hash, addrs, replication_factor)) as Box<dyn Router>
-        }),
+        Distribution::HashRoute => {
+            // One position cache for every ring the daemon builds: positions do not
+            // depend on the members, so a ring change keeps it warm.
+            let cache = (cache_entries > 0).then(|| Arc::new(PosCache::new(cache_entries)));
+            Arc::new(move |addrs: &[DestAddr]| {
+                let cache = cache.clone();
+                Box::new(HashRouter::with_cache(
+                    hash,
+                    addrs,
+                    replication_factor,
+                    cache,
+                )) as Box<dyn Router>
+            })
+        }
     }
 }
 

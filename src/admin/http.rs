@@ -107,6 +107,7 @@ pub fn render_metrics(state: &AdminState) -> String {
     let stats = &state.stats;
     prometheus::pipeline(&mut out, stats);
     prometheus::destinations(&mut out, &state.destinations());
+    prometheus::hash_cache(&mut out);
     if let Some(http) = &state.http {
         prometheus::http(&mut out, http);
     }

@@ -270,6 +270,20 @@ pub fn keys(out: &mut String, keys: &KeyCache, now: u64) {
     );
 }
 
+/// hash-route's name → ring position cache (shown once a router uses one).
+pub fn hash_cache(out: &mut String) {
+    let Some(counts) = crate::route::pos_cache::totals() else {
+        return;
+    };
+    let name = "polymur_hash_cache_lookups_total";
+    let help = "hash-route ring positions by result: hit (from the cache), miss (hashed and \
+        remembered), bypass (hashed; the cache was skipped after batches with few hits).";
+    header(out, name, "counter", help);
+    for (result, n) in ["hit", "miss", "bypass"].iter().zip(counts) {
+        let _ = writeln!(out, "{name}{{result=\"{result}\"}} {n}");
+    }
+}
+
 /// Memory and start time of the process.
 pub fn process(out: &mut String, started: SystemTime) {
     let (rss, peak) = super::runstats::memory();

@@ -1,33 +1,144 @@
 //! `-distribution hash-route`: each line to the owners of its metric on a
 //! consistent-hash ring, so graphite-web finds every metric where it was stored.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 
+use super::pos_cache::{self, Outcome, PosCache, Probe};
 use super::ring::{HashKind, HashRing};
 use super::{RoutedPart, Router};
 use crate::batch::Batch;
 use crate::dest::DestAddr;
+
+/// Names probed before the first of them is resolved: their cache loads are
+/// independent, so the CPU overlaps their misses instead of waiting for each.
+const AHEAD: usize = 16;
 
 /// Routes by metric name on a [`HashRing`] with `replication` owners per metric.
 pub struct HashRouter {
     ring: HashRing,
     replication: usize,
     members: usize,
+    /// Name → ring position; `None` for rings without positions (jump_fnv1a_ch).
+    cache: Option<Arc<PosCache>>,
 }
 
 impl HashRouter {
-    /// A router over `members` (in configuration order, which is ring order).
+    /// A router over `members` (in configuration order, which is ring order), with a
+    /// position cache of its own.
     pub fn new(kind: HashKind, members: &[DestAddr], replication: usize) -> Self {
+        Self::with_cache(
+            kind,
+            members,
+            replication,
+            Some(Arc::new(PosCache::new(pos_cache::DEFAULT_SLOTS))),
+        )
+    }
+
+    /// A router sharing `cache` with the routers built before it for the same hash
+    /// (a daemon's ring changes keep their cache warm: positions do not depend on
+    /// the members). `None` computes every position.
+    pub fn with_cache(
+        kind: HashKind,
+        members: &[DestAddr],
+        replication: usize,
+        cache: Option<Arc<PosCache>>,
+    ) -> Self {
+        let ring = HashRing::new(kind, members);
+        let cache = cache.filter(|_| ring.position(b"").is_some());
+        if cache.is_some() {
+            pos_cache::note_in_use();
+        }
         HashRouter {
-            ring: HashRing::new(kind, members),
+            ring,
             replication: replication.max(1),
             members: members.len(),
+            cache,
         }
     }
 
     /// The owners of `metric`, as indices into the member list.
     pub fn owners(&self, metric: &[u8], out: &mut Vec<usize>) {
-        self.ring.lookup(metric, self.replication, out);
+        match &self.cache {
+            Some(cache) => {
+                let (pos, how) = self.position(cache, &cache.locate(metric), metric);
+                let hit = how == Outcome::Hit;
+                pos_cache::count(u64::from(hit), u64::from(!hit));
+                self.ring.lookup_at(pos, self.replication, out);
+            }
+            None => self.ring.lookup(metric, self.replication, out),
+        }
+    }
+
+    #[inline]
+    fn position(&self, cache: &PosCache, probe: &Probe, metric: &[u8]) -> (u16, Outcome) {
+        cache.resolve(probe, || self.ring.position(metric).unwrap_or(0))
+    }
+
+    /// First pass of [`Router::route`]: every line's owners (`stride` entries per line,
+    /// `u32::MAX` for none) and each destination's byte and line count.
+    fn place(&self, batch: &Batch, stride: usize) -> Placement {
+        let mut p = Placement {
+            owners_of_line: Vec::with_capacity(batch.len() * stride),
+            bytes: vec![0usize; self.members],
+            counts: vec![0u64; self.members],
+        };
+        let mut owners = Vec::with_capacity(self.replication);
+        let cache = self.cache.as_ref().filter(|c| !c.skip_batch());
+        let Some(cache) = cache else {
+            for (line, metric) in batch.lines() {
+                self.ring.lookup(metric, self.replication, &mut owners);
+                p.record(&owners, stride, line.len());
+            }
+            if self.cache.is_some() {
+                pos_cache::count_bypassed(batch.len() as u64);
+            }
+            return p;
+        };
+        let (mut hits, mut evictions, mut lines) = (0u64, 0u64, batch.lines());
+        loop {
+            let mut chunk: [Option<(usize, &[u8], Probe)>; AHEAD] = [None; AHEAD];
+            for (slot, (line, metric)) in chunk.iter_mut().zip(lines.by_ref()) {
+                *slot = Some((line.len(), metric, cache.locate(metric)));
+            }
+            if chunk[0].is_none() {
+                break;
+            }
+            for (len, metric, probe) in chunk.iter().flatten() {
+                let (pos, how) = self.position(cache, probe, metric);
+                hits += u64::from(how == Outcome::Hit);
+                evictions += u64::from(how == Outcome::Evicted);
+                self.ring.lookup_at(pos, self.replication, &mut owners);
+                p.record(&owners, stride, *len);
+            }
+        }
+        pos_cache::count(hits, batch.len() as u64 - hits);
+        cache.learn(hits, evictions, batch.len() as u64);
+        p
+    }
+}
+
+/// Where the lines of one batch go (see [`HashRouter::place`]).
+struct Placement {
+    owners_of_line: Vec<u32>,
+    bytes: Vec<usize>,
+    counts: Vec<u64>,
+}
+
+impl Placement {
+    #[inline]
+    fn record(&mut self, owners: &[usize], stride: usize, len: usize) {
+        for k in 0..stride {
+            match owners.get(k) {
+                Some(&i) => {
+                    self.bytes[i] += len;
+                    self.counts[i] += 1;
+                    self.owners_of_line.push(i as u32);
+                }
+                None => self.owners_of_line.push(u32::MAX),
+            }
+        }
     }
 }
 
@@ -43,30 +154,21 @@ impl Router for HashRouter {
         // a large allocation alive for a few lines — in the queue and in the writer's
         // resend window — multiplying memory by the unevenness.
         let stride = self.replication.min(self.members);
-        let mut owners_of_line: Vec<u32> = Vec::with_capacity(batch.len() * stride);
-        let mut bytes = vec![0usize; self.members];
-        let mut counts = vec![0u64; self.members];
-        let mut owners = Vec::with_capacity(self.replication);
-        for (line, metric) in batch.lines() {
-            self.ring.lookup(metric, self.replication, &mut owners);
-            for k in 0..stride {
-                match owners.get(k) {
-                    Some(&i) => {
-                        bytes[i] += line.len();
-                        counts[i] += 1;
-                        owners_of_line.push(i as u32);
-                    }
-                    None => owners_of_line.push(u32::MAX),
-                }
-            }
-        }
-        let mut bufs: Vec<Vec<u8>> = bytes.iter().map(|&n| Vec::with_capacity(n)).collect();
-        for ((line, _), line_owners) in batch.lines().zip(owners_of_line.chunks_exact(stride)) {
+        let placed = self.place(batch, stride);
+        let mut bufs: Vec<Vec<u8>> = placed
+            .bytes
+            .iter()
+            .map(|&n| Vec::with_capacity(n))
+            .collect();
+        let lines = batch
+            .lines()
+            .zip(placed.owners_of_line.chunks_exact(stride));
+        for ((line, _), line_owners) in lines {
             for &i in line_owners.iter().filter(|&&i| i != u32::MAX) {
                 bufs[i as usize].extend_from_slice(line);
             }
         }
-        for (dest, (buf, points)) in bufs.into_iter().zip(counts).enumerate() {
+        for (dest, (buf, points)) in bufs.into_iter().zip(placed.counts).enumerate() {
             if points > 0 {
                 out.push(RoutedPart {
                     dest,

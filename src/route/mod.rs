@@ -7,6 +7,7 @@
 pub mod broadcast;
 pub mod dry_run;
 pub mod hash_router;
+pub mod pos_cache;
 pub mod ring;
 
 use bytes::Bytes;

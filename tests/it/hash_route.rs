@@ -448,3 +448,74 @@ fn hash_failover_reroutes_a_failed_destinations_lines_and_lets_it_rejoin() {
         assert!(s.lines().iter().all(|l| owner_of(&three, l) == i));
     }
 }
+
+/// `polymur_hash_cache_lookups_total{result=...}` from `/metrics`.
+fn cache_lookups(gw: &Gateway, result: &str) -> u64 {
+    let body = http_get(&gw.admin, "/metrics", &[]).unwrap().body;
+    let series = format!("polymur_hash_cache_lookups_total{{result=\"{result}\"}} ");
+    body.lines()
+        .find_map(|l| l.strip_prefix(series.as_str()))
+        .unwrap_or_else(|| panic!("no {series} in /metrics:\n{body}"))
+        .parse()
+        .unwrap()
+}
+
+/// The position cache keeps its entries across ring changes (they hold ring
+/// positions, which do not depend on the members): the same names, already cached,
+/// must still land exactly where the *new* ring puts them after `putdest` and after
+/// `deldest`, and the cache must have answered those lookups.
+#[test]
+fn a_ring_change_never_serves_a_stale_owner_from_the_position_cache() {
+    let sinks = [LineSink::start(), LineSink::start(), LineSink::start()];
+    let addr = |i: usize| sinks[i].addr();
+    let gw = gateway(&[
+        "-distribution",
+        "hash-route",
+        "-destinations",
+        &format!("{},{}", addr(0), addr(1)),
+    ]);
+    let ts = now_ts();
+    let names: Vec<String> = (0..400).map(|i| format!("cache.h{i}.cpu")).collect();
+    let body: String = names.iter().map(|n| format!("{n} 1 {ts}\n")).collect();
+    let rings: [&[usize]; 3] = [&[0, 1], &[0, 1, 2], &[1, 2]];
+    for (step, members) in rings.iter().enumerate() {
+        match step {
+            1 => assert_eq!(
+                tcp_request(&gw.api, &format!("putdest {}", addr(2))).unwrap(),
+                format!("Registered destination: {}\n", addr(2))
+            ),
+            2 => assert_eq!(
+                tcp_request(&gw.api, &format!("deldest {}", addr(0))).unwrap(),
+                format!("Unregistered destination: {}\n", addr(0))
+            ),
+            _ => {}
+        }
+        let hits_before = cache_lookups(&gw, "hit");
+        // Twice per ring: the first post of step 0 fills the cache, every later one
+        // is answered from it.
+        for _ in 0..2 {
+            for s in &sinks {
+                s.clear();
+            }
+            assert_eq!(post(&gw, &body), 200);
+            assert!(wait_until(secs(10), || sinks
+                .iter()
+                .map(|s| s.count())
+                .sum::<usize>()
+                == names.len()));
+            let ring_members: Vec<DestAddr> =
+                members.iter().map(|&i| addr(i).parse().unwrap()).collect();
+            let ring = HashRing::new(HashKind::CarbonCh, &ring_members);
+            for (i, sink) in sinks.iter().enumerate() {
+                for line in sink.lines() {
+                    let owner = members[owner_of(&ring, &line)];
+                    assert_eq!(owner, i, "step {step}: {line} belongs to sink {owner}");
+                }
+            }
+        }
+        let hits = cache_lookups(&gw, "hit") - hits_before;
+        let want = if step == 0 { 400 } else { 800 };
+        assert!(hits >= want, "step {step}: {hits} cache hits, want {want}");
+    }
+    assert!(cache_lookups(&gw, "miss") >= 400);
+}

@@ -1,4 +1,5 @@
-//! Replays every golden vector in `tests/fixtures` (copied from `../shared/fixtures`) through `HashRing`.
+//! Replays every golden vector in `tests/fixtures` (copied from `../shared/fixtures`) through
+//! `HashRing`, and through `HashRouter`'s position cache (cold and warm).
 //!
 //! The fixtures were produced by the real graphite-carbon 1.1.7 and carbon-c-relay 3.7.3;
 //! graphite-web finds metrics only if our placement matches theirs exactly, so every row of
@@ -8,6 +9,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use polymur::dest::addr::DestAddr;
+use polymur::route::hash_router::HashRouter;
 use polymur::route::ring::{HashKind, HashRing};
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
@@ -71,6 +73,9 @@ fn check_file(path: &Path, origin: Origin) -> usize {
     let first = text.lines().next().expect("empty fixture");
     let h = parse_header(first, origin);
     let ring = HashRing::new(h.kind, &h.members);
+    // The router looks positions up in its cache: each metric twice, the first time
+    // missing (hashed and remembered), the second from the cache.
+    let router = HashRouter::new(h.kind, &h.members, h.replication);
     let shown: Vec<String> = h
         .members
         .iter()
@@ -100,6 +105,15 @@ fn check_file(path: &Path, origin: Origin) -> usize {
         let got: Vec<&str> = out.iter().map(|&i| shown[i].as_str()).collect();
         if got != want {
             bad.push(format!("{metric}: want {want:?} got {got:?}"));
+        }
+        for pass in ["cold", "warm"] {
+            router.owners(metric.as_bytes(), &mut out);
+            let got: Vec<&str> = out.iter().map(|&i| shown[i].as_str()).collect();
+            if got != want {
+                bad.push(format!(
+                    "{metric} (cached, {pass}): want {want:?} got {got:?}"
+                ));
+            }
         }
         rows += 1;
     }
