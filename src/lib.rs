@@ -69,3 +69,4 @@ pub mod route;
 pub mod self_metrics;
 pub mod shutdown;
 pub mod stats;
+pub mod tenants;
