@@ -20,6 +20,7 @@ pub mod fair;
 
 pub mod namespace;
 pub mod rate;
+pub mod store;
 
 
 use std::collections::HashMap;
