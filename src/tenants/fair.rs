@@ -9,6 +9,11 @@
 //!   weighted share of everything admitted, so it still gets its share of the capacity
 //!   (at least as much as any lighter tenant) but no more, and its excess gets the 503s.
 //!
+//! Above [`RESERVED`] a tenant over its share is refused outright: the last part of the
+//! queues is kept for the tenants within their shares, so that one whose share is not
+//! taken up by the others cannot still fill the queues to the brim and push the steady
+//! tenants into "queue full" 503s.
+//!
 //! Offered rather than admitted rates decide who is over: a flooding tenant that was
 //! refused for a second has a low admitted rate, but its offered rate still shows it is
 //! the one flooding, so the light tenant is never the one pushed out.
@@ -19,6 +24,9 @@ use super::{TenantState, Tenants};
 
 /// Queue fill (0..1, the fullest destination) above which fair shares apply.
 pub const NEARLY_FULL: f64 = 0.75;
+
+/// Queue fill above which only tenants within their offered share are admitted.
+pub const RESERVED: f64 = 0.9;
 
 /// A batch refused because its tenant is over its fair share.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -77,7 +85,8 @@ impl Tenants {
         }
         let part = me.weight() / weights;
         let share = part * offered_all;
-        if mine_offered <= share || mine_admitted < part * admitted_all {
+        let within = mine_offered <= share;
+        if within || (fill < RESERVED && mine_admitted < part * admitted_all) {
             return Ok(());
         }
         Err(FairRefusal {
