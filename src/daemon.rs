@@ -135,6 +135,8 @@ pub struct Source {
     pub keys: Option<(Arc<KeyCache>, String)>,
     /// The source's own SIGHUP reload, if it has one.
     pub reload: Option<Reload>,
+    /// What the source adds to `/metrics` and the status page (the gateway's tenants).
+    pub admin: Option<Arc<dyn crate::admin::http::AdminExtra>>,
 }
 
 /// A daemon that routes into Graphite destinations (gateway, relay): its flags,
@@ -231,7 +233,7 @@ impl RoutingDaemon {
                 stats: self.stats.clone(),
                 pipeline: Some(self.pipeline.clone()),
                 control: Some(self.registry.clone()),
-                extra: None,
+                extra: source.admin.clone(),
                 http: source.http.clone(),
                 keys: source.keys.clone(),
                 listening: source.listeners.listening(),

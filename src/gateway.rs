@@ -248,7 +248,14 @@ pub async fn run(config: GatewayConfig) -> Result<(), DaemonError> {
         ),
         tenants,
     });
-    let source = listen(&config, tls, state, store).await?;
+    let tenants_admin = Arc::new(tenants::admin::TenantsAdmin {
+        tenants: state.tenants.clone(),
+        pipeline: daemon.pipeline.clone(),
+        history: Arc::default(),
+    });
+    tokio::spawn(tenants_admin.clone().sample(daemon.workers_shutdown()));
+    let mut source = listen(&config, tls, state, store).await?;
+    source.admin = Some(tenants_admin);
     daemon.run(source).await
 }
 
@@ -310,5 +317,6 @@ async fn listen(
         http: Some(state.http.clone()),
         keys: Some((state.keys.clone(), describe)),
         reload: Some(reload),
+        admin: None,
     })
 }

@@ -74,6 +74,7 @@ pub async fn run(config: RelayConfig) -> Result<(), DaemonError> {
             http: None,
             keys: None,
             reload: None,
+            admin: None,
         })
         .await
 }

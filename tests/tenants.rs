@@ -241,3 +241,62 @@ fn limits_changed_in_etcd_take_effect_within_3_s() {
     println!("etcd limit applied after {:?}", changed.elapsed());
     assert_eq!(gw.ingest("bbb", &lines("b", 500)).status, 200, "b has no limit");
 }
+
+#[test]
+fn status_page_shows_tenants_with_sparklines_in_headless_chromium() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = LineSink::start();
+    let gw = gateway(dir.path(), "a points-per-second=100 burst=100\n", &sink.addr(), &[]);
+    assert_eq!(gw.ingest("aaa", &lines("a", 100)).status, 200);
+    assert_eq!(gw.ingest("aaa", &lines("a", 100)).status, 429);
+    assert_eq!(gw.ingest("bbb", &lines("b", 500)).status, 200);
+    // The history samples every 10 s: wait for the second sample, the first rate.
+    std::thread::sleep(secs(11));
+    assert_eq!(gw.ingest("bbb", &lines("b", 500)).status, 200);
+    let html = http_get(&gw.admin, "/", &[]).unwrap().body;
+    assert!(html.contains("<h2>Tenants</h2>"), "{html}");
+    assert!(html.contains("<td>a</td><td>100</td>"), "a's accepted points: {html}");
+    assert!(html.contains("/ 100</td><td>1</td>"), "a's limit and its one 429: {html}");
+    assert_eq!(html.matches("<svg class=spark").count(), 3, "two tenants, one destination");
+    assert!(html.contains("<polyline"), "a rate drawn: {html}");
+    let metrics = http_get(&gw.admin, "/metrics", &[]).unwrap().body;
+    for want in [
+        r#"polymur_tenant_accepted_points_total{key="a"} 100"#,
+        r#"polymur_tenant_accepted_points_total{key="b"} 1000"#,
+        r#"polymur_tenant_refused_batches_total{key="a",reason="quota"} 1"#,
+        r#"polymur_tenant_limit_points_per_second{key="a"} 100"#,
+    ] {
+        assert!(metrics.contains(want), "{want} in {metrics}");
+    }
+    if !Path::new("/usr/bin/chromium").exists() {
+        println!("SKIP screenshot: /usr/bin/chromium is not installed");
+        return;
+    }
+    let artifacts = Path::new(env!("CARGO_TARGET_TMPDIR")).join("artifacts");
+    std::fs::create_dir_all(&artifacts).unwrap();
+    let shot = artifacts.join("tenants-status.png");
+    let _ = std::fs::remove_file(&shot);
+    let profile = dir.path().join("chromium-profile");
+    let out = std::process::Command::new("/usr/bin/chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            &format!("--user-data-dir={}", profile.display()),
+            &format!("--screenshot={}", shot.display()),
+            "--window-size=1400,1400",
+            &format!("http://{}/", gw.admin),
+        ])
+        .output()
+        .expect("run chromium");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let png = std::fs::read(&shot).expect("screenshot written");
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+    assert!(png.len() > 10_000, "a rendered page, not a blank image");
+    println!("status page screenshot: {}", shot.display());
+}

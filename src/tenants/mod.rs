@@ -13,10 +13,12 @@
 //! Limits come from `-tenants-file` and from the key store (`polymur/gateway/tenants/<name>`,
 //! JSON); [`Tenants`] swaps them in as a whole, and lookups by name are lock-free.
 
+pub mod admin;
 pub mod bucket;
 pub mod cardinality;
 pub mod config;
 pub mod fair;
+pub mod history;
 
 pub mod namespace;
 pub mod rate;
