@@ -190,6 +190,7 @@ impl RoutingDaemon {
                 spool_max_bytes: flags.spool_max_bytes,
                 overflow: flags.overflow.into(),
                 durable,
+                replay_rate: flags.replay_rate.filter(|&r| r > 0),
             },
             flags.hash_failover && flags.distribution == Distribution::HashRoute,
             workers.1.clone(),
