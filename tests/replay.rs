@@ -15,17 +15,29 @@ fn a_million_point_spool_replays_at_the_replay_rate() {
     let dest = format!("-destinations=127.0.0.1:{port}");
     let rate: u64 = 250_000;
     let replay = format!("-replay-rate={rate}");
-    let gw = Gateway::start(&["-dev-mode", &dest, &spool, &replay, "-outgoing-queue-cap=1000"]);
+    let gw = Gateway::start(&[
+        "-dev-mode",
+        &dest,
+        &spool,
+        &replay,
+        "-outgoing-queue-cap=1000",
+    ]);
     let (batches, per_batch) = (200, 5000);
     let ts = now_ts();
     for b in 0..batches {
-        let body: String = (0..per_batch).map(|i| format!("r.b{b}.m{i} {i} {ts}\n")).collect();
+        let body: String = (0..per_batch)
+            .map(|i| format!("r.b{b}.m{i} {i} {ts}\n"))
+            .collect();
         let r = gw.ingest("123", &body);
         assert_eq!(r.status, 200, "batch {b}: {r:?}");
     }
     let total = batches * per_batch;
     let sink = LineSink::start_on(port);
-    assert!(sink.wait_count(1, secs(30)), "replay never started: {}", gw.proc.stderr_text());
+    assert!(
+        sink.wait_count(1, secs(30)),
+        "replay never started: {}",
+        gw.proc.stderr_text()
+    );
     let started = Instant::now();
     assert!(
         sink.wait_count(total, secs(120)),

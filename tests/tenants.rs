@@ -16,7 +16,9 @@ const PROXY: &str = env!("CARGO_BIN_EXE_polymur-proxy");
 /// `n` lines `<prefix>.m<i> <i> <now>`.
 fn lines(prefix: &str, n: usize) -> String {
     let ts = now_ts();
-    (0..n).map(|i| format!("{prefix}.m{i} {i} {ts}\n")).collect()
+    (0..n)
+        .map(|i| format!("{prefix}.m{i} {i} {ts}\n"))
+        .collect()
 }
 
 /// A gateway with keys `a` (key `aaa`), `b` (`bbb`) and `c` (`ccc`) and `tenants` as its
@@ -48,12 +50,19 @@ fn over_quota_is_429_with_retry_after_and_keeps_nothing() {
     // 300 points at 100/s from an (almost) empty bucket: 3 seconds.
     assert_eq!(over.header("Retry-After"), Some("3"), "{over:?}");
     assert!(over.body.contains("points-per-second=100"), "{}", over.body);
-    assert_eq!(gw.ingest("bbb", &lines("b", 300)).status, 200, "b has its own limit");
+    assert_eq!(
+        gw.ingest("bbb", &lines("b", 300)).status,
+        200,
+        "b has its own limit"
+    );
     assert!(sink.wait_count(600, secs(10)));
     sink.wait_idle(millis(500), secs(5));
     let got = sink.lines();
     assert_eq!(got.len(), 600);
-    assert!(!got.iter().any(|l| l.starts_with("a.refused")), "nothing of a 429 kept");
+    assert!(
+        !got.iter().any(|l| l.starts_with("a.refused")),
+        "nothing of a 429 kept"
+    );
     // Once the bucket allows it, the same batch passes.
     std::thread::sleep(secs(3));
     assert_eq!(gw.ingest("aaa", &lines("a.refused", 300)).status, 200);
@@ -77,13 +86,22 @@ fn over_quota_is_429_with_retry_after_and_keeps_nothing() {
 fn lines_outside_the_namespace_are_dropped_and_counted() {
     let dir = tempfile::tempdir().unwrap();
     let sink = LineSink::start();
-    let gw = gateway(dir.path(), "a allow=paris.,infra.paris.\n", &sink.addr(), &[]);
+    let gw = gateway(
+        dir.path(),
+        "a allow=paris.,infra.paris.\n",
+        &sink.addr(),
+        &[],
+    );
     let ts = now_ts();
     let body = format!(
         "paris.web1.cpu 1 {ts}\nberlin.web1.cpu 2 {ts}\ninfra.paris.sw1 3 {ts}\ninfra.berlin.sw1 4 {ts}\n"
     );
     assert_eq!(gw.ingest("aaa", &body).status, 200);
-    assert_eq!(gw.ingest("bbb", &format!("berlin.web2.cpu 5 {ts}\n")).status, 200);
+    assert_eq!(
+        gw.ingest("bbb", &format!("berlin.web2.cpu 5 {ts}\n"))
+            .status,
+        200
+    );
     assert!(sink.wait_count(3, secs(10)));
     sink.wait_idle(millis(500), secs(5));
     let mut got = sink.lines();
@@ -98,7 +116,9 @@ fn lines_outside_the_namespace_are_dropped_and_counted() {
     );
     let metrics = http_get(&gw.admin, "/metrics", &[]).unwrap().body;
     assert!(
-        metrics.contains(r#"polymur_tenant_dropped_lines_total{key="a",reason="outside_namespace"} 2"#),
+        metrics.contains(
+            r#"polymur_tenant_dropped_lines_total{key="a",reason="outside_namespace"} 2"#
+        ),
         "{metrics}"
     );
 }
@@ -107,18 +127,37 @@ fn lines_outside_the_namespace_are_dropped_and_counted() {
 fn proxy_behind_a_quota_delivers_every_line_later() {
     let dir = tempfile::tempdir().unwrap();
     let sink = LineSink::start();
-    let gw = gateway(dir.path(), "a points-per-second=4000 burst=4000\n", &sink.addr(), &[]);
+    let gw = gateway(
+        dir.path(),
+        "a points-per-second=4000 burst=4000\n",
+        &sink.addr(),
+        &[],
+    );
     let listen = format!("127.0.0.1:{}", free_port());
     let url = format!("http://{}", gw.http);
     let proxy = Proc::spawn(
         PROXY,
         &[
-            "-gateway", &url, "-api-key", "aaa", "-listen-addr", &listen, "-stat-addr=",
-            "-admin-addr=", "-flush-interval", "200ms", "-max-retry-delay", "2s",
+            "-gateway",
+            &url,
+            "-api-key",
+            "aaa",
+            "-listen-addr",
+            &listen,
+            "-stat-addr=",
+            "-admin-addr=",
+            "-flush-interval",
+            "200ms",
+            "-max-retry-delay",
+            "2s",
         ],
         &[],
     );
-    assert!(proxy.wait_log("Listening on", secs(15)), "{}", proxy.all_output());
+    assert!(
+        proxy.wait_log("Listening on", secs(15)),
+        "{}",
+        proxy.all_output()
+    );
     let total = 20_000;
     for chunk in 0..4 {
         send_lines(&listen, &lines(&format!("p.c{chunk}"), total / 4)).unwrap();
@@ -201,12 +240,20 @@ fn a_flooding_tenant_gets_the_503s_the_steady_one_its_200s() {
     let (a1_ok, a1_no) = a1.join().unwrap();
     let (a2_ok, a2_no) = a2.join().unwrap();
     let (a_ok, a_no) = (a1_ok + a2_ok, a1_no + a2_no);
-    println!("fair share: B {b_ok} batches 200, {b_no} refused; A {a_ok} batches 200, {a_no} refused");
+    println!(
+        "fair share: B {b_ok} batches 200, {b_no} refused; A {a_ok} batches 200, {a_no} refused"
+    );
     let fair = gw.proc.log_count("over fair share");
     println!("fair share: {fair} refusals logged as over fair share");
     assert!(b_ok + b_no > 50, "B kept sending");
-    assert!(b_ok * 100 >= (b_ok + b_no) * 99, "B: {b_ok} ok, {b_no} refused");
-    assert!(a_no > 0 && fair > 0, "A was refused for being over its share");
+    assert!(
+        b_ok * 100 >= (b_ok + b_no) * 99,
+        "B: {b_ok} ok, {b_no} refused"
+    );
+    assert!(
+        a_no > 0 && fair > 0,
+        "A was refused for being over its share"
+    );
     let _ = AtomicUsize::new(0);
 }
 
@@ -216,7 +263,10 @@ fn limits_changed_in_etcd_take_effect_within_3_s() {
     let sink = LineSink::start();
     etcd.put("polymur/gateway/keys/a", "aaa");
     etcd.put("polymur/gateway/keys/b", "bbb");
-    etcd.put("polymur/gateway/tenants/a", r#"{"points-per-second": 1000000}"#);
+    etcd.put(
+        "polymur/gateway/tenants/a",
+        r#"{"points-per-second": 1000000}"#,
+    );
     let endpoints = format!("-etcd-endpoints={}", etcd.endpoint());
     let dest = format!("-destinations={}", sink.addr());
     let gw = Gateway::start(&["-key-store=etcd", &endpoints, &dest]);
@@ -239,14 +289,23 @@ fn limits_changed_in_etcd_take_effect_within_3_s() {
     let r = refused.unwrap_or_else(|| panic!("no 429 within 3 s: {}", gw.proc.stderr_text()));
     assert!(r.body.contains("points-per-second=100"), "{}", r.body);
     println!("etcd limit applied after {:?}", changed.elapsed());
-    assert_eq!(gw.ingest("bbb", &lines("b", 500)).status, 200, "b has no limit");
+    assert_eq!(
+        gw.ingest("bbb", &lines("b", 500)).status,
+        200,
+        "b has no limit"
+    );
 }
 
 #[test]
 fn status_page_shows_tenants_with_sparklines_in_headless_chromium() {
     let dir = tempfile::tempdir().unwrap();
     let sink = LineSink::start();
-    let gw = gateway(dir.path(), "a points-per-second=100 burst=100\n", &sink.addr(), &[]);
+    let gw = gateway(
+        dir.path(),
+        "a points-per-second=100 burst=100\n",
+        &sink.addr(),
+        &[],
+    );
     assert_eq!(gw.ingest("aaa", &lines("a", 100)).status, 200);
     assert_eq!(gw.ingest("aaa", &lines("a", 100)).status, 429);
     assert_eq!(gw.ingest("bbb", &lines("b", 500)).status, 200);
@@ -255,9 +314,19 @@ fn status_page_shows_tenants_with_sparklines_in_headless_chromium() {
     assert_eq!(gw.ingest("bbb", &lines("b", 500)).status, 200);
     let html = http_get(&gw.admin, "/", &[]).unwrap().body;
     assert!(html.contains("<h2>Tenants</h2>"), "{html}");
-    assert!(html.contains("<td>a</td><td>100</td>"), "a's accepted points: {html}");
-    assert!(html.contains("/ 100</td><td>1</td>"), "a's limit and its one 429: {html}");
-    assert_eq!(html.matches("<svg class=spark").count(), 3, "two tenants, one destination");
+    assert!(
+        html.contains("<td>a</td><td>100</td>"),
+        "a's accepted points: {html}"
+    );
+    assert!(
+        html.contains("/ 100</td><td>1</td>"),
+        "a's limit and its one 429: {html}"
+    );
+    assert_eq!(
+        html.matches("<svg class=spark").count(),
+        3,
+        "two tenants, one destination"
+    );
     assert!(html.contains("<polyline"), "a rate drawn: {html}");
     let metrics = http_get(&gw.admin, "/metrics", &[]).unwrap().body;
     for want in [
@@ -294,7 +363,11 @@ fn status_page_shows_tenants_with_sparklines_in_headless_chromium() {
         ])
         .output()
         .expect("run chromium");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let png = std::fs::read(&shot).expect("screenshot written");
     assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
     assert!(png.len() > 10_000, "a rendered page, not a blank image");

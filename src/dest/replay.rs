@@ -58,8 +58,14 @@ mod tests {
         assert!(p.ready_at() <= t + Duration::from_millis(1));
         p.note(500);
         let wait = p.ready_at().saturating_duration_since(t);
-        assert!(wait >= Duration::from_millis(499) && wait <= Duration::from_millis(600), "{wait:?}");
+        assert!(
+            wait >= Duration::from_millis(499) && wait <= Duration::from_millis(600),
+            "{wait:?}"
+        );
         assert_eq!(p.read_size(4 << 20), 64 * 1024);
-        assert_eq!(ReplayPace::new(1_000_000).read_size(4 << 20), 6_400_000.min(4 << 20));
+        assert_eq!(
+            ReplayPace::new(1_000_000).read_size(4 << 20),
+            6_400_000.min(4 << 20)
+        );
     }
 }

@@ -635,7 +635,10 @@ impl Writer {
         if !self.paced().await {
             return !self.pending.items.is_empty();
         }
-        let size = self.pace.as_ref().map_or(SPOOL_READ, |p| p.read_size(SPOOL_READ));
+        let size = self
+            .pace
+            .as_ref()
+            .map_or(SPOOL_READ, |p| p.read_size(SPOOL_READ));
         let read = {
             let spool = spool.clone();
             tokio::task::spawn_blocking(move || spool.read(size)).await

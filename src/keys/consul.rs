@@ -258,9 +258,7 @@ impl KeyStore for ConsulStore {
             let status = resp.status();
             let body = resp.text().await.unwrap_or_default();
             if !status.is_success() || body.trim() != "true" {
-                return Err(
-                    self.unavailable(format!("PUT {pfx}{name}: {status} {}", body.trim()))
-                );
+                return Err(self.unavailable(format!("PUT {pfx}{name}: {status} {}", body.trim())));
             }
             Ok(())
         })
@@ -291,10 +289,9 @@ impl KeyStore for ConsulStore {
             let status = resp.status();
             let body = resp.text().await.unwrap_or_default();
             if !status.is_success() || body.trim() != "true" {
-                return Err(self.unavailable(format!(
-                    "DELETE {pfx}{name}: {status} {}",
-                    body.trim()
-                )));
+                return Err(
+                    self.unavailable(format!("DELETE {pfx}{name}: {status} {}", body.trim()))
+                );
             }
             Ok(true)
         })

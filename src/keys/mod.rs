@@ -22,7 +22,6 @@ use std::time::Duration;
 
 pub use cache::{fingerprint, KeyCache};
 
-
 /// The KV prefix under which every store keeps keys (PROTOCOL.md: Consul layout).
 pub const KEY_PREFIX: &str = "polymur/gateway/keys/";
 
@@ -62,12 +61,12 @@ pub fn open_layout(
 ) -> Result<Option<Arc<dyn KeyStore>>, KeyStoreError> {
     Ok(match config {
         KeyStoreConfig::Dev | KeyStoreConfig::File { .. } => None,
-        KeyStoreConfig::Consul { addr, token } => {
-            Some(Arc::new(consul::ConsulStore::new(addr, token.clone())?.with_layout(layout)))
-        }
-        KeyStoreConfig::Etcd { endpoints } => {
-            Some(Arc::new(etcd::EtcdStore::new(endpoints.clone())?.with_layout(layout)))
-        }
+        KeyStoreConfig::Consul { addr, token } => Some(Arc::new(
+            consul::ConsulStore::new(addr, token.clone())?.with_layout(layout),
+        )),
+        KeyStoreConfig::Etcd { endpoints } => Some(Arc::new(
+            etcd::EtcdStore::new(endpoints.clone())?.with_layout(layout),
+        )),
     })
 }
 

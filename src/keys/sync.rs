@@ -64,7 +64,10 @@ pub async fn follow<F, Fut>(
             _ = shutdown.recv() => return,
         };
         if let Err(e) = waited {
-            tracing::warn!("{} watch failed: {e}; retrying in {backoff:?}", store.describe());
+            tracing::warn!(
+                "{} watch failed: {e}; retrying in {backoff:?}",
+                store.describe()
+            );
             tokio::select! {
                 _ = tokio::time::sleep(backoff) => {},
                 _ = shutdown.recv() => return,

@@ -22,7 +22,9 @@ pub struct TenantsAdmin {
 }
 
 fn label(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 fn html(v: &str) -> String {
@@ -70,34 +72,75 @@ impl AdminExtra for TenantsAdmin {
                 .collect()
         };
         let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed).to_string();
-        family(out, "polymur_tenant_accepted_points_total", "counter",
+        family(
+            out,
+            "polymur_tenant_accepted_points_total",
+            "counter",
             "Points accepted per key name (held for every destination).",
-            &rows(&|t| load(&t.counters.accepted)));
-        family(out, "polymur_tenant_refused_batches_total", "counter",
+            &rows(&|t| load(&t.counters.accepted)),
+        );
+        family(
+            out,
+            "polymur_tenant_refused_batches_total",
+            "counter",
             "Batches refused per key name: quota (429), fair_share and queue_full (503).",
-            &all.iter().flat_map(|t| {
-                let k = label(&t.name);
-                [("quota", &t.counters.refused_quota), ("fair_share", &t.counters.refused_fair), ("queue_full", &t.counters.refused_full)]
+            &all.iter()
+                .flat_map(|t| {
+                    let k = label(&t.name);
+                    [
+                        ("quota", &t.counters.refused_quota),
+                        ("fair_share", &t.counters.refused_fair),
+                        ("queue_full", &t.counters.refused_full),
+                    ]
                     .map(|(r, c)| (format!("key=\"{k}\",reason=\"{r}\""), load(c)))
-            }).collect::<Vec<_>>());
-        family(out, "polymur_tenant_dropped_lines_total", "counter",
+                })
+                .collect::<Vec<_>>(),
+        );
+        family(
+            out,
+            "polymur_tenant_dropped_lines_total",
+            "counter",
             "Lines dropped per key name: outside_namespace, invalid.",
-            &all.iter().flat_map(|t| {
-                let k = label(&t.name);
-                [("outside_namespace", &t.counters.dropped_namespace), ("invalid", &t.counters.dropped_invalid)]
+            &all.iter()
+                .flat_map(|t| {
+                    let k = label(&t.name);
+                    [
+                        ("outside_namespace", &t.counters.dropped_namespace),
+                        ("invalid", &t.counters.dropped_invalid),
+                    ]
                     .map(|(r, c)| (format!("key=\"{k}\",reason=\"{r}\""), load(c)))
-            }).collect::<Vec<_>>());
-        family(out, "polymur_tenant_rate_points_per_second", "gauge",
+                })
+                .collect::<Vec<_>>(),
+        );
+        family(
+            out,
+            "polymur_tenant_rate_points_per_second",
+            "gauge",
             "Points accepted per second over the last second, per key name.",
-            &rows(&|t| format!("{:.1}", t.admitted_rate())));
-        let limited: Vec<_> = all.iter().filter_map(|t| {
-            t.limits().points_per_second.map(|l| (format!("key=\"{}\"", label(&t.name)), l.to_string()))
-        }).collect();
-        family(out, "polymur_tenant_limit_points_per_second", "gauge",
-            "The points-per-second limit per key name (absent: unlimited).", &limited);
-        family(out, "polymur_tenant_series_this_minute", "gauge",
+            &rows(&|t| format!("{:.1}", t.admitted_rate())),
+        );
+        let limited: Vec<_> = all
+            .iter()
+            .filter_map(|t| {
+                t.limits()
+                    .points_per_second
+                    .map(|l| (format!("key=\"{}\"", label(&t.name)), l.to_string()))
+            })
+            .collect();
+        family(
+            out,
+            "polymur_tenant_limit_points_per_second",
+            "gauge",
+            "The points-per-second limit per key name (absent: unlimited).",
+            &limited,
+        );
+        family(
+            out,
+            "polymur_tenant_series_this_minute",
+            "gauge",
             "Distinct series this minute (estimate), per key name with a series-per-minute limit.",
-            &rows(&|t| t.series_this_minute().to_string()));
+            &rows(&|t| t.series_this_minute().to_string()),
+        );
     }
 
     fn status_html(&self, page: &mut String) {

@@ -86,7 +86,10 @@ mod tests {
         b.take(150.0);
         // 50 left: 100 more need 0.5 s.
         assert_eq!(b.wait_for(100.0, t0), Duration::from_millis(500));
-        assert_eq!(b.wait_for(100.0, t0 + Duration::from_millis(500)), Duration::ZERO);
+        assert_eq!(
+            b.wait_for(100.0, t0 + Duration::from_millis(500)),
+            Duration::ZERO
+        );
         // A batch above the burst passes a full bucket, then the debt is waited out.
         let t1 = t0 + Duration::from_secs(10);
         assert_eq!(b.wait_for(1000.0, t1), Duration::ZERO);

@@ -20,8 +20,9 @@ const M: usize = 1 << P;
 /// A fixed hasher, so that a series lands in the same register in every window and
 /// every process (the estimate never depends on a random seed).
 fn hash(series: &[u8]) -> u64 {
-    let mut h = std::hash::BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default()
-        .build_hasher();
+    let mut h =
+        std::hash::BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default()
+            .build_hasher();
     h.write(series);
     h.finish()
 }
@@ -36,7 +37,12 @@ pub struct SeriesCounter {
 
 impl std::fmt::Debug for SeriesCounter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "SeriesCounter(minute {}, ~{})", self.minute, self.estimate())
+        write!(
+            f,
+            "SeriesCounter(minute {}, ~{})",
+            self.minute,
+            self.estimate()
+        )
     }
 }
 
@@ -124,7 +130,11 @@ mod tests {
         for i in 0..100 {
             small.add(format!("m{i}").as_bytes());
         }
-        assert!((98..=102).contains(&small.estimate()), "{}", small.estimate());
+        assert!(
+            (98..=102).contains(&small.estimate()),
+            "{}",
+            small.estimate()
+        );
         small.roll(2);
         assert_eq!(small.estimate(), 0);
     }

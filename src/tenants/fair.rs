@@ -47,7 +47,12 @@ impl Tenants {
     /// Counts `points` as offered by `state` and decides whether they may be admitted
     /// with the destinations `fill` full; when `Ok`, they count as admitted (take them
     /// back with [`fair_undo`](Self::fair_undo) if the batch is refused later).
-    pub fn fair_admit(&self, state: &TenantState, points: f64, fill: f64) -> Result<(), FairRefusal> {
+    pub fn fair_admit(
+        &self,
+        state: &TenantState,
+        points: f64,
+        fill: f64,
+    ) -> Result<(), FairRefusal> {
         let now = Instant::now();
         state.rates_mut().offered.add(points, now);
         if fill >= NEARLY_FULL {
@@ -124,8 +129,14 @@ mod tests {
             }
         }
         assert_eq!(b_ok, 10, "the steady tenant keeps every batch");
-        assert!(a_no > a_ok, "the flood is mostly refused: {a_ok} ok, {a_no} refused");
-        assert!(a_ok >= 9, "but gets about the steady tenant's share: {a_ok}");
+        assert!(
+            a_no > a_ok,
+            "the flood is mostly refused: {a_ok} ok, {a_no} refused"
+        );
+        assert!(
+            a_ok >= 9,
+            "but gets about the steady tenant's share: {a_ok}"
+        );
         // Not nearly full: nobody is refused.
         assert!(t.fair_admit(&a, 1000.0, 0.5).is_ok());
     }

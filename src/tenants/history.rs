@@ -57,11 +57,7 @@ impl History {
 pub fn sparkline(rates: &[f64], limit: Option<f64>) -> String {
     const W: f64 = 180.0;
     const H: f64 = 32.0;
-    let top = rates
-        .iter()
-        .copied()
-        .chain(limit)
-        .fold(1.0_f64, f64::max);
+    let top = rates.iter().copied().chain(limit).fold(1.0_f64, f64::max);
     let y = |v: f64| H - 2.0 - (v / top) * (H - 4.0);
     let mut svg = format!(
         "<svg class=spark xmlns=\"http://www.w3.org/2000/svg\" width=\"{W}\" height=\"{H}\" \
@@ -88,6 +84,14 @@ viewBox=\"0 0 {W} {H}\" role=img><title>last 15 minutes, up to {top:.0} points/s
             "<polyline fill=\"none\" stroke=\"#06c\" stroke-width=\"1.5\" points=\"{}\"/>",
             points.join(" ")
         );
+        // The latest rate as a dot, so that a history of one sample still shows.
+        let last = rates.len() - 1;
+        let _ = write!(
+            svg,
+            "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"2\" fill=\"#06c\"/>",
+            (start + last) as f64 * dx,
+            y(rates[last])
+        );
     }
     svg.push_str("</svg>");
     svg
@@ -107,6 +111,10 @@ mod tests {
         assert_eq!(r.len(), SAMPLES);
         assert!(r.iter().all(|&v| v == 10.0));
         let svg = sparkline(&r, Some(20.0));
-        assert!(svg.starts_with("<svg") && svg.contains("<polyline") && svg.contains("stroke-dasharray"));
+        assert!(
+            svg.starts_with("<svg")
+                && svg.contains("<polyline")
+                && svg.contains("stroke-dasharray")
+        );
     }
 }

@@ -24,7 +24,6 @@ pub mod namespace;
 pub mod rate;
 pub mod store;
 
-
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -398,7 +397,10 @@ mod tests {
         b.refund(c);
         let c = b.charge(&batch(10)).unwrap();
         b.commit(c);
-        assert_eq!(b.charge(&batch(10)).unwrap_err().limit, "batches-per-second");
+        assert_eq!(
+            b.charge(&batch(10)).unwrap_err().limit,
+            "batches-per-second"
+        );
         assert_eq!(b.counters.accepted.load(Ordering::Relaxed), 10);
     }
 

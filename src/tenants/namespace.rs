@@ -39,12 +39,16 @@ mod tests {
 
     #[test]
     fn keeps_lines_inside_and_counts_the_rest() {
-        let (b, _) = Batch::from_plaintext(b"paris.a 1 1\nberlin.b 2 2\nparis.c 3 3\n".to_vec(), None);
+        let (b, _) =
+            Batch::from_plaintext(b"paris.a 1 1\nberlin.b 2 2\nparis.c 3 3\n".to_vec(), None);
         let allow = vec!["paris.".to_string()];
         let (kept, outside) = filter(&b, &allow, None).unwrap();
         assert_eq!(outside, 1);
         assert_eq!(kept.data().as_ref(), b"paris.a 1 1\nparis.c 3 3\n");
         let (p, _) = Batch::from_plaintext(b"paris.a 1 1\n".to_vec(), Some("site"));
-        assert!(filter(&p, &allow, Some("site")).is_none(), "the key prefix is not the tenant's");
+        assert!(
+            filter(&p, &allow, Some("site")).is_none(),
+            "the key prefix is not the tenant's"
+        );
     }
 }
