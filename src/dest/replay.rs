@@ -63,9 +63,6 @@ mod tests {
             "{wait:?}"
         );
         assert_eq!(p.read_size(4 << 20), 64 * 1024);
-        assert_eq!(
-            ReplayPace::new(1_000_000).read_size(4 << 20),
-            4 << 20
-        );
+        assert_eq!(ReplayPace::new(1_000_000).read_size(4 << 20), 4 << 20);
     }
 }

@@ -199,11 +199,9 @@ async fn ingest(state: Arc<Ingest>, req: Request<Incoming>, client: &str, tenant
         .admit_tenant(&state.tenants, &quotas, &batch, added, admit_by)
         .await;
     match held {
-        Ok(crate::pipeline::Held) => {
-            tenant
-                .received
-                .fetch_add(batch.len() as u64, Ordering::Relaxed);
-            tracing::debug!("Batch from {client} (key {name}): {} points", batch.len());
+        Ok((crate::pipeline::Held, points)) => {
+            tenant.received.fetch_add(points, Ordering::Relaxed);
+            tracing::debug!("Batch from {client} (key {name}): {points} points");
             reply(StatusCode::OK, "Batch Received\n")
         }
         Err(TenantRefused::Quota(q)) => super::quota::over_quota(client, name, &q),

@@ -48,7 +48,8 @@ impl Pipeline {
 
     /// [`admit`](Self::admit) for a batch sent by `tenant`; see the [module
     /// documentation](self). `key_prefix` is the prefix the gateway added to each line
-    /// (`-key-prefix`), which namespaces do not see.
+    /// (`-key-prefix`), which namespaces do not see. `Ok` carries the points held: the
+    /// batch's, less the lines outside the tenant's namespace.
     pub async fn admit_tenant(
         &self,
         tenants: &Tenants,
@@ -56,7 +57,7 @@ impl Pipeline {
         batch: &Batch,
         key_prefix: Option<&str>,
         deadline: Instant,
-    ) -> Result<Held, TenantRefused> {
+    ) -> Result<(Held, u64), TenantRefused> {
         let c = &tenant.counters;
         let limits = tenant.limits();
         let batch = match limits.allow.as_deref() {
@@ -83,7 +84,7 @@ impl Pipeline {
         match self.admit(&batch, deadline).await {
             Ok(held) => {
                 tenant.commit(charge);
-                Ok(held)
+                Ok((held, batch.len() as u64))
             }
             Err(refused) => {
                 tenant.refund(charge);
