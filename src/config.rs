@@ -123,6 +123,9 @@ pub struct PipelineFlags {
     /// Per-destination disk spool for lines the memory queue cannot hold (survives restarts)
     #[arg(long)]
     pub spool_dir: Option<PathBuf>,
+    /// Pace delivery out of the spool to at most N points/s per destination (default: unlimited); live traffic keeps priority
+    #[arg(long)]
+    pub replay_rate: Option<u64>,
     /// Spool size limit per destination, bytes or with K/M/G
     #[arg(long, default_value = "1G", value_parser = parse_bytes)]
     pub spool_max_bytes: u64,

@@ -142,6 +142,8 @@ pub struct Source {
     pub keys: Option<(Arc<KeyCache>, String)>,
     /// The source's own SIGHUP reload, if it has one.
     pub reload: Option<Reload>,
+    /// What the source adds to `/metrics` and the status page (the gateway's tenants).
+    pub admin: Option<Arc<dyn crate::admin::http::AdminExtra>>,
 }
 
 /// A daemon that routes into Graphite destinations (gateway, relay): its flags,
@@ -196,6 +198,7 @@ impl RoutingDaemon {
                 spool_max_bytes: flags.spool_max_bytes,
                 overflow: flags.overflow.into(),
                 durable,
+                replay_rate: flags.replay_rate.filter(|&r| r > 0),
             },
             flags.hash_failover && flags.distribution == Distribution::HashRoute,
             workers.1.clone(),
@@ -238,7 +241,7 @@ impl RoutingDaemon {
                 stats: self.stats.clone(),
                 pipeline: Some(self.pipeline.clone()),
                 control: Some(self.registry.clone()),
-                extra: None,
+                extra: source.admin.clone(),
                 http: source.http.clone(),
                 keys: source.keys.clone(),
                 listening: source.listeners.listening(),

@@ -14,6 +14,7 @@ use crate::daemon::{DaemonError, Listeners, Reload, RoutingDaemon, Source};
 use crate::ingest::{self, Ingest, IngestConfig};
 use crate::keys::{self, KeyCache, KeyStore, KeyStoreConfig};
 use crate::net;
+use crate::tenants::{self, Tenants, TenantsConfig};
 
 /// `-key-store`: where API keys live.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -66,6 +67,9 @@ pub struct GatewayConfig {
     /// Key file for -key-store file: `<name> <key>` per line, `#` comments; reloaded on change
     #[arg(long)]
     pub keys_file: Option<PathBuf>,
+    /// Per-key limits: `<name> points-per-second=N burst=N batches-per-second=N series-per-minute=N weight=N allow=<prefix>,...` per line, `*` sets the defaults; reloaded on change and SIGHUP (Consul/etcd: JSON under polymur/gateway/tenants/<name>)
+    #[arg(long)]
+    pub tenants_file: Option<PathBuf>,
     /// etcd endpoints for -key-store etcd (comma-separated URLs)
     #[arg(long, default_value = "http://127.0.0.1:2379")]
     pub etcd_endpoints: String,
@@ -168,6 +172,44 @@ async fn open_keys(
     Ok((store, cache))
 }
 
+/// Loads the tenants' limits (`-tenants-file`, and the documents of a Consul or etcd key
+/// store) and keeps them followed. A tenants file that does not load stops the start,
+/// like any bad flag; later, a bad version keeps the limits in force.
+async fn open_tenants(
+    config: &GatewayConfig,
+    daemon: &RoutingDaemon,
+) -> Result<Arc<Tenants>, DaemonError> {
+    let tenants = Arc::new(Tenants::new());
+    if let Some(path) = &config.tenants_file {
+        let file = TenantsConfig::load(path).map_err(|e| DaemonError::config(e.to_string()))?;
+        tracing::info!(
+            "Tenant limits loaded from {}: {} entries",
+            path.display(),
+            file.by_name.len()
+        );
+        tenants.set_file(file);
+        tokio::spawn(tenants::store::watch_file(
+            path.clone(),
+            tenants.clone(),
+            daemon.workers_shutdown(),
+        ));
+    }
+    if let Some(store) = keys::open_layout(&config.key_store_config()?, tenants::store::LAYOUT)? {
+        let _ = tokio::time::timeout(
+            Duration::from_secs(10),
+            tenants::store::sync_store_once(store.as_ref(), &tenants),
+        )
+        .await;
+        tokio::spawn(tenants::store::follow_store(
+            store,
+            tenants.clone(),
+            config.key_sync_interval,
+            daemon.workers_shutdown(),
+        ));
+    }
+    Ok(tenants)
+}
+
 /// Runs the gateway until SIGINT/SIGTERM, then drains and returns.
 pub async fn run(config: GatewayConfig) -> Result<(), DaemonError> {
     crate::logging::install_tls_provider();
@@ -192,6 +234,7 @@ pub async fn run(config: GatewayConfig) -> Result<(), DaemonError> {
         config.key_sync_interval,
         daemon.workers_shutdown(),
     ));
+    let tenants = open_tenants(&config, &daemon).await?;
     let state = Arc::new(Ingest {
         config: IngestConfig {
             max_body_bytes: config.max_body_bytes as usize,
@@ -206,8 +249,16 @@ pub async fn run(config: GatewayConfig) -> Result<(), DaemonError> {
         decode_budget: ingest::DecodeBudget::from_incoming_queue_cap(
             config.pipeline.incoming_queue_cap,
         ),
+        tenants,
     });
-    let source = listen(&config, tls, state, store).await?;
+    let tenants_admin = Arc::new(tenants::admin::TenantsAdmin {
+        tenants: state.tenants.clone(),
+        pipeline: daemon.pipeline.clone(),
+        history: Arc::default(),
+    });
+    tokio::spawn(tenants_admin.clone().sample(daemon.workers_shutdown()));
+    let mut source = listen(&config, tls, state, store).await?;
+    source.admin = Some(tenants_admin);
     daemon.run(source).await
 }
 
@@ -236,10 +287,14 @@ async fn listen(
     // SIGHUP: the certificate and the keys, each kept as it was when its new version
     // does not load (the daemon layer adds the destinations file).
     let cache = state.keys.clone();
+    let (tenants_file, tenants) = (config.tenants_file.clone(), state.tenants.clone());
     let describe = store.describe();
     let reload: Reload = Box::new(move || {
         if let Some(tls) = &tls {
             tls.reload();
+        }
+        if let Some(path) = &tenants_file {
+            tenants::store::reload_file(path, &tenants);
         }
         let (store, cache) = (store.clone(), cache.clone());
         Box::pin(async move {
@@ -262,5 +317,6 @@ async fn listen(
         http: Some(state.http.clone()),
         keys: Some((state.keys.clone(), describe)),
         reload: Some(reload),
+        admin: None,
     })
 }

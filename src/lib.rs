@@ -71,3 +71,4 @@ pub mod self_metrics;
 pub mod shutdown;
 pub mod stats;
 pub mod tags;
+pub mod tenants;

@@ -7,8 +7,10 @@
 //! memory queue, so the caller may answer `503` and the sender retries it.
 
 mod admit;
+mod tenant;
 
 pub use admit::{Held, ADMIT_WAIT};
+pub use tenant::TenantRefused;
 
 use std::sync::Arc;
 

@@ -83,6 +83,7 @@ pub async fn run(config: RelayConfig) -> Result<(), DaemonError> {
             http: None,
             keys: None,
             reload,
+            admin: None,
         })
         .await
 }

@@ -23,6 +23,7 @@
 pub mod addr;
 pub mod console;
 pub mod dead_letter;
+pub mod replay;
 pub mod spool;
 pub mod tcp;
 pub mod unacked;
@@ -100,6 +101,8 @@ pub struct DestConfig {
     pub overflow: Overflow,
     /// `-durable`: acknowledge only after the batch is on disk.
     pub durable: bool,
+    /// `-replay-rate`: points/s out of the spool (`None`: unlimited); see [`replay`].
+    pub replay_rate: Option<u64>,
 }
 
 /// What happens to a batch that neither the memory queue nor the spool can hold.
@@ -121,6 +124,7 @@ impl DestConfig {
             spool_max_bytes: 0,
             overflow: Overflow::Refuse,
             durable: false,
+            replay_rate: None,
         }
     }
 }
@@ -276,6 +280,7 @@ impl Destination {
                     reclaim_rx,
                     shutdown,
                     config.drain_timeout,
+                    config.replay_rate.map(replay::ReplayPace::new),
                 ))
             }
             SinkKind::Console => tokio::spawn(console::run(shared.clone(), rx, shutdown)),

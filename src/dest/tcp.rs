@@ -246,6 +246,8 @@ struct Writer {
     connect_log: Throttle,
     /// "re-sending N points" lines.
     resend_log: Throttle,
+    /// `-replay-rate`: the pace of spool reads (`None`: as fast as the destination takes).
+    pace: Option<super::replay::ReplayPace>,
 }
 
 /// Runs until the memory queue is drained after shutdown (or the drain timeout passes),
@@ -257,6 +259,7 @@ pub async fn run(
     reclaim: super::ReclaimRx,
     shutdown: Shutdown,
     drain_timeout: Duration,
+    pace: Option<super::replay::ReplayPace>,
 ) {
     let spool = dest.spool().cloned();
     let mut w = Writer {
@@ -278,6 +281,7 @@ pub async fn run(
         error_log: Throttle::default(),
         connect_log: Throttle::default(),
         resend_log: Throttle::default(),
+        pace,
     };
     w.run(addr).await;
     w.dest.stats.connected.store(false, Ordering::Relaxed);
@@ -628,13 +632,23 @@ impl Writer {
             }
             return false;
         }
+        if !self.paced().await {
+            return !self.pending.items.is_empty();
+        }
+        let size = self
+            .pace
+            .as_ref()
+            .map_or(SPOOL_READ, |p| p.read_size(SPOOL_READ));
         let read = {
             let spool = spool.clone();
-            tokio::task::spawn_blocking(move || spool.read(SPOOL_READ)).await
+            tokio::task::spawn_blocking(move || spool.read(size)).await
         };
         match read {
             Ok(Ok(records)) => {
                 let got = !records.is_empty();
+                if let Some(p) = self.pace.as_mut() {
+                    p.note(records.iter().map(|(c, _)| c.points).sum());
+                }
                 for (chunk, pos) in records {
                     self.pending.items.push_back(Item {
                         chunk,
@@ -657,6 +671,32 @@ impl Writer {
                     "Destination {}: spool read task failed: {e}",
                     self.dest.name()
                 );
+                false
+            }
+        }
+    }
+
+    /// Waits until `-replay-rate` allows the next spool read. False when the wait ended
+    /// otherwise: a live chunk arrived (it goes first, and is in `pending` now), the
+    /// queue closed, or shutdown started.
+    async fn paced(&mut self) -> bool {
+        let Some(at) = self.pace.as_ref().map(|p| p.ready_at()) else {
+            return true;
+        };
+        if at <= std::time::Instant::now() {
+            return true;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep_until(at.into()) => true,
+            c = self.rx.recv() => {
+                match c {
+                    Some(c) => self.pending.items.push_back(Item { chunk: c, origin: Origin::Memory }),
+                    None => self.closed = true,
+                }
+                false
+            }
+            _ = self.shutdown.recv() => {
+                self.deadline = Some(Instant::now() + self.drain_timeout);
                 false
             }
         }

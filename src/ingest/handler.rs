@@ -20,6 +20,7 @@ use super::Ingest;
 use crate::batch::Batch;
 use crate::keys::cache::Tenant;
 use crate::keys::fingerprint;
+use crate::pipeline::TenantRefused;
 
 /// Bodies at least this large are decompressed on the blocking pool so a big
 /// batch never stalls other connections on the same runtime thread.
@@ -191,22 +192,31 @@ async fn ingest(state: Arc<Ingest>, req: Request<Incoming>, client: &str, tenant
             return reply(StatusCode::BAD_REQUEST, "Batch Malformed\n");
         }
     };
+    let quotas = state.tenants.get(name);
     if rejects.count > 0 {
         state
             .pipeline
             .stats()
             .note_invalid(&format!("key {name} ({client})"), &rejects);
+        quotas
+            .counters
+            .dropped_invalid
+            .fetch_add(rejects.count, Ordering::Relaxed);
     }
-    let held = state.pipeline.admit(&batch, admit_by).await;
+    let added = limits.key_prefix.then_some(name);
+    let held = state
+        .pipeline
+        .admit_tenant(&state.tenants, &quotas, &batch, added, admit_by)
+        .await;
     match held {
-        Ok(crate::pipeline::Held) => {
-            tenant
-                .received
-                .fetch_add(batch.len() as u64, Ordering::Relaxed);
-            tracing::debug!("Batch from {client} (key {name}): {} points", batch.len());
+        Ok((crate::pipeline::Held, points)) => {
+            tenant.received.fetch_add(points, Ordering::Relaxed);
+            tracing::debug!("Batch from {client} (key {name}): {points} points");
             advertise(reply(StatusCode::OK, "Batch Received\n"))
         }
-        Err(refused) => refuse(&state, client, name, &refused),
+        Err(TenantRefused::Quota(q)) => super::quota::over_quota(client, name, &q),
+        Err(TenantRefused::Fair(f)) => super::quota::over_share(client, name, &f),
+        Err(TenantRefused::Full(refused)) => refuse(&state, client, name, &refused),
     }
 }
 

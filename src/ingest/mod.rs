@@ -3,6 +3,7 @@
 pub mod encoding;
 pub mod handler;
 pub mod inflate;
+pub mod quota;
 pub mod stats;
 pub mod tls;
 pub mod zstd;
@@ -48,6 +49,8 @@ pub struct Ingest {
     /// Decode budget in KiB (`-incoming-queue-cap`): bounds the memory of batches
     /// being decompressed and routed at once, whatever the number of clients.
     pub decode_budget: DecodeBudget,
+    /// Per-key limits, fair shares and namespaces (issue 14), checked at admission.
+    pub tenants: Arc<crate::tenants::Tenants>,
 }
 
 /// Memory for batches between "body received" and "held by the destinations".

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 
 use super::StoreErrors as _;
-use super::{b64_decode, usable_key, BoxFuture, KeySet, KeyStore, KeyStoreError, KEY_PREFIX};
+use super::{b64_decode, BoxFuture, KeySet, KeyStore, KeyStoreError};
 
 /// Timeout of the plain (non-blocking) requests.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -28,6 +28,8 @@ pub struct ConsulStore {
     /// `X-Consul-Index` of the last successful `load`; 0 means "none yet", and makes
     /// [`KeyStore::changed`] fetch a fresh index before it blocks.
     index: AtomicU64,
+    /// The KV prefix read and how values are checked (the keys, or the tenants' documents).
+    layout: super::Layout,
 }
 
 /// One entry of a KV listing, as Consul returns it.
@@ -41,6 +43,12 @@ struct KvEntry {
 }
 
 impl ConsulStore {
+    /// The same agent, reading `layout` (e.g. the tenants' documents) instead of the keys.
+    pub fn with_layout(mut self, layout: super::Layout) -> Self {
+        self.layout = layout;
+        self
+    }
+
     /// A store for the agent at `addr`, given as `CONSUL_HTTP_ADDR` is: `host:port`
     /// (plain HTTP) or a `http://` / `https://` URL. `token` is sent as
     /// `X-Consul-Token`. For https, the system CA bundle is trusted, plus the file
@@ -79,13 +87,15 @@ impl ConsulStore {
             token: token.filter(|t| !t.is_empty()),
             client,
             index: AtomicU64::new(0),
+            layout: super::KEYS,
         })
     }
 
     /// URL of the KV entry `<prefix><name>`, with `name` percent-encoded so that any
     /// name reaches Consul as one literal key.
     fn kv_url(&self, name: &str) -> String {
-        format!("{}/v1/kv/{KEY_PREFIX}{}", self.base, encode_path(name))
+        let pfx = self.layout.prefix;
+        format!("{}/v1/kv/{pfx}{}", self.base, encode_path(name))
     }
 
     fn request(&self, method: reqwest::Method, url: &str) -> reqwest::RequestBuilder {
@@ -116,7 +126,8 @@ impl ConsulStore {
         &self,
         block: Option<(u64, Duration)>,
     ) -> Result<(Option<Vec<KvEntry>>, u64), KeyStoreError> {
-        let mut url = format!("{}/v1/kv/{KEY_PREFIX}?recurse", self.base);
+        let pfx = self.layout.prefix;
+        let mut url = format!("{}/v1/kv/{pfx}?recurse", self.base);
         let mut timeout = REQUEST_TIMEOUT;
         if let Some((index, wait)) = block {
             let wait = wait.min(MAX_WAIT);
@@ -144,7 +155,7 @@ impl ConsulStore {
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true"))
         {
             return Err(self.unavailable(format!(
-                "the token may not read all of {KEY_PREFIX} (results filtered by ACLs; check CONSUL_HTTP_TOKEN)"
+                "the token may not read all of {pfx} (results filtered by ACLs; check CONSUL_HTTP_TOKEN)"
             )));
         }
         if status == reqwest::StatusCode::NOT_FOUND {
@@ -162,7 +173,7 @@ impl ConsulStore {
     fn to_set(&self, entries: Vec<KvEntry>) -> Result<KeySet, KeyStoreError> {
         let mut set = KeySet::new();
         for entry in entries {
-            let Some(name) = entry.key.strip_prefix(KEY_PREFIX) else {
+            let Some(name) = entry.key.strip_prefix(self.layout.prefix) else {
                 continue;
             };
             if name.is_empty() || entry.value.is_none() {
@@ -175,7 +186,7 @@ impl ConsulStore {
             let raw = b64_decode(entry.value.as_deref().unwrap_or_default())
                 .map_err(|e| self.invalid(format!("{}: Value is not base64: {e}", entry.key)))?;
             match String::from_utf8(raw) {
-                Ok(key) if usable_key(&key) => {
+                Ok(key) if self.layout.usable(&key) => {
                     set.insert(name.to_string(), key);
                 }
                 _ => tracing::warn!(
@@ -237,6 +248,7 @@ impl KeyStore for ConsulStore {
 
     fn put<'a>(&'a self, name: &'a str, key: &'a str) -> BoxFuture<'a, Result<(), KeyStoreError>> {
         Box::pin(async move {
+            let pfx = self.layout.prefix;
             let url = self.kv_url(name);
             let req = self
                 .request(reqwest::Method::PUT, &url)
@@ -246,9 +258,7 @@ impl KeyStore for ConsulStore {
             let status = resp.status();
             let body = resp.text().await.unwrap_or_default();
             if !status.is_success() || body.trim() != "true" {
-                return Err(
-                    self.unavailable(format!("PUT {KEY_PREFIX}{name}: {status} {}", body.trim()))
-                );
+                return Err(self.unavailable(format!("PUT {pfx}{name}: {status} {}", body.trim())));
             }
             Ok(())
         })
@@ -256,6 +266,7 @@ impl KeyStore for ConsulStore {
 
     fn delete<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<bool, KeyStoreError>> {
         Box::pin(async move {
+            let pfx = self.layout.prefix;
             let url = self.kv_url(name);
             // Consul's DELETE answers `true` whether or not the key existed, so ask first.
             let resp = self
@@ -267,7 +278,7 @@ impl KeyStore for ConsulStore {
             match resp.status() {
                 reqwest::StatusCode::NOT_FOUND => return Ok(false),
                 s if s.is_success() => {}
-                s => return Err(self.unavailable(format!("GET {KEY_PREFIX}{name}: {s}"))),
+                s => return Err(self.unavailable(format!("GET {pfx}{name}: {s}"))),
             }
             let resp = self
                 .send(
@@ -278,10 +289,9 @@ impl KeyStore for ConsulStore {
             let status = resp.status();
             let body = resp.text().await.unwrap_or_default();
             if !status.is_success() || body.trim() != "true" {
-                return Err(self.unavailable(format!(
-                    "DELETE {KEY_PREFIX}{name}: {status} {}",
-                    body.trim()
-                )));
+                return Err(
+                    self.unavailable(format!("DELETE {pfx}{name}: {status} {}", body.trim()))
+                );
             }
             Ok(true)
         })

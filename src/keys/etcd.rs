@@ -16,8 +16,7 @@ use serde_json::{json, Value};
 
 use super::consul::error_chain;
 use super::StoreErrors as _;
-use super::KEY_PREFIX;
-use super::{b64_decode, b64_encode, usable_key, BoxFuture, KeySet, KeyStore, KeyStoreError};
+use super::{b64_decode, b64_encode, BoxFuture, KeySet, KeyStore, KeyStoreError};
 
 /// Timeout of one unary request to one endpoint.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
@@ -32,9 +31,17 @@ pub struct EtcdStore {
     client: reqwest::Client,
     /// Store revision of the last successful `load` (0: none yet).
     revision: AtomicI64,
+    /// The KV prefix read and how values are checked (the keys, or the tenants' documents).
+    layout: super::Layout,
 }
 
 impl EtcdStore {
+    /// The same cluster, reading `layout` (e.g. the tenants' documents) instead of the keys.
+    pub fn with_layout(mut self, layout: super::Layout) -> Self {
+        self.layout = layout;
+        self
+    }
+
     /// A store over `endpoints` (`http://host:port`, `https://...`, or bare
     /// `host:port`, which means http). At least one is required.
     pub fn new(endpoints: Vec<String>) -> Result<Self, KeyStoreError> {
@@ -72,6 +79,7 @@ impl EtcdStore {
             current: AtomicUsize::new(0),
             client,
             revision: AtomicI64::new(0),
+            layout: super::KEYS,
         })
     }
 
@@ -122,8 +130,8 @@ impl EtcdStore {
     /// also calls for a full read), `Ok(false)` if the stream ended without news.
     async fn watch_once(&self, start_revision: i64) -> Result<bool, KeyStoreError> {
         let mut create = json!({
-            "key": b64_encode(KEY_PREFIX.as_bytes()),
-            "range_end": b64_encode(&prefix_end(KEY_PREFIX.as_bytes())),
+            "key": b64_encode(self.layout.prefix.as_bytes()),
+            "range_end": b64_encode(&prefix_end(self.layout.prefix.as_bytes())),
         });
         if start_revision > 0 {
             create["start_revision"] = json!(start_revision.to_string());
@@ -195,8 +203,8 @@ impl KeyStore for EtcdStore {
                 .call(
                     "/v3/kv/range",
                     json!({
-                        "key": b64_encode(KEY_PREFIX.as_bytes()),
-                        "range_end": b64_encode(&prefix_end(KEY_PREFIX.as_bytes())),
+                        "key": b64_encode(self.layout.prefix.as_bytes()),
+                        "range_end": b64_encode(&prefix_end(self.layout.prefix.as_bytes())),
                     }),
                 )
                 .await?;
@@ -213,7 +221,7 @@ impl KeyStore for EtcdStore {
                     b64_decode(text).map_err(|e| self.invalid(format!("kvs.{name}: {e}")))
                 };
                 let key = String::from_utf8_lossy(&field("key")?).into_owned();
-                let Some(name) = key.strip_prefix(KEY_PREFIX) else {
+                let Some(name) = key.strip_prefix(self.layout.prefix) else {
                     continue;
                 };
                 if name.is_empty() || name.contains('/') {
@@ -221,7 +229,7 @@ impl KeyStore for EtcdStore {
                     continue;
                 }
                 match String::from_utf8(field("value")?) {
-                    Ok(value) if usable_key(&value) => {
+                    Ok(value) if self.layout.usable(&value) => {
                         set.insert(name.to_string(), value);
                     }
                     _ => tracing::warn!(
@@ -263,10 +271,11 @@ impl KeyStore for EtcdStore {
 
     fn put<'a>(&'a self, name: &'a str, key: &'a str) -> BoxFuture<'a, Result<(), KeyStoreError>> {
         Box::pin(async move {
+            let pfx = self.layout.prefix;
             self.call(
                 "/v3/kv/put",
                 json!({
-                    "key": b64_encode(format!("{KEY_PREFIX}{name}").as_bytes()),
+                    "key": b64_encode(format!("{pfx}{name}").as_bytes()),
                     "value": b64_encode(key.as_bytes()),
                 }),
             )
@@ -277,10 +286,11 @@ impl KeyStore for EtcdStore {
 
     fn delete<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<bool, KeyStoreError>> {
         Box::pin(async move {
+            let pfx = self.layout.prefix;
             let resp = self
                 .call(
                     "/v3/kv/deleterange",
-                    json!({ "key": b64_encode(format!("{KEY_PREFIX}{name}").as_bytes()) }),
+                    json!({ "key": b64_encode(format!("{pfx}{name}").as_bytes()) }),
                 )
                 .await?;
             Ok(int_field(&resp, "deleted") > 0)

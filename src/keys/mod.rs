@@ -25,6 +25,51 @@ pub use cache::{fingerprint, KeyCache};
 /// The KV prefix under which every store keeps keys (PROTOCOL.md: Consul layout).
 pub const KEY_PREFIX: &str = "polymur/gateway/keys/";
 
+/// What a Consul or etcd store reads: the KV prefix, and whether the values are API keys
+/// (checked with [`usable_key`]) or JSON documents (the tenants' limits). One store type
+/// serves both, so the tenants' limits are watched by the very code that watches the keys.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Layout {
+    /// KV prefix, ending in `/`.
+    pub prefix: &'static str,
+    /// Values are documents (any non-empty text), not API keys.
+    pub documents: bool,
+}
+
+/// The keys' layout: `polymur/gateway/keys/<name>` = `<key>` (the Go original's).
+pub const KEYS: Layout = Layout {
+    prefix: KEY_PREFIX,
+    documents: false,
+};
+
+impl Layout {
+    /// Whether `value` can be registered under this layout.
+    pub(crate) fn usable(&self, value: &str) -> bool {
+        if self.documents {
+            !value.trim().is_empty()
+        } else {
+            usable_key(value)
+        }
+    }
+}
+
+/// Opens a Consul or etcd store reading `layout` instead of the keys (`None` for the
+/// file and dev stores, which hold keys only).
+pub fn open_layout(
+    config: &KeyStoreConfig,
+    layout: Layout,
+) -> Result<Option<Arc<dyn KeyStore>>, KeyStoreError> {
+    Ok(match config {
+        KeyStoreConfig::Dev | KeyStoreConfig::File { .. } => None,
+        KeyStoreConfig::Consul { addr, token } => Some(Arc::new(
+            consul::ConsulStore::new(addr, token.clone())?.with_layout(layout),
+        )),
+        KeyStoreConfig::Etcd { endpoints } => Some(Arc::new(
+            etcd::EtcdStore::new(endpoints.clone())?.with_layout(layout),
+        )),
+    })
+}
+
 /// Registered keys: key name → API key. Ordered so listings are stable.
 pub type KeySet = BTreeMap<String, String>;
 

@@ -34,8 +34,29 @@ pub async fn run(
     store: Arc<dyn KeyStore>,
     cache: Arc<KeyCache>,
     interval: Duration,
-    mut shutdown: Shutdown,
+    shutdown: Shutdown,
 ) {
+    let reader = store.clone();
+    follow(store, interval, shutdown, move || {
+        let (store, cache) = (reader.clone(), cache.clone());
+        async move { sync_once(store.as_ref(), &cache).await }
+    })
+    .await
+}
+
+/// The loop of [`run`] for any reader of a store (the keys, the tenants' limits): waits
+/// for [`KeyStore::changed`] (or `interval`), then calls `sync`, which reads the store and
+/// applies what it read, answering true on success. Watch errors back off from 1 s up
+/// to `interval`.
+pub async fn follow<F, Fut>(
+    store: Arc<dyn KeyStore>,
+    interval: Duration,
+    mut shutdown: Shutdown,
+    mut sync: F,
+) where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
     let mut backoff = Duration::from_secs(1);
     loop {
         let waited = tokio::select! {
@@ -43,14 +64,17 @@ pub async fn run(
             _ = shutdown.recv() => return,
         };
         if let Err(e) = waited {
-            tracing::warn!("API key store watch failed: {e}; retrying in {backoff:?}");
+            tracing::warn!(
+                "{} watch failed: {e}; retrying in {backoff:?}",
+                store.describe()
+            );
             tokio::select! {
                 _ = tokio::time::sleep(backoff) => {},
                 _ = shutdown.recv() => return,
             }
             backoff = (backoff * 2).min(interval.max(Duration::from_secs(1)));
         }
-        if sync_once(store.as_ref(), &cache).await {
+        if sync().await {
             backoff = Duration::from_secs(1);
         }
     }

@@ -242,6 +242,7 @@ mod tests {
             spool_max_bytes: 1 << 30,
             overflow: Overflow::Refuse,
             durable: true,
+            replay_rate: None,
         };
         let addr = format!("127.0.0.1:{port}").parse().unwrap();
         Destination::spawn(SinkKind::Tcp(addr), &config, shutdown).0

@@ -238,6 +238,7 @@ fn open_destination(
         spool_max_bytes: config.spool_max_bytes,
         overflow: Overflow::Refuse,
         durable: false,
+        replay_rate: None,
     };
     Destination::spawn(kind, &dest_config, shutdown)
 }

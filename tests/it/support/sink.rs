@@ -23,6 +23,8 @@ struct Shared {
     /// Bytes asked of the kernel per read: what a killed receiver loses besides its
     /// kernel queue.
     read_size: usize,
+    /// Pause after each read: a slow destination (zero: read as fast as possible).
+    read_delay: Duration,
 }
 
 /// Open connections: a handle to shut each down, and its reader thread.
@@ -79,6 +81,28 @@ impl LineSink {
                 poison,
                 poisoned: AtomicUsize::new(0),
                 read_size,
+                read_delay: Duration::ZERO,
+            }),
+            running: None,
+        };
+        sink.listen();
+        sink
+    }
+
+    /// A slow destination: reads `read_size` bytes at most every `delay`, with a small
+    /// kernel receive buffer, so the sender's queue (not the kernel) holds the backlog.
+    pub fn start_slow(read_size: usize, delay: Duration) -> LineSink {
+        let mut sink = LineSink {
+            port: free_port(),
+            shared: Arc::new(Shared {
+                lines: Mutex::new(Vec::new()),
+                arrived: Condvar::new(),
+                connections: AtomicUsize::new(0),
+                paused: AtomicBool::new(false),
+                poison: None,
+                poisoned: AtomicUsize::new(0),
+                read_size,
+                read_delay: delay,
             }),
             running: None,
         };
@@ -103,6 +127,9 @@ impl LineSink {
                 Err(e) => panic!("LineSink: bind 127.0.0.1:{}: {e}", self.port),
             }
         };
+        if !self.shared.read_delay.is_zero() {
+            small_receive_buffer(&listener);
+        }
         // Non-blocking accept polled every few ms, so stop() can end the accept thread
         // without a wake-up connection.
         listener.set_nonblocking(true).expect("set_nonblocking");
@@ -242,6 +269,23 @@ impl Drop for LineSink {
     }
 }
 
+/// A 16 KiB receive buffer, inherited by accepted connections (set before `listen`'s
+/// window is advertised), so a slow reader backs up into the sender quickly.
+fn small_receive_buffer(listener: &TcpListener) {
+    use std::os::fd::AsRawFd;
+    let size: libc::c_int = 16 * 1024;
+    // SAFETY: a valid socket descriptor and a c_int option value of the right length.
+    unsafe {
+        libc::setsockopt(
+            listener.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            &size as *const libc::c_int as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+}
+
 fn accept_loop(listener: TcpListener, stop: Arc<AtomicBool>, conns: Conns, shared: Arc<Shared>) {
     while !stop.load(Ordering::SeqCst) {
         match listener.accept() {
@@ -270,6 +314,9 @@ fn read_loop(mut stream: TcpStream, stop: Arc<AtomicBool>, shared: Arc<Shared>) 
     loop {
         while shared.paused.load(Ordering::SeqCst) && !stop.load(Ordering::SeqCst) {
             std::thread::sleep(Duration::from_millis(10));
+        }
+        if !shared.read_delay.is_zero() {
+            std::thread::sleep(shared.read_delay);
         }
         let n = match stream.read(&mut buf) {
             Ok(0) => break,
