@@ -34,13 +34,8 @@ pub trait ClientStream: Send {
 }
 
 impl ClientStream for TcpStream {
-    fn fill<'a>(
-        &'a mut self,
-        buf: &'a mut Vec<u8>,
-        max: usize,
-        idle: Option<Duration>,
-    ) -> impl Future<Output = Filled> + Send + 'a {
-        async move {
+    async fn fill(&mut self, buf: &mut Vec<u8>, max: usize, idle: Option<Duration>) -> Filled {
+        {
             let ready = match idle {
                 Some(t) => tokio::time::timeout(t, self.readable())
                     .await
@@ -70,13 +65,8 @@ impl ClientStream for TcpStream {
 }
 
 impl ClientStream for tokio_rustls::server::TlsStream<TcpStream> {
-    fn fill<'a>(
-        &'a mut self,
-        buf: &'a mut Vec<u8>,
-        max: usize,
-        idle: Option<Duration>,
-    ) -> impl Future<Output = Filled> + Send + 'a {
-        async move {
+    async fn fill(&mut self, buf: &mut Vec<u8>, max: usize, idle: Option<Duration>) -> Filled {
+        {
             // TLS has no "readable without reading": a small reserve for the wait, the
             // full chunk once records flow (a record holds at most 16 KiB).
             let start = buf.len();

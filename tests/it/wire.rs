@@ -13,6 +13,11 @@ use crate::support::*;
 const PROXY: &str = env!("CARGO_BIN_EXE_polymur-proxy");
 const KEY: (&str, &str) = ("X-Polymur-Key", "123");
 
+/// Request headers of one case.
+type Headers<'a> = Vec<(&'a str, &'a str)>;
+/// A compressor of one case.
+type Encode = fn(&[u8]) -> Vec<u8>;
+
 fn lines(prefix: &str, n: usize) -> Vec<String> {
     let ts = now_ts();
     (0..n).map(|i| format!("{prefix}.m{i} {i} {ts}")).collect()
@@ -64,7 +69,7 @@ fn ingest_takes_zstd_and_gzip_by_header_or_by_magic() {
     let ze = ("Content-Encoding", "zstd");
     let ge = ("Content-Encoding", "gzip");
     let mut expected = Vec::new();
-    let cases: Vec<(&str, Vec<(&str, &str)>, fn(&[u8]) -> Vec<u8>)> = vec![
+    let cases: Vec<(&str, Headers, Encode)> = vec![
         ("zstd.header", vec![KEY, ze], zst),
         ("zstd.streamed", vec![KEY, ze], zst_streamed),
         ("zstd.sniffed", vec![KEY], zst),
@@ -92,7 +97,7 @@ fn bad_zstd_is_400_and_an_unknown_coding_is_415() {
     let gw = Gateway::start(&["-dev-mode", "-destinations", &sink.addr()]);
     let ze = ("Content-Encoding", "zstd");
     let body = zst(&text(&lines("trunc", 200)));
-    let cases: Vec<(Vec<(&str, &str)>, Vec<u8>)> = vec![
+    let cases: Vec<(Headers, Vec<u8>)> = vec![
         (vec![KEY, ze], b"not zstd at all".to_vec()),
         (vec![KEY, ze], body[..body.len() - 4].to_vec()),
         (vec![KEY, ze], gzip(b"a 1 2\n")),
@@ -613,12 +618,13 @@ fn tls_failures_name_their_cause_at_start_and_on_retries() {
     drop(gw);
     // Reached by a name the certificate does not hold.
     let (named, named_key) = pki.leaf("named", "subjectAltName=DNS:gateway.example", 2);
-    let (_gw, https) = https_gateway(&sink.addr(), &named, &named_key, &[]);
+    let (named_gw, https) = https_gateway(&sink.addr(), &named, &named_key, &[]);
     assert_cause_at_start_and_on_retries(
         &format!("https://127.0.0.1:{https}"),
         &["-cert", &pki.ca()],
         "is not valid for 127.0.0.1 (it names gateway.example)",
     );
+    drop(named_gw);
     // Expired.
     let (old_cert, old_key) = pki.leaf("expired", "subjectAltName=IP:127.0.0.1", -1);
     let (_gw, https) = https_gateway(&sink.addr(), &old_cert, &old_key, &[]);
