@@ -14,6 +14,7 @@
 
 pub mod destinations;
 pub mod operator;
+pub mod plaintext_listen;
 pub mod reports;
 
 use std::future::Future;
@@ -275,7 +276,7 @@ impl RoutingDaemon {
         // the process, and `systemctl reload` (ExecReload=kill -HUP) must never do that.
         let file = self.flags.destinations_file.clone();
         let (registry, flag) = (self.registry.clone(), self.flags.destinations.clone());
-        destinations::on_hup(self.workers_shutdown(), move || {
+        crate::signals::on_hup(self.workers_shutdown(), move || {
             let source_step = reload.as_mut().map(|r| r());
             if let Some(file) = &file {
                 destinations::reload(&registry, &flag, file);

@@ -251,7 +251,7 @@ pub async fn run(config: GatewayConfig) -> Result<(), DaemonError> {
         ),
         tenants,
     });
-    let tenants_admin = Arc::new(tenants::admin::TenantsAdmin {
+    let tenants_admin = Arc::new(crate::admin::tenants::TenantsAdmin {
         tenants: state.tenants.clone(),
         pipeline: daemon.pipeline.clone(),
         history: Arc::default(),

@@ -69,6 +69,7 @@ pub mod route;
 pub mod rules;
 pub mod self_metrics;
 pub mod shutdown;
+pub mod signals;
 pub mod stats;
 pub mod tags;
 pub mod tenants;

@@ -9,7 +9,6 @@
 //! is never dropped to make room, and memory stays bounded: one read buffer per busy
 //! connection, and at most `max_inflight_points` points waiting for admission in all.
 
-pub mod listen;
 mod stream;
 
 use std::future::Future;

@@ -60,9 +60,13 @@ pub async fn run(config: RelayConfig) -> Result<(), DaemonError> {
         },
     );
     let mut listeners = Listeners::default();
-    let tls =
-        crate::plaintext::listen::listen(&source, &config.listen_addr, &config.tls, &mut listeners)
-            .await?;
+    let tls = crate::daemon::plaintext_listen::listen(
+        &source,
+        &config.listen_addr,
+        &config.tls,
+        &mut listeners,
+    )
+    .await?;
     // SIGHUP: the listener's certificate (the daemon layer adds the destinations file).
     let reload = tls.map(|tls| -> Reload {
         Box::new(move || {

@@ -5,6 +5,7 @@ pub mod api;
 pub mod http;
 pub mod prometheus;
 pub mod runstats;
+pub mod tenants;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,13 +1,11 @@
 //! Where the destinations come from: `-destinations`, `-destinations-file`, and
 //! re-reading the file on SIGHUP.
 
-use std::future::Future;
 use std::path::Path;
 
 use super::DaemonError;
 use crate::dest::DestAddr;
 use crate::registry::Registry;
-use crate::shutdown::Shutdown;
 
 /// Reads a destinations file: one `host:port[:instance]` per line, `#` comments.
 /// Any bad line rejects the whole file (the caller keeps its current set).
@@ -43,30 +41,6 @@ pub fn all(flag: &str, file: Option<&Path>) -> Result<Vec<DestAddr>, DaemonError
         }
     }
     Ok(all)
-}
-
-/// Runs `reload` on every SIGHUP until shutdown. Each daemon's reload re-reads
-/// what it can (certificate, keys, destinations file) and keeps the current
-/// configuration for anything that does not load, saying why.
-pub fn on_hup<F>(mut shutdown: Shutdown, mut reload: impl FnMut() -> F + Send + 'static)
-where
-    F: Future<Output = ()> + Send,
-{
-    tokio::spawn(async move {
-        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        else {
-            return;
-        };
-        loop {
-            tokio::select! {
-                _ = hup.recv() => {}
-                _ = shutdown.recv() => return,
-            }
-            crate::notify::reloading();
-            reload().await;
-            crate::notify::ready();
-        }
-    });
 }
 
 /// SIGHUP part for destinations: re-reads the file and applies it over the

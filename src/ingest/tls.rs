@@ -159,7 +159,7 @@ pub fn reload_on_hup(tls: Vec<Reloadable>, shutdown: crate::shutdown::Shutdown) 
     if tls.is_empty() {
         return;
     }
-    crate::daemon::destinations::on_hup(shutdown, move || {
+    crate::signals::on_hup(shutdown, move || {
         for t in &tls {
             t.reload();
         }

@@ -77,7 +77,7 @@ pub async fn run(config: ProxyConfig) -> Result<(), DaemonError> {
             },
         },
     );
-    let tls = crate::plaintext::listen::listen(
+    let tls = crate::daemon::plaintext_listen::listen(
         &source,
         &config.listen_addr,
         &config.listen_tls,
@@ -94,7 +94,7 @@ pub async fn run(config: ProxyConfig) -> Result<(), DaemonError> {
     );
     // SIGHUP must not end the proxy (its default action would): `systemctl reload`.
     if !reloads_tls {
-        crate::daemon::destinations::on_hup(stop.clone(), || async {
+        crate::signals::on_hup(stop.clone(), || async {
             tracing::info!("SIGHUP: the proxy has nothing to reload");
         });
     }

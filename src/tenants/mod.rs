@@ -13,7 +13,6 @@
 //! Limits come from `-tenants-file` and from the key store (`polymur/gateway/tenants/<name>`,
 //! JSON); [`Tenants`] swaps them in as a whole, and lookups by name are lock-free.
 
-pub mod admin;
 pub mod bucket;
 pub mod cardinality;
 pub mod config;

@@ -5,11 +5,11 @@ use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use super::history::{sparkline, History, STEP};
-use super::Tenants;
 use crate::admin::http::AdminExtra;
 use crate::pipeline::Pipeline;
 use crate::shutdown::Shutdown;
+use crate::tenants::history::{sparkline, History, STEP};
+use crate::tenants::Tenants;
 
 /// What the admin endpoint shows about tenants.
 pub struct TenantsAdmin {
@@ -66,7 +66,7 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str, rows: &[(String,
 impl AdminExtra for TenantsAdmin {
     fn metrics(&self, out: &mut String) {
         let all = self.tenants.all();
-        let rows = |f: &dyn Fn(&super::TenantState) -> String| -> Vec<(String, String)> {
+        let rows = |f: &dyn Fn(&crate::tenants::TenantState) -> String| -> Vec<(String, String)> {
             all.iter()
                 .map(|t| (format!("key=\"{}\"", label(&t.name)), f(t)))
                 .collect()

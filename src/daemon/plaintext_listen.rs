@@ -3,11 +3,11 @@
 
 use std::sync::Arc;
 
-use super::PlaintextSource;
 use crate::config::ListenTlsFlags;
 use crate::daemon::{DaemonError, Listeners};
 use crate::ingest::tls::Reloadable;
 use crate::net;
+use crate::plaintext::PlaintextSource;
 
 /// Binds and spawns the listeners of `source`; returns the TLS acceptor to reload on
 /// SIGHUP when there is one. Logs `Listening on <addr>` for the plaintext listener and
