@@ -3,7 +3,7 @@
 //! Placement follows carbon-c-relay with every member up: `forward` and `file` send to
 //! every member; `any_of` picks member `fnv1a32(name) % members` (so a metric sticks to one
 //! cache); `failover` the first member; the hash kinds ask the rings of
-//! [`crate::route::hash`] (carbon-c-relay's own `carbon_ch`, `fnv1a_ch`, `jump_fnv1a_ch`
+//! [`crate::route::ring`] (carbon-c-relay's own `carbon_ch`, `fnv1a_ch`, `jump_fnv1a_ch`
 //! placement, checked against it in `tests/ring_fixtures.rs`). Moving a down member's
 //! share (any_of, failover, `dynamic`) is the destination layer's job: it knows liveness.
 
@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use super::ast::{ClusterDef, ClusterKind, Member};
 use super::RuleError;
 use crate::dest::addr::DestAddr;
-use crate::route::hash::{HashKind, HashRing};
+use crate::route::ring::{HashKind, HashRing};
 
 /// One cluster ready to place metrics.
 #[derive(Debug)]
