@@ -15,6 +15,7 @@
 pub mod destinations;
 pub mod operator;
 pub mod reports;
+pub mod rules_config;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -31,9 +32,6 @@ use crate::pipeline::{Pipeline, Topology};
 use crate::registry::{Registry, RouterFactory};
 use crate::route::broadcast::Broadcast;
 use crate::route::dry_run;
-use crate::route::hash_router::HashRouter;
-use crate::route::ring::HashKind;
-use crate::route::Router;
 use crate::shutdown::{Shutdown, ShutdownTrigger};
 use crate::stats::Stats;
 
@@ -156,6 +154,8 @@ pub struct RoutingDaemon {
     pub pipeline: Arc<Pipeline>,
     /// The destinations, changeable at run time.
     pub registry: Arc<Registry>,
+    /// The routing rules in force (`-config`, or the default cluster).
+    pub rules: rules_config::Current,
     common: CommonFlags,
     flags: PipelineFlags,
     admin_addr: String,
@@ -173,8 +173,20 @@ impl RoutingDaemon {
         admin_addr: String,
         durable: bool,
     ) -> Result<RoutingDaemon, DaemonError> {
-        let destinations =
+        let flag_dests =
             destinations::all(&flags.destinations, flags.destinations_file.as_deref())?;
+        let ring = (flags.distribution == Distribution::HashRoute).then_some(flags.hash);
+        let (destinations, rules, make_router) = rules_config::start(
+            flags.config.as_ref(),
+            flag_dests,
+            ring,
+            flags.replication_factor.into(),
+        )?;
+        if flags.config.is_some() && flags.hash_failover {
+            return Err(DaemonError::config(
+                "-hash-failover applies to -destinations; with -config say `dynamic` on the cluster",
+            ));
+        }
         if destinations.is_empty() && !flags.console_out {
             tracing::warn!("No -destinations and no -console-out: received points are discarded");
         }
@@ -182,11 +194,7 @@ impl RoutingDaemon {
         let (stats, pipeline, registry) = routing_core(
             &destinations,
             flags.console_out,
-            router_factory(
-                flags.distribution,
-                flags.hash,
-                flags.replication_factor.into(),
-            ),
+            make_router,
             DestConfig {
                 queue_cap: flags.outgoing_queue_cap.max(1),
                 drain_timeout: flags.drain_timeout,
@@ -198,12 +206,18 @@ impl RoutingDaemon {
             flags.hash_failover && flags.distribution == Distribution::HashRoute,
             workers.1.clone(),
         );
+        if flags.config.is_some() {
+            registry.fix_membership(
+                "with -config the destinations are the file's clusters: change the file and send SIGHUP",
+            );
+        }
         Ok(RoutingDaemon {
             service,
             started: SystemTime::now(),
             stats,
             pipeline,
             registry,
+            rules,
             common,
             flags,
             admin_addr,
@@ -267,10 +281,14 @@ impl RoutingDaemon {
         // Installed even when there is nothing to reload: SIGHUP's default action ends
         // the process, and `systemctl reload` (ExecReload=kill -HUP) must never do that.
         let file = self.flags.destinations_file.clone();
+        let config = self.flags.config.clone();
+        let rules = self.rules.clone();
         let (registry, flag) = (self.registry.clone(), self.flags.destinations.clone());
         destinations::on_hup(self.workers_shutdown(), move || {
             let source_step = reload.as_mut().map(|r| r());
-            if let Some(file) = &file {
+            if let Some(config) = &config {
+                rules_config::reload(&registry, &rules, config);
+            } else if let Some(file) = &file {
                 destinations::reload(&registry, &flag, file);
             } else if source_step.is_none() {
                 tracing::info!("SIGHUP: nothing to reload (no -destinations-file)");
@@ -304,25 +322,6 @@ impl RoutingDaemon {
             "Stopped: {} points received, {abandoned} undelivered",
             self.stats.received.load(Ordering::Relaxed)
         );
-    }
-}
-
-/// The router factory for `-distribution` (`broadcast`, or `hash-route` with `-hash`
-/// and `-replication-factor`).
-pub fn router_factory(
-    distribution: Distribution,
-    hash: HashKind,
-    replication_factor: usize,
-) -> RouterFactory {
-    match distribution {
-        Distribution::Broadcast => Arc::new(|addrs: &[DestAddr]| {
-            Box::new(Broadcast {
-                destinations: addrs.len(),
-            }) as Box<dyn Router>
-        }),
-        Distribution::HashRoute => Arc::new(move |addrs: &[DestAddr]| {
-            Box::new(HashRouter::new(hash, addrs, replication_factor)) as Box<dyn Router>
-        }),
     }
 }
 
@@ -360,6 +359,9 @@ pub fn routing_core(
 
 /// `-route-test`: the routing dry run over stdin/stdout (see [`dry_run`]).
 pub fn route_test(program: &str, flags: &PipelineFlags) -> std::process::ExitCode {
+    if let Some(path) = &flags.config {
+        return route_test_rules(program, path);
+    }
     let dests = match DestAddr::parse_list(&flags.destinations) {
         Ok(d) => d,
         Err(e) => {
@@ -379,6 +381,41 @@ pub fn route_test(program: &str, flags: &PipelineFlags) -> std::process::ExitCod
             eprintln!("{program}: -route-test: {e}");
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+/// `-route-test -config FILE`: [`crate::rules::dry_run`] for each stdin line (a full
+/// line, or a bare name).
+fn route_test_rules(program: &str, path: &std::path::Path) -> std::process::ExitCode {
+    use std::io::{BufRead, Write};
+    let rules = match rules_config::load(path) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("{program}: -config {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    for line in std::io::stdin().lock().lines() {
+        let line = match line {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("{program}: -route-test: {e}");
+                return std::process::ExitCode::FAILURE;
+            }
+        };
+        if line.trim().is_empty() {
+            continue;
+        }
+        for l in crate::rules::dry_run(&rules, &line) {
+            if writeln!(out, "{l}").is_err() {
+                return std::process::ExitCode::FAILURE;
+            }
+        }
+    }
+    match out.flush() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(_) => std::process::ExitCode::FAILURE,
     }
 }
 

@@ -33,6 +33,10 @@ pub struct Registry {
     shutdown: Shutdown,
     /// Destinations taken out of the ring by `-hash-failover` (empty without it).
     failed: Mutex<HashSet<DestAddr>>,
+    /// Set when the destinations come from a file that names them (`-config`): why
+    /// `putdest`/`deldest` refuse (a member removed at run time would leave its share of
+    /// acknowledged lines nowhere to go).
+    fixed: std::sync::OnceLock<String>,
 }
 
 /// Failed reconnects after which `-hash-failover` takes a destination out of the ring.
@@ -56,6 +60,7 @@ impl Registry {
             config,
             shutdown,
             failed: Mutex::new(HashSet::new()),
+            fixed: std::sync::OnceLock::new(),
         });
         if console {
             let (dest, task) =
@@ -202,6 +207,18 @@ impl Registry {
         tracing::info!("Re-routed {points} queued points of failed destination {from}");
     }
 
+    /// Builds the router again over the same destinations (the rules it is built from
+    /// changed: a `-config` reload).
+    pub fn reinstall(&self) {
+        let entries = self.lock_entries();
+        self.install(&entries);
+    }
+
+    /// From now on `putdest`/`deldest` answer `why` and change nothing.
+    pub fn fix_membership(&self, why: &str) {
+        let _ = self.fixed.set(why.to_string());
+    }
+
     /// Takes the writer tasks, to await them during shutdown.
     pub fn take_tasks(&self) -> Vec<JoinHandle<()>> {
         std::mem::take(&mut *self.lock_tasks())
@@ -272,6 +289,9 @@ impl Registry {
 
     /// Adds a destination at run time; `Err` carries the message for the client.
     pub fn add(&self, dest: &str) -> Result<(), String> {
+        if let Some(why) = self.fixed.get() {
+            return Err(why.clone());
+        }
         let addr: DestAddr = dest.parse().map_err(|e| format!("{e}"))?;
         let mut entries = self.lock_entries();
         if entries.iter().any(|e| e.addr == addr) {
@@ -285,6 +305,9 @@ impl Registry {
 
     /// Removes a destination at run time; `Err` carries the message for the client.
     pub fn remove(&self, dest: &str) -> Result<(), String> {
+        if let Some(why) = self.fixed.get() {
+            return Err(why.clone());
+        }
         let addr: DestAddr = dest.parse().map_err(|e| format!("{e}"))?;
         let mut entries = self.lock_entries();
         let Some(pos) = entries.iter().position(|e| e.addr == addr) else {

@@ -5,9 +5,11 @@
 //! buffer (no copy); hashing appends each line to its owners' buffers.
 
 pub mod broadcast;
+pub mod counters;
 pub mod dry_run;
 pub mod hash_router;
 pub mod ring;
+pub mod rules_router;
 
 use bytes::Bytes;
 

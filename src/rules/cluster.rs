@@ -61,11 +61,46 @@ impl Cluster {
         }
     }
 
+    /// The default cluster of a daemon without `-config`: `-destinations` under
+    /// `-distribution` (`forward` for broadcast, a ring of `ring` for hash-route). The ring
+    /// kind is the flag's own (graphite-carbon's `carbon_ch` by default), not the one a
+    /// configuration's `carbon_ch` means, so the old flags place metrics exactly as before.
+    pub fn from_flags(
+        name: &str,
+        members: &[DestAddr],
+        ring: Option<HashKind>,
+        replication: usize,
+    ) -> Cluster {
+        let kind = match ring {
+            None => ClusterKind::Forward,
+            Some(HashKind::Fnv1aCh) => ClusterKind::Fnv1aCh,
+            Some(HashKind::JumpFnv1aCh) => ClusterKind::JumpFnv1aCh,
+            Some(_) => ClusterKind::CarbonCh,
+        };
+        Cluster {
+            name: name.to_string(),
+            kind,
+            members: members.iter().cloned().map(Member::Tcp).collect(),
+            replication: replication.max(1),
+            dynamic: false,
+            useall: false,
+            ring: ring.map(|k| HashRing::new(k, members)),
+        }
+    }
+
+    /// The ring's kind (hash clusters).
+    pub fn ring_kind(&self) -> Option<HashKind> {
+        self.ring.as_ref().map(HashRing::kind)
+    }
+
     /// Fills `out` (cleared first) with the indices of the members `name` goes to, in
     /// carbon-c-relay's order. Does not allocate once `out` has room for the replication.
     pub fn placement(&self, name: &[u8], out: &mut Vec<usize>) {
         out.clear();
         let n = self.members.len();
+        if n == 0 {
+            return;
+        }
         match self.kind {
             ClusterKind::Forward | ClusterKind::File { .. } => out.extend(0..n),
             ClusterKind::AnyOf => out.push(fnv1a_32(name) as usize % n),
