@@ -250,7 +250,7 @@ impl RoutingDaemon {
                 stats: self.stats.clone(),
                 pipeline: Some(self.pipeline.clone()),
                 control: Some(self.registry.clone()),
-                extra: None,
+                extra: Some(Arc::new(rules_config::RulesStatus(self.rules.clone()))),
                 http: source.http.clone(),
                 keys: source.keys.clone(),
                 listening: source.listeners.listening(),

@@ -142,3 +142,61 @@ pub fn reload(registry: &Registry, current: &Current, path: &Path) {
         Err(e) => tracing::error!("SIGHUP: -config {e}: keeping the running configuration"),
     }
 }
+
+/// The routing rules' counters on `/metrics` and the status page.
+pub struct RulesStatus(pub Current);
+
+impl crate::admin::http::AdminExtra for RulesStatus {
+    fn metrics(&self, out: &mut String) {
+        use crate::admin::prometheus::{header, label, single};
+        use std::fmt::Write;
+        use std::sync::atomic::Ordering::Relaxed;
+        let loaded = self.0.load();
+        let c = &loaded.counters;
+        header(
+            out,
+            "polymur_route_cluster_lines_total",
+            "counter",
+            "Lines the routing rules sent to each cluster (since the rules were loaded).",
+        );
+        for (name, n) in c.clusters() {
+            let _ = writeln!(
+                out,
+                "polymur_route_cluster_lines_total{{cluster=\"{}\"}} {n}",
+                label(&name)
+            );
+        }
+        single(
+            out,
+            "polymur_route_blackholed_total",
+            "counter",
+            "Lines sent to blackhole, or that no rule sent anywhere.",
+            c.blackholed.load(Relaxed),
+        );
+        single(
+            out,
+            "polymur_route_validate_dropped_total",
+            "counter",
+            "Lines a validate clause dropped.",
+            c.dropped.load(Relaxed),
+        );
+    }
+
+    fn status_html(&self, out: &mut String) {
+        use std::fmt::Write;
+        use std::sync::atomic::Ordering::Relaxed;
+        let loaded = self.0.load();
+        let c = &loaded.counters;
+        out.push_str("<h2>Routing</h2>\n<table>\n<tr><th>cluster</th><th>lines</th></tr>\n");
+        for (name, n) in c.clusters() {
+            let name = name.replace('&', "&amp;").replace('<', "&lt;");
+            let _ = writeln!(out, "<tr><td>{name}</td><td>{n}</td></tr>");
+        }
+        let _ = writeln!(
+            out,
+            "<tr><td>blackholed</td><td>{}</td></tr>\n<tr><td>dropped by validate</td><td>{}</td></tr>\n</table>",
+            c.blackholed.load(Relaxed),
+            c.dropped.load(Relaxed)
+        );
+    }
+}
