@@ -26,6 +26,7 @@ mod proxy;
 mod relay;
 mod ring_fixtures;
 mod rules_conformance;
+mod rules_pipeline;
 mod side_ports;
 mod systemd;
 mod tags;
