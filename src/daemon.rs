@@ -181,12 +181,8 @@ impl RoutingDaemon {
             flag_dests,
             ring,
             flags.replication_factor.into(),
+            flags.hash_failover,
         )?;
-        if flags.config.is_some() && flags.hash_failover {
-            return Err(DaemonError::config(
-                "-hash-failover applies to -destinations; with -config say `dynamic` on the cluster",
-            ));
-        }
         if destinations.is_empty() && !flags.console_out {
             tracing::warn!("No -destinations and no -console-out: received points are discarded");
         }
@@ -203,7 +199,9 @@ impl RoutingDaemon {
                 overflow: flags.overflow.into(),
                 durable,
             },
-            flags.hash_failover && flags.distribution == Distribution::HashRoute,
+            flags.config.is_some(),
+            flags.config.is_some()
+                || (flags.hash_failover && flags.distribution == Distribution::HashRoute),
             workers.1.clone(),
         );
         if flags.config.is_some() {
@@ -332,6 +330,7 @@ pub fn routing_core(
     console_out: bool,
     make_router: RouterFactory,
     config: DestConfig,
+    keep_down: bool,
     failover: bool,
     shutdown: Shutdown,
 ) -> (Arc<Stats>, Arc<Pipeline>, Arc<Registry>) {
@@ -351,6 +350,9 @@ pub fn routing_core(
         config,
         shutdown,
     );
+    if keep_down {
+        registry.keep_down_in_topology();
+    }
     if failover {
         registry.start_failover();
     }

@@ -75,12 +75,14 @@ pub fn load(path: &Path) -> Result<Rules, String> {
 }
 
 /// The routing at start: the file's rules, or `-destinations` as the default cluster.
-/// Returns the destinations to start and the router factory over them.
+/// Returns the destinations to start and the router factory over them. `all_dynamic`
+/// (`-hash-failover` with `-config`) makes every hash cluster `dynamic`.
 pub fn start(
     config: Option<&PathBuf>,
     flag_dests: Vec<DestAddr>,
     ring: Option<HashKind>,
     replication: usize,
+    all_dynamic: bool,
 ) -> Result<(Vec<DestAddr>, Current, RouterFactory), DaemonError> {
     let Some(path) = config else {
         let counters = Arc::new(RouteCounters::new(["default"]));
@@ -93,7 +95,7 @@ pub fn start(
             ))),
             counters: counters.clone(),
         }));
-        let factory: RouterFactory = Arc::new(move |addrs: &[DestAddr]| {
+        let factory: RouterFactory = Arc::new(move |addrs: &[DestAddr], _down: &_| {
             Box::new(RulesRouter::for_flags(
                 addrs,
                 ring,
@@ -112,11 +114,13 @@ pub fn start(
     let dests = rules.tcp_members();
     let current: Current = Arc::new(ArcSwap::from_pointee(Loaded::new(rules)));
     let cur = current.clone();
-    let factory: RouterFactory = Arc::new(move |addrs: &[DestAddr]| {
+    let factory: RouterFactory = Arc::new(move |addrs: &[DestAddr], down: &_| {
         let loaded = cur.load();
-        Box::new(RulesRouter::new(
+        Box::new(RulesRouter::with_liveness(
             loaded.rules.clone(),
             addrs,
+            down,
+            all_dynamic,
             loaded.counters.clone(),
         )) as Box<dyn Router>
     });

@@ -38,4 +38,20 @@ pub trait Router: Send + Sync {
     fn sends_everything_everywhere(&self) -> bool {
         false
     }
+
+    /// Routes lines taken back from the queue of destination `from` (down; `None`: no
+    /// longer in this topology) so they reach a live one. The lines were routed once
+    /// already (names rewritten, sent to every cluster they match), so a router with
+    /// rules only places them again within the cluster they were queued for.
+    fn route_moved(&self, from: Option<usize>, batch: &Batch, out: &mut Vec<RoutedPart>) {
+        let _ = from;
+        self.route(batch, out);
+    }
+
+    /// True when what destination `dest` holds may be taken back and routed again
+    /// while it is down ([`route_moved`](Self::route_moved)).
+    fn may_move(&self, dest: usize) -> bool {
+        let _ = dest;
+        true
+    }
 }

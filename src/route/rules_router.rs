@@ -11,6 +11,7 @@
 //! one hash cluster only asks the ring (the [`HashRing::lookup`](crate::route::ring::HashRing::lookup)
 //! a cache can sit in front of).
 
+use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -40,6 +41,12 @@ enum Shape {
 /// Routes by rules; built for one destination list, replaced when it changes.
 pub struct RulesRouter {
     rules: Arc<Rules>,
+    /// `down[c][m]`: member `m` of cluster `c` is down (its destination failed to connect).
+    down: Vec<Vec<bool>>,
+    /// `moving[c]`: cluster `c` moves a down member's share and has a member down now.
+    moving: Vec<bool>,
+    /// `-hash-failover`: every hash cluster is `dynamic`.
+    all_dynamic: bool,
     /// `member_dest[c][m]`: the destination index of member `m` of cluster `c`.
     member_dest: Vec<Vec<Option<usize>>>,
     dests: usize,
@@ -52,13 +59,43 @@ impl RulesRouter {
     /// A member not in `dests` (not in service) gets nothing; the registry keeps every
     /// member of a configuration in service, so that happens only without `-config`.
     pub fn new(rules: Arc<Rules>, dests: &[DestAddr], counters: Arc<RouteCounters>) -> Self {
+        Self::with_liveness(rules, dests, &HashSet::new(), false, counters)
+    }
+
+    /// [`new`](Self::new) knowing which destinations are `down`: the clusters that move
+    /// a down member's share (`any_of`, `failover`, `dynamic`, every hash cluster with
+    /// `all_dynamic`) place around them; the others keep queueing for them.
+    pub fn with_liveness(
+        rules: Arc<Rules>,
+        dests: &[DestAddr],
+        down: &HashSet<DestAddr>,
+        all_dynamic: bool,
+        counters: Arc<RouteCounters>,
+    ) -> Self {
         let member_dest: Vec<Vec<Option<usize>>> = rules
             .clusters
             .iter()
             .map(|c| member_dest_of(c, dests))
             .collect();
+        let down_of: Vec<Vec<bool>> = rules
+            .clusters
+            .iter()
+            .map(|c| {
+                c.members
+                    .iter()
+                    .map(|m| matches!(m, Member::Tcp(a) if down.contains(a)))
+                    .collect()
+            })
+            .collect();
+        let moving: Vec<bool> = rules
+            .clusters
+            .iter()
+            .zip(&down_of)
+            .map(|(c, d)| c.moves_when_down(all_dynamic) && d.iter().any(|&x| x))
+            .collect();
         let all: Vec<Option<usize>> = (0..dests.len()).map(Some).collect();
         let shape = match rules.single_cluster() {
+            Some(c) if moving[c] => Shape::OneCluster(c),
             Some(c) if member_dest[c] == all => {
                 let cluster = &rules.clusters[c];
                 match (&cluster.kind, cluster.ring_kind()) {
@@ -74,6 +111,9 @@ impl RulesRouter {
         };
         RulesRouter {
             rules,
+            down: down_of,
+            moving,
+            all_dynamic,
             member_dest,
             dests: dests.len(),
             shape,
@@ -144,12 +184,35 @@ impl Parts {
 }
 
 impl RulesRouter {
+    /// The members of cluster `c` that `name` goes to now.
+    fn place(&self, c: usize, name: &[u8], placed: &mut Vec<usize>) {
+        let cluster = &self.rules.clusters[c];
+        if self.moving[c] {
+            let down = &self.down[c];
+            cluster.placement_live(name, &|m| down[m], placed);
+        } else {
+            cluster.placement(name, placed);
+        }
+    }
+
+    /// The one cluster holding destination `dest` that may move it, if only one holds it.
+    fn moving_cluster_of(&self, dest: usize) -> Option<usize> {
+        let mut holders = self
+            .member_dest
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| m.contains(&Some(dest)))
+            .map(|(c, _)| c);
+        let c = holders.next()?;
+        let movable = self.rules.clusters[c].moves_when_down(self.all_dynamic);
+        (holders.next().is_none() && movable).then_some(c)
+    }
+
     /// Every line to cluster `c` under its own name.
     fn route_one_cluster(&self, c: usize, batch: &Batch, parts: &mut Parts) {
-        let cluster = &self.rules.clusters[c];
-        let mut placed = Vec::with_capacity(cluster.replication);
+        let mut placed = Vec::with_capacity(self.rules.clusters[c].replication);
         for (line, metric) in batch.lines() {
-            cluster.placement(metric, &mut placed);
+            self.place(c, metric, &mut placed);
             for &m in &placed {
                 if let Some(d) = self.member_dest[c][m] {
                     parts.push(d, line, metric, metric);
@@ -177,7 +240,7 @@ impl RulesRouter {
                 match action {
                     Action::Cluster(c) => {
                         per_cluster[c] += 1;
-                        self.rules.clusters[c].placement(name, &mut placed);
+                        self.place(c, name, &mut placed);
                         for &m in &placed {
                             if let Some(dest) = self.member_dest[c][m] {
                                 parts.push(dest, line, metric, name);
@@ -235,5 +298,39 @@ impl Router for RulesRouter {
 
     fn sends_everything_everywhere(&self) -> bool {
         matches!(self.shape, Shape::Everywhere(_))
+    }
+
+    fn route_moved(&self, from: Option<usize>, batch: &Batch, out: &mut Vec<RoutedPart>) {
+        let Some(from) = from else {
+            // Taken out of the topology (`-hash-failover` without rules): the default
+            // cluster is rebuilt over the live destinations, route as any batch.
+            return self.route(batch, out);
+        };
+        let Some(c) = self.moving_cluster_of(from) else {
+            // Not ours to move: the lines stay with the destination they were queued for.
+            if !batch.is_empty() {
+                out.push(RoutedPart {
+                    dest: from,
+                    data: batch.data().clone(),
+                    points: batch.len() as u64,
+                });
+            }
+            return;
+        };
+        let mut parts = Parts::new(self.dests);
+        let mut placed = Vec::new();
+        for (line, metric) in batch.lines() {
+            self.place(c, metric, &mut placed);
+            for &m in &placed {
+                if let Some(d) = self.member_dest[c][m] {
+                    parts.push(d, line, metric, metric);
+                }
+            }
+        }
+        parts.finish(out);
+    }
+
+    fn may_move(&self, dest: usize) -> bool {
+        self.moving_cluster_of(dest).is_some()
     }
 }

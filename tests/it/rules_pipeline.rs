@@ -281,3 +281,82 @@ fn sighup_reloads_the_config_atomically_and_keeps_it_on_error() {
         "the old cluster gets nothing new"
     );
 }
+
+/// `failover` and `any_of` move a down member's share — its queued lines too — to the
+/// live members, and give it back when it returns; the lines moved are not routed again
+/// through the rules (the archive, another cluster, gets each line once).
+#[test]
+fn failover_and_any_of_move_a_down_members_share_and_give_it_back() {
+    let mut primary = LineSink::start();
+    let backup = LineSink::start();
+    let mut any = [LineSink::start(), LineSink::start(), LineSink::start()];
+    let archive = LineSink::start();
+    primary.stop();
+    any[1].stop();
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(
+        &dir,
+        "fo.conf",
+        &format!(
+            "cluster fo failover {} {};\ncluster any any_of {} {} {};\ncluster archive forward {};\n\
+             match ^fo\\. send to fo;\nmatch ^any\\. send to any;\nmatch * send to archive;\n",
+            primary.addr(),
+            backup.addr(),
+            any[0].addr(),
+            any[1].addr(),
+            any[2].addr(),
+            archive.addr()
+        ),
+    );
+    let (p, listen, _api) = relay(&path);
+    let ts = now_ts();
+    let fo: Vec<String> = (0..100).map(|i| format!("fo.m{i} 1 {ts}")).collect();
+    let an: Vec<String> = (0..300).map(|i| format!("any.m{i} 1 {ts}")).collect();
+    send_lines(&listen, &(fo.join("\n") + "\n" + &an.join("\n") + "\n")).unwrap();
+    assert!(
+        p.wait_log_count("reconnects: down", 2, secs(20)),
+        "{}",
+        p.all_output()
+    );
+    assert!(backup.wait_count(100, secs(10)), "{}", p.all_output());
+    let mut got = backup.lines();
+    got.sort();
+    let mut want = fo.clone();
+    want.sort();
+    assert_eq!(got, want, "the primary's queued lines, once, on the backup");
+    assert!(wait_until(secs(10), || any[0].count() + any[2].count() == 300));
+    let mut got: Vec<String> = any.iter().flat_map(|s| s.lines()).collect();
+    got.sort();
+    let mut want = an.clone();
+    want.sort();
+    assert_eq!(got, want, "any_of: every line once on the live members");
+    assert_eq!(
+        archive.wait_idle(millis(500), secs(10)),
+        400,
+        "moved lines are not routed again"
+    );
+
+    primary.restart();
+    any[1].restart();
+    assert!(
+        p.wait_log_count("rejoins", 2, secs(20)),
+        "{}",
+        p.all_output()
+    );
+    backup.clear();
+    any.iter().for_each(|s| s.clear());
+    send_lines(&listen, &format!("fo.back 2 {ts}\n")).unwrap();
+    let back: String = (0..300).map(|i| format!("any.back{i} 2 {ts}\n")).collect();
+    send_lines(&listen, &back).unwrap();
+    assert!(primary.wait_count(1, secs(10)), "the primary is back");
+    assert!(wait_until(secs(10), || any
+        .iter()
+        .map(|s| s.count())
+        .sum::<usize>()
+        == 300));
+    assert!(
+        any[1].count() > 0,
+        "the returned any_of member gets its share back"
+    );
+    assert_eq!(backup.wait_idle(millis(300), secs(5)), 0);
+}
