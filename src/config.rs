@@ -101,6 +101,11 @@ pub struct PipelineFlags {
     /// In-flight message queue capacity per destination (number of data points)
     #[arg(long, default_value_t = 4096)]
     pub outgoing_queue_cap: u64,
+    /// Routing rules in carbon-c-relay 3.7's configuration language (cluster, match,
+    /// rewrite, include); its clusters replace -destinations and -distribution. Re-read
+    /// on SIGHUP
+    #[arg(long)]
+    pub config: Option<PathBuf>,
     /// File of destinations (`host:port[:instance]` per line, `#` comments), added to
     /// -destinations and re-read on SIGHUP
     #[arg(long)]

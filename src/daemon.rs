@@ -16,6 +16,7 @@ pub mod destinations;
 pub mod operator;
 pub mod plaintext_listen;
 pub mod reports;
+pub mod rules_config;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -32,10 +33,6 @@ use crate::pipeline::{Pipeline, Topology};
 use crate::registry::{Registry, RouterFactory};
 use crate::route::broadcast::Broadcast;
 use crate::route::dry_run;
-use crate::route::hash_router::HashRouter;
-use crate::route::pos_cache::PosCache;
-use crate::route::ring::HashKind;
-use crate::route::Router;
 use crate::shutdown::{Shutdown, ShutdownTrigger};
 use crate::stats::Stats;
 
@@ -160,6 +157,8 @@ pub struct RoutingDaemon {
     pub pipeline: Arc<Pipeline>,
     /// The destinations, changeable at run time.
     pub registry: Arc<Registry>,
+    /// The routing rules in force (`-config`, or the default cluster).
+    pub rules: rules_config::Current,
     common: CommonFlags,
     flags: PipelineFlags,
     admin_addr: String,
@@ -177,8 +176,17 @@ impl RoutingDaemon {
         admin_addr: String,
         durable: bool,
     ) -> Result<RoutingDaemon, DaemonError> {
-        let destinations =
+        let flag_dests =
             destinations::all(&flags.destinations, flags.destinations_file.as_deref())?;
+        let ring = (flags.distribution == Distribution::HashRoute).then_some(flags.hash);
+        crate::route::pos_cache::configure(flags.hash_cache_entries);
+        let (destinations, rules, make_router) = rules_config::start(
+            flags.config.as_ref(),
+            flag_dests,
+            ring,
+            flags.replication_factor.into(),
+            flags.hash_failover,
+        )?;
         if destinations.is_empty() && !flags.console_out {
             tracing::warn!("No -destinations and no -console-out: received points are discarded");
         }
@@ -186,12 +194,7 @@ impl RoutingDaemon {
         let (stats, pipeline, registry) = routing_core(
             &destinations,
             flags.console_out,
-            router_factory(
-                flags.distribution,
-                flags.hash,
-                flags.replication_factor.into(),
-                flags.hash_cache_entries,
-            ),
+            make_router,
             DestConfig {
                 queue_cap: flags.outgoing_queue_cap.max(1),
                 drain_timeout: flags.drain_timeout,
@@ -201,15 +204,23 @@ impl RoutingDaemon {
                 durable,
                 replay_rate: flags.replay_rate.filter(|&r| r > 0),
             },
-            flags.hash_failover && flags.distribution == Distribution::HashRoute,
+            flags.config.is_some(),
+            flags.config.is_some()
+                || (flags.hash_failover && flags.distribution == Distribution::HashRoute),
             workers.1.clone(),
         );
+        if flags.config.is_some() {
+            registry.fix_membership(
+                "with -config the destinations are the file's clusters: change the file and send SIGHUP",
+            );
+        }
         Ok(RoutingDaemon {
             service,
             started: SystemTime::now(),
             stats,
             pipeline,
             registry,
+            rules,
             common,
             flags,
             admin_addr,
@@ -242,7 +253,10 @@ impl RoutingDaemon {
                 stats: self.stats.clone(),
                 pipeline: Some(self.pipeline.clone()),
                 control: Some(self.registry.clone()),
-                extra: source.admin.clone(),
+                extra: crate::admin::http::Extras::of(vec![
+                    source.admin.clone(),
+                    Some(Arc::new(rules_config::RulesStatus(self.rules.clone()))),
+                ]),
                 http: source.http.clone(),
                 keys: source.keys.clone(),
                 listening: source.listeners.listening(),
@@ -275,10 +289,14 @@ impl RoutingDaemon {
         // Installed even when there is nothing to reload: SIGHUP's default action ends
         // the process, and `systemctl reload` (ExecReload=kill -HUP) must never do that.
         let file = self.flags.destinations_file.clone();
+        let config = self.flags.config.clone();
+        let rules = self.rules.clone();
         let (registry, flag) = (self.registry.clone(), self.flags.destinations.clone());
         crate::signals::on_hup(self.workers_shutdown(), move || {
             let source_step = reload.as_mut().map(|r| r());
-            if let Some(file) = &file {
+            if let Some(config) = &config {
+                rules_config::reload(&registry, &rules, config);
+            } else if let Some(file) = &file {
                 destinations::reload(&registry, &flag, file);
             } else if source_step.is_none() {
                 tracing::info!("SIGHUP: nothing to reload (no -destinations-file)");
@@ -315,37 +333,6 @@ impl RoutingDaemon {
     }
 }
 
-/// The router factory for `-distribution` (`broadcast`, or `hash-route` with `-hash`,
-/// `-replication-factor` and a position cache of `cache_entries`, 0 for none).
-pub fn router_factory(
-    distribution: Distribution,
-    hash: HashKind,
-    replication_factor: usize,
-    cache_entries: usize,
-) -> RouterFactory {
-    match distribution {
-        Distribution::Broadcast => Arc::new(|addrs: &[DestAddr]| {
-            Box::new(Broadcast {
-                destinations: addrs.len(),
-            }) as Box<dyn Router>
-        }),
-        Distribution::HashRoute => {
-            // One position cache for every ring the daemon builds: positions do not
-            // depend on the members, so a ring change keeps it warm.
-            let cache = (cache_entries > 0).then(|| Arc::new(PosCache::new(cache_entries)));
-            Arc::new(move |addrs: &[DestAddr]| {
-                let cache = cache.clone();
-                Box::new(HashRouter::with_cache(
-                    hash,
-                    addrs,
-                    replication_factor,
-                    cache,
-                )) as Box<dyn Router>
-            })
-        }
-    }
-}
-
 /// The routing core of a daemon: counters, the pipeline, and the destination
 /// registry with a writer per destination (plus failover when asked for).
 pub fn routing_core(
@@ -353,6 +340,7 @@ pub fn routing_core(
     console_out: bool,
     make_router: RouterFactory,
     config: DestConfig,
+    keep_down: bool,
     failover: bool,
     shutdown: Shutdown,
 ) -> (Arc<Stats>, Arc<Pipeline>, Arc<Registry>) {
@@ -372,6 +360,9 @@ pub fn routing_core(
         config,
         shutdown,
     );
+    if keep_down {
+        registry.keep_down_in_topology();
+    }
     if failover {
         registry.start_failover();
     }
@@ -380,6 +371,9 @@ pub fn routing_core(
 
 /// `-route-test`: the routing dry run over stdin/stdout (see [`dry_run`]).
 pub fn route_test(program: &str, flags: &PipelineFlags) -> std::process::ExitCode {
+    if let Some(path) = &flags.config {
+        return route_test_rules(program, path);
+    }
     let dests = match DestAddr::parse_list(&flags.destinations) {
         Ok(d) => d,
         Err(e) => {
@@ -399,6 +393,41 @@ pub fn route_test(program: &str, flags: &PipelineFlags) -> std::process::ExitCod
             eprintln!("{program}: -route-test: {e}");
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+/// `-route-test -config FILE`: [`crate::rules::dry_run`] for each stdin line (a full
+/// line, or a bare name).
+fn route_test_rules(program: &str, path: &std::path::Path) -> std::process::ExitCode {
+    use std::io::{BufRead, Write};
+    let rules = match rules_config::load(path) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("{program}: -config {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    for line in std::io::stdin().lock().lines() {
+        let line = match line {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("{program}: -route-test: {e}");
+                return std::process::ExitCode::FAILURE;
+            }
+        };
+        if line.trim().is_empty() {
+            continue;
+        }
+        for l in crate::rules::dry_run(&rules, &line) {
+            if writeln!(out, "{l}").is_err() {
+                return std::process::ExitCode::FAILURE;
+            }
+        }
+    }
+    match out.flush() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(_) => std::process::ExitCode::FAILURE,
     }
 }
 

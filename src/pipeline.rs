@@ -51,6 +51,9 @@ pub struct Routed {
     points: u64,
     /// True once the batch is held: admitting it again is a no-op that reports it held.
     held: bool,
+    /// Lines taken back from this (down) destination's queue: routed again with
+    /// [`Router::route_moved`], also when the topology changes before they are held.
+    from: Option<Arc<Destination>>,
 }
 
 /// Routes batches to destinations. Cheap to share; lock-free on the hot path.
@@ -105,17 +108,53 @@ impl Pipeline {
     /// [`admit_routed`](Self::admit_routed) repeatedly (a full queue may drain) without paying
     /// for routing again — a hash ring costs an md5 per line.
     pub fn route(&self, batch: &Batch) -> Routed {
+        self.route_from(batch, None)
+    }
+
+    /// [`route`](Self::route), or for lines taken back from `from`,
+    /// [`Router::route_moved`].
+    fn route_from(&self, batch: &Batch, from: Option<Arc<Destination>>) -> Routed {
         let topo = self.topology.load_full();
         let mut parts: Vec<RoutedPart> = Vec::with_capacity(topo.dests.len());
         if !batch.is_empty() {
-            topo.router.route(batch, &mut parts);
+            match &from {
+                None => topo.router.route(batch, &mut parts),
+                Some(d) => {
+                    let index = topo.dests.iter().position(|x| Arc::ptr_eq(x, d));
+                    topo.router.route_moved(index, batch, &mut parts);
+                }
+            }
         }
         Routed {
             topo,
             parts,
             points: batch.len() as u64,
             held: false,
+            from,
         }
+    }
+
+    /// True when the lines `dest` holds may be taken back while it is down and routed
+    /// to other destinations (always for a destination the topology no longer has).
+    pub fn may_move(&self, dest: &Arc<Destination>) -> bool {
+        let topo = self.topology.load();
+        match topo.dests.iter().position(|x| Arc::ptr_eq(x, dest)) {
+            Some(i) => topo.router.may_move(i),
+            None => true,
+        }
+    }
+
+    /// Holds lines taken back from the queue of the down destination `from`, routed
+    /// again over the live ones ([`Router::route_moved`]); refused now when there is no room.
+    pub async fn submit_moved(
+        &self,
+        from: &Arc<Destination>,
+        batch: &Batch,
+    ) -> Result<(), Refused> {
+        let mut routed = self.route_from(batch, Some(from.clone()));
+        self.admit_routed(&mut routed, batch, tokio::time::Instant::now())
+            .await
+            .map(|_| ())
     }
 
     /// [`admit`](Self::admit) without waiting for room: held now, or refused now. For

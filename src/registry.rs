@@ -14,8 +14,11 @@ use crate::pipeline::{Pipeline, Topology};
 use crate::route::Router;
 use crate::shutdown::Shutdown;
 
-/// Builds the router for a destination list (broadcast or a hash ring).
-pub type RouterFactory = Arc<dyn Fn(&[DestAddr]) -> Box<dyn Router> + Send + Sync>;
+/// Builds the router for a destination list, knowing which of them are down (an empty
+/// set unless the registry keeps down destinations in the topology, see
+/// [`Registry::keep_down_in_topology`]).
+pub type RouterFactory =
+    Arc<dyn Fn(&[DestAddr], &HashSet<DestAddr>) -> Box<dyn Router> + Send + Sync>;
 
 struct Entry {
     addr: DestAddr,
@@ -33,6 +36,14 @@ pub struct Registry {
     shutdown: Shutdown,
     /// Destinations taken out of the ring by `-hash-failover` (empty without it).
     failed: Mutex<HashSet<DestAddr>>,
+    /// Set when the destinations come from a file that names them (`-config`): why
+    /// `putdest`/`deldest` refuse (a member removed at run time would leave its share of
+    /// acknowledged lines nowhere to go).
+    fixed: std::sync::OnceLock<String>,
+    /// With rules (`-config`) a down destination stays in the topology and the router
+    /// places around it (a forward cluster keeps queueing for it); without, failover
+    /// takes it out and the ring is rebuilt over the others.
+    keep_down: std::sync::atomic::AtomicBool,
 }
 
 /// Failed reconnects after which `-hash-failover` takes a destination out of the ring.
@@ -56,6 +67,8 @@ impl Registry {
             config,
             shutdown,
             failed: Mutex::new(HashSet::new()),
+            fixed: std::sync::OnceLock::new(),
+            keep_down: std::sync::atomic::AtomicBool::new(false),
         });
         if console {
             let (dest, task) =
@@ -107,14 +120,20 @@ impl Registry {
     /// unless failover took some out).
     fn install(&self, entries: &[Entry]) {
         let failed = self.failed.lock().unwrap_or_else(|e| e.into_inner());
+        let keep_down = self.keep_down.load(Ordering::Relaxed);
         let live: Vec<&Entry> = entries
             .iter()
-            .filter(|e| !failed.contains(&e.addr))
+            .filter(|e| keep_down || !failed.contains(&e.addr))
             .collect();
         let addrs: Vec<DestAddr> = live.iter().map(|e| e.addr.clone()).collect();
+        let down = if keep_down {
+            failed.clone()
+        } else {
+            HashSet::new()
+        };
         self.pipeline.set_topology(Topology {
             dests: live.iter().map(|e| e.dest.clone()).collect(),
-            router: (self.make_router)(&addrs),
+            router: (self.make_router)(&addrs, &down),
         });
     }
 
@@ -151,9 +170,15 @@ impl Registry {
             let changed = {
                 let mut failed = self.failed.lock().unwrap_or_else(|e| e.into_inner());
                 for a in down.difference(&failed) {
-                    tracing::warn!(
-                        "Destination {a} failed {FAILOVER_AFTER} reconnects: taken out of the ring (-hash-failover), its queued lines are re-routed"
-                    );
+                    if self.keep_down.load(Ordering::Relaxed) {
+                        tracing::warn!(
+                            "Destination {a} failed {FAILOVER_AFTER} reconnects: down; clusters that move its share (any_of, failover, dynamic) send to the others"
+                        );
+                    } else {
+                        tracing::warn!(
+                            "Destination {a} failed {FAILOVER_AFTER} reconnects: taken out of the ring (-hash-failover), its queued lines are re-routed"
+                        );
+                    }
                 }
                 for a in failed.difference(&down) {
                     tracing::info!("Destination {a} reconnected: rejoins the ring");
@@ -167,7 +192,7 @@ impl Registry {
             }
             entries
                 .iter()
-                .filter(|e| down.contains(&e.addr))
+                .filter(|e| down.contains(&e.addr) && self.pipeline.may_move(&e.dest))
                 .map(|e| e.dest.clone())
                 .collect()
         };
@@ -176,20 +201,21 @@ impl Registry {
         for dest in out_of_ring {
             let chunks = dest.reclaim().await;
             if !chunks.is_empty() {
-                self.reroute(dest.name(), chunks).await;
+                self.reroute(&dest, chunks).await;
             }
         }
     }
 
     /// Routes reclaimed lines again; waits (without dropping) while the
     /// remaining queues are full.
-    async fn reroute(&self, from: &str, chunks: Vec<Chunk>) {
+    async fn reroute(&self, dest: &Arc<Destination>, chunks: Vec<Chunk>) {
+        let from = dest.name();
         let points: u64 = chunks.iter().map(|c| c.points).sum();
         let mut shutdown = self.shutdown.clone();
         for chunk in chunks {
             let rules = crate::line::LineRules::ALREADY_CHECKED;
             let (batch, _) = Batch::build(chunk.data.to_vec(), None, &rules);
-            while self.pipeline.submit_held(&batch).await.is_err() {
+            while self.pipeline.submit_moved(dest, &batch).await.is_err() {
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_millis(200)) => {}
                     _ = shutdown.recv() => {
@@ -200,6 +226,25 @@ impl Registry {
             }
         }
         tracing::info!("Re-routed {points} queued points of failed destination {from}");
+    }
+
+    /// Builds the router again over the same destinations (the rules it is built from
+    /// changed: a `-config` reload).
+    pub fn reinstall(&self) {
+        let entries = self.lock_entries();
+        self.install(&entries);
+    }
+
+    /// Down destinations stay in the topology and the router is told which they are
+    /// (rules: `any_of`, `failover`, `dynamic` place around them). Call before
+    /// [`start_failover`](Self::start_failover).
+    pub fn keep_down_in_topology(&self) {
+        self.keep_down.store(true, Ordering::Relaxed);
+    }
+
+    /// From now on `putdest`/`deldest` answer `why` and change nothing.
+    pub fn fix_membership(&self, why: &str) {
+        let _ = self.fixed.set(why.to_string());
     }
 
     /// Takes the writer tasks, to await them during shutdown.
@@ -272,6 +317,9 @@ impl Registry {
 
     /// Adds a destination at run time; `Err` carries the message for the client.
     pub fn add(&self, dest: &str) -> Result<(), String> {
+        if let Some(why) = self.fixed.get() {
+            return Err(why.clone());
+        }
         let addr: DestAddr = dest.parse().map_err(|e| format!("{e}"))?;
         let mut entries = self.lock_entries();
         if entries.iter().any(|e| e.addr == addr) {
@@ -285,6 +333,9 @@ impl Registry {
 
     /// Removes a destination at run time; `Err` carries the message for the client.
     pub fn remove(&self, dest: &str) -> Result<(), String> {
+        if let Some(why) = self.fixed.get() {
+            return Err(why.clone());
+        }
         let addr: DestAddr = dest.parse().map_err(|e| format!("{e}"))?;
         let mut entries = self.lock_entries();
         let Some(pos) = entries.iter().position(|e| e.addr == addr) else {

@@ -71,6 +71,29 @@ pub trait AdminExtra: Send + Sync + 'static {
     }
 }
 
+/// Several [`AdminExtra`]s as one (the gateway's tenants and the routing rules).
+pub struct Extras(Vec<Arc<dyn AdminExtra>>);
+
+impl Extras {
+    /// The present ones of `parts`; `None` when there are none.
+    pub fn of(parts: Vec<Option<Arc<dyn AdminExtra>>>) -> Option<Arc<dyn AdminExtra>> {
+        let parts: Vec<_> = parts.into_iter().flatten().collect();
+        (!parts.is_empty()).then(|| Arc::new(Extras(parts)) as Arc<dyn AdminExtra>)
+    }
+}
+
+impl AdminExtra for Extras {
+    fn metrics(&self, out: &mut String) {
+        self.0.iter().for_each(|e| e.metrics(out));
+    }
+    fn status_html(&self, out: &mut String) {
+        self.0.iter().for_each(|e| e.status_html(out));
+    }
+    fn not_ready(&self) -> Option<String> {
+        self.0.iter().find_map(|e| e.not_ready())
+    }
+}
+
 type Resp = Response<Full<Bytes>>;
 
 fn text(status: StatusCode, content_type: &'static str, body: String) -> Resp {

@@ -108,7 +108,7 @@ impl Pipeline {
             return Ok(Held);
         }
         if !Arc::ptr_eq(&routed.topo, &*self.topology.load()) {
-            *routed = self.route(batch);
+            *routed = self.route_from(batch, routed.from.clone());
         }
         let topo = routed.topo.clone();
         let admitted = reserve(&topo.dests, routed)?;

@@ -28,12 +28,7 @@ impl HashRouter {
     /// A router over `members` (in configuration order, which is ring order), with a
     /// position cache of its own.
     pub fn new(kind: HashKind, members: &[DestAddr], replication: usize) -> Self {
-        Self::with_cache(
-            kind,
-            members,
-            replication,
-            Some(Arc::new(PosCache::new(pos_cache::DEFAULT_SLOTS))),
-        )
+        Self::with_cache(kind, members, replication, pos_cache::for_kind(kind))
     }
 
     /// A router sharing `cache` with the routers built before it for the same hash

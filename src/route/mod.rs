@@ -5,10 +5,12 @@
 //! buffer (no copy); hashing appends each line to its owners' buffers.
 
 pub mod broadcast;
+pub mod counters;
 pub mod dry_run;
 pub mod hash_router;
 pub mod pos_cache;
 pub mod ring;
+pub mod rules_router;
 
 use bytes::Bytes;
 
@@ -36,5 +38,21 @@ pub trait Router: Send + Sync {
     /// the batch is even decompressed.
     fn sends_everything_everywhere(&self) -> bool {
         false
+    }
+
+    /// Routes lines taken back from the queue of destination `from` (down; `None`: no
+    /// longer in this topology) so they reach a live one. The lines were routed once
+    /// already (names rewritten, sent to every cluster they match), so a router with
+    /// rules only places them again within the cluster they were queued for.
+    fn route_moved(&self, from: Option<usize>, batch: &Batch, out: &mut Vec<RoutedPart>) {
+        let _ = from;
+        self.route(batch, out);
+    }
+
+    /// True when what destination `dest` holds may be taken back and routed again
+    /// while it is down ([`route_moved`](Self::route_moved)).
+    fn may_move(&self, dest: usize) -> bool {
+        let _ = dest;
+        true
     }
 }

@@ -22,6 +22,7 @@
 use std::alloc::{alloc_zeroed, Layout};
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 /// Slots of a router's own cache (the daemons take `-hash-cache-entries`): 4 MiB of
 /// address space, touched as it fills; two ways per set keep conflict misses
@@ -262,6 +263,38 @@ fn huge_pages(ptr: *mut u8, len: usize) {
     }
     #[cfg(not(target_os = "linux"))]
     let _ = (ptr, len);
+}
+
+/// Slots of the process's position caches (`-hash-cache-entries`; 0: none).
+static SLOTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(DEFAULT_SLOTS);
+
+/// Sets the size of the caches [`for_kind`] hands out; called once at start, before any
+/// router is built.
+pub fn configure(slots: usize) {
+    SLOTS.store(slots, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// The process's cache for positions under `kind`, made on first use: one per hash kind
+/// (positions depend on the hash, never on the members), shared by every router built
+/// for it — ring changes, SIGHUP reloads and every cluster of a rules file on that hash
+/// keep it warm. `None` when configured off.
+pub fn for_kind(kind: crate::route::ring::HashKind) -> Option<Arc<PosCache>> {
+    type Caches = std::sync::Mutex<Vec<(crate::route::ring::HashKind, Arc<PosCache>)>>;
+    static CACHES: std::sync::OnceLock<Caches> = std::sync::OnceLock::new();
+    let slots = SLOTS.load(std::sync::atomic::Ordering::Relaxed);
+    if slots == 0 {
+        return None;
+    }
+    let mut caches = CACHES
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    if let Some((_, c)) = caches.iter().find(|(k, _)| *k == kind) {
+        return Some(c.clone());
+    }
+    let c = Arc::new(PosCache::new(slots));
+    caches.push((kind, c.clone()));
+    Some(c)
 }
 
 #[cfg(test)]

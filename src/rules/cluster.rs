@@ -61,11 +61,92 @@ impl Cluster {
         }
     }
 
+    /// The default cluster of a daemon without `-config`: `-destinations` under
+    /// `-distribution` (`forward` for broadcast, a ring of `ring` for hash-route). The ring
+    /// kind is the flag's own (graphite-carbon's `carbon_ch` by default), not the one a
+    /// configuration's `carbon_ch` means, so the old flags place metrics exactly as before.
+    pub fn from_flags(
+        name: &str,
+        members: &[DestAddr],
+        ring: Option<HashKind>,
+        replication: usize,
+    ) -> Cluster {
+        let kind = match ring {
+            None => ClusterKind::Forward,
+            Some(HashKind::Fnv1aCh) => ClusterKind::Fnv1aCh,
+            Some(HashKind::JumpFnv1aCh) => ClusterKind::JumpFnv1aCh,
+            Some(_) => ClusterKind::CarbonCh,
+        };
+        Cluster {
+            name: name.to_string(),
+            kind,
+            members: members.iter().cloned().map(Member::Tcp).collect(),
+            replication: replication.max(1),
+            dynamic: false,
+            useall: false,
+            ring: ring.map(|k| HashRing::new(k, members)),
+        }
+    }
+
+    /// True when a down member's share may go to the other members: `any_of`,
+    /// `failover`, and hash clusters marked `dynamic` (or every hash cluster when
+    /// `all_dynamic`, `-hash-failover`).
+    pub fn moves_when_down(&self, all_dynamic: bool) -> bool {
+        match self.kind {
+            ClusterKind::AnyOf | ClusterKind::Failover => true,
+            ref k if k.is_hash() => self.dynamic || all_dynamic,
+            _ => false,
+        }
+    }
+
+    /// [`placement`](Self::placement) with the members for which `down(i)` is true
+    /// avoided, as carbon-c-relay does for a cluster that [moves](Self::moves_when_down):
+    /// `failover` takes the first live member, `any_of` spreads a down member's metrics over
+    /// the live ones, a hash cluster takes the next live members on its ring. With every
+    /// member down the placement stays as it is (the lines wait in its queue).
+    pub fn placement_live(&self, name: &[u8], down: &dyn Fn(usize) -> bool, out: &mut Vec<usize>) {
+        self.placement(name, out);
+        if !out.iter().any(|&m| down(m)) {
+            return;
+        }
+        let n = self.members.len();
+        let live = (0..n).filter(|&m| !down(m)).count();
+        if live == 0 {
+            return;
+        }
+        match self.kind {
+            ClusterKind::Failover => {
+                out.clear();
+                out.extend((0..n).find(|&m| !down(m)));
+            }
+            ClusterKind::AnyOf => {
+                let k = fnv1a_32(name) as usize % live;
+                out.clear();
+                out.extend((0..n).filter(|&m| !down(m)).nth(k));
+            }
+            _ => {
+                if let Some(r) = &self.ring {
+                    r.lookup(name, n, out);
+                    out.retain(|&m| !down(m));
+                    out.truncate(self.replication.max(1));
+                }
+            }
+        }
+    }
+
+    /// The ring's kind (hash clusters).
+    pub fn ring_kind(&self) -> Option<HashKind> {
+        self.ring.as_ref().map(HashRing::kind)
+    }
+
     /// Fills `out` (cleared first) with the indices of the members `name` goes to, in
     /// carbon-c-relay's order. Does not allocate once `out` has room for the replication.
     pub fn placement(&self, name: &[u8], out: &mut Vec<usize>) {
         out.clear();
         let n = self.members.len();
+        if n == 0 {
+            return;
+        }
         match self.kind {
             ClusterKind::Forward | ClusterKind::File { .. } => out.extend(0..n),
             ClusterKind::AnyOf => out.push(fnv1a_32(name) as usize % n),
@@ -152,5 +233,41 @@ mod tests {
         cl[3].placement(b"x", &mut out);
         assert_eq!(out.len(), 2);
         assert_ne!(out[0], out[1]);
+    }
+
+    #[test]
+    fn a_down_member_share_goes_to_live_members_and_comes_back() {
+        let cfg = parse_str(
+            "t",
+            "cluster a any_of 10.0.0.1 10.0.0.2 10.0.0.3;
+cluster o failover 10.0.0.3 10.0.0.4;
+             cluster c carbon_ch replication 2 dynamic 10.0.0.5=a 10.0.0.6=b 10.0.0.7=c;",
+        )
+        .unwrap();
+        let cl: Vec<Cluster> = cfg.clusters.iter().map(Cluster::new).collect();
+        let (mut up, mut live) = (Vec::new(), Vec::new());
+        for i in 0..200 {
+            let name = format!("m.{i}");
+            for c in &cl {
+                c.placement(name.as_bytes(), &mut up);
+                let dead = up[0];
+                c.placement_live(name.as_bytes(), &|m| m == dead, &mut live);
+                assert!(
+                    !live.contains(&dead),
+                    "{}: {name} avoids the down member",
+                    c.name
+                );
+                assert_eq!(live.len(), up.len(), "{}: as many copies", c.name);
+                c.placement_live(name.as_bytes(), &|_| false, &mut live);
+                assert_eq!(live, up, "{}: all up, placement as configured", c.name);
+                c.placement_live(name.as_bytes(), &|_| true, &mut live);
+                assert_eq!(
+                    live, up,
+                    "{}: all down, the lines wait where they were",
+                    c.name
+                );
+            }
+        }
+        assert!(cl[2].moves_when_down(false) && cl[0].moves_when_down(false));
     }
 }

@@ -166,6 +166,59 @@ impl Rules {
         self.clusters.iter().find(|c| c.name == name)
     }
 
+    /// `match * send to CLUSTER stop;` and nothing else: what a daemon without `-config`
+    /// routes by (its `-destinations` are the one cluster).
+    pub fn single(cluster: Cluster) -> Rules {
+        Rules {
+            clusters: vec![cluster],
+            config: Config::default(),
+            steps: vec![Step::Match {
+                pat: Pattern::All,
+                rule: 0,
+                validate: None,
+                actions: vec![Action::Cluster(0)],
+                stop: true,
+                validate_stops: false,
+            }],
+            segment_of: vec![0],
+            segments: vec![Segment::new(&[]).expect("an empty set compiles")],
+            prefilter: Prefilter::new(&[None]),
+        }
+    }
+
+    /// `Some(c)` when every line goes, unchanged, to cluster `c` and nowhere else (no
+    /// rewrite, no validate, one `match *`): the router can skip the per-line decision.
+    pub fn single_cluster(&self) -> Option<usize> {
+        match self.steps.as_slice() {
+            [Step::Match {
+                pat: Pattern::All,
+                validate: None,
+                actions,
+                ..
+            }] => match actions.as_slice() {
+                [Action::Cluster(c)] => Some(*c),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
+    /// Every TCP member of every cluster once, in configuration order: the daemon's
+    /// destinations (a `host:port` is one server however many clusters name it).
+    pub fn tcp_members(&self) -> Vec<crate::dest::DestAddr> {
+        let mut out: Vec<crate::dest::DestAddr> = Vec::new();
+        for c in &self.clusters {
+            for m in &c.members {
+                if let ast::Member::Tcp(a) = m {
+                    if !out.contains(a) {
+                        out.push(a.clone());
+                    }
+                }
+            }
+        }
+        out
+    }
+
     /// Compiles a parsed configuration.
     pub fn compile(config: Config) -> Result<Rules, RuleError> {
         cluster::check(&config.clusters)?;

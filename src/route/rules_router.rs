@@ -1,0 +1,336 @@
+//! The one router: routing rules ([`crate::rules::Rules`]) over the daemon's
+//! destinations.
+//!
+//! A daemon without `-config` routes by `match * send to` one cluster made of
+//! `-destinations` ([`Rules::single`], [`Cluster::from_flags`]); with `-config` by the
+//! file's rules. Either way a batch becomes one buffer per destination, and the pipeline
+//! admits all of them or none — the same promise, whatever the rules say.
+//!
+//! Two shapes skip the per-line decision because they cannot change a name: every line
+//! to one `forward` cluster shares the batch's own buffer (broadcast), and every line to
+//! one hash cluster only asks the ring (the [`HashRing::lookup`](crate::route::ring::HashRing::lookup)
+//! a cache can sit in front of).
+
+use std::collections::HashSet;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::counters::RouteCounters;
+use super::hash_router::HashRouter;
+use super::{RoutedPart, Router};
+use crate::batch::Batch;
+use crate::dest::DestAddr;
+use crate::rules::ast::{ClusterKind, Member};
+use crate::rules::{Action, Cluster, Decision, Rules};
+
+/// How a router spends its time per line.
+enum Shape {
+    /// Every line, unchanged, to every member of one forward cluster: share the buffer.
+    Everywhere(usize),
+    /// Every line, unchanged, to one hash cluster whose members are the destinations:
+    /// the hash router (its ring lookup, exact-size buffers).
+    Hash(usize, HashRouter),
+    /// Every line, unchanged, to one cluster: placement only.
+    OneCluster(usize),
+    /// The full decision per line.
+    Rules,
+}
+
+/// Routes by rules; built for one destination list, replaced when it changes.
+pub struct RulesRouter {
+    rules: Arc<Rules>,
+    /// `down[c][m]`: member `m` of cluster `c` is down (its destination failed to connect).
+    down: Vec<Vec<bool>>,
+    /// `moving[c]`: cluster `c` moves a down member's share and has a member down now.
+    moving: Vec<bool>,
+    /// `-hash-failover`: every hash cluster is `dynamic`.
+    all_dynamic: bool,
+    /// `member_dest[c][m]`: the destination index of member `m` of cluster `c`.
+    member_dest: Vec<Vec<Option<usize>>>,
+    dests: usize,
+    shape: Shape,
+    counters: Arc<RouteCounters>,
+}
+
+impl RulesRouter {
+    /// A router for `rules` over `dests` (the topology's destinations, in index order).
+    /// A member not in `dests` (not in service) gets nothing; the registry keeps every
+    /// member of a configuration in service, so that happens only without `-config`.
+    pub fn new(rules: Arc<Rules>, dests: &[DestAddr], counters: Arc<RouteCounters>) -> Self {
+        Self::with_liveness(rules, dests, &HashSet::new(), false, counters)
+    }
+
+    /// [`new`](Self::new) knowing which destinations are `down`: the clusters that move
+    /// a down member's share (`any_of`, `failover`, `dynamic`, every hash cluster with
+    /// `all_dynamic`) place around them; the others keep queueing for them.
+    pub fn with_liveness(
+        rules: Arc<Rules>,
+        dests: &[DestAddr],
+        down: &HashSet<DestAddr>,
+        all_dynamic: bool,
+        counters: Arc<RouteCounters>,
+    ) -> Self {
+        let member_dest: Vec<Vec<Option<usize>>> = rules
+            .clusters
+            .iter()
+            .map(|c| member_dest_of(c, dests))
+            .collect();
+        let down_of: Vec<Vec<bool>> = rules
+            .clusters
+            .iter()
+            .map(|c| {
+                c.members
+                    .iter()
+                    .map(|m| matches!(m, Member::Tcp(a) if down.contains(a)))
+                    .collect()
+            })
+            .collect();
+        let moving: Vec<bool> = rules
+            .clusters
+            .iter()
+            .zip(&down_of)
+            .map(|(c, d)| c.moves_when_down(all_dynamic) && d.iter().any(|&x| x))
+            .collect();
+        let all: Vec<Option<usize>> = (0..dests.len()).map(Some).collect();
+        let shape = match rules.single_cluster() {
+            Some(c) if moving[c] => Shape::OneCluster(c),
+            Some(c) if member_dest[c] == all => {
+                let cluster = &rules.clusters[c];
+                match (&cluster.kind, cluster.ring_kind()) {
+                    (ClusterKind::Forward, _) => Shape::Everywhere(c),
+                    (_, Some(kind)) => {
+                        Shape::Hash(c, HashRouter::new(kind, dests, cluster.replication))
+                    }
+                    _ => Shape::OneCluster(c),
+                }
+            }
+            Some(c) => Shape::OneCluster(c),
+            None => Shape::Rules,
+        };
+        RulesRouter {
+            rules,
+            down: down_of,
+            moving,
+            all_dynamic,
+            member_dest,
+            dests: dests.len(),
+            shape,
+            counters,
+        }
+    }
+
+    /// The default cluster of a daemon without `-config`: `-destinations` broadcast
+    /// (`ring: None`) or on a hash ring.
+    pub fn for_flags(
+        dests: &[DestAddr],
+        ring: Option<crate::route::ring::HashKind>,
+        replication: usize,
+        counters: Arc<RouteCounters>,
+    ) -> Self {
+        let cluster = Cluster::from_flags("default", dests, ring, replication);
+        RulesRouter::new(Arc::new(Rules::single(cluster)), dests, counters)
+    }
+}
+
+fn member_dest_of(c: &Cluster, dests: &[DestAddr]) -> Vec<Option<usize>> {
+    c.members
+        .iter()
+        .map(|m| match m {
+            Member::Tcp(a) => dests.iter().position(|d| d == a),
+            Member::File(_) => None,
+        })
+        .collect()
+}
+
+/// Per-destination output of one batch.
+struct Parts {
+    bufs: Vec<Vec<u8>>,
+    counts: Vec<u64>,
+}
+
+impl Parts {
+    fn new(n: usize) -> Parts {
+        Parts {
+            bufs: vec![Vec::new(); n],
+            counts: vec![0; n],
+        }
+    }
+
+    /// Appends `line` to destination `d` under `name` (`metric` is its name in `line`).
+    fn push(&mut self, d: usize, line: &[u8], metric: &[u8], name: &[u8]) {
+        let buf = &mut self.bufs[d];
+        if name == metric {
+            buf.extend_from_slice(line);
+        } else {
+            buf.extend_from_slice(name);
+            buf.extend_from_slice(&line[metric.len()..]);
+        }
+        self.counts[d] += 1;
+    }
+
+    fn finish(self, out: &mut Vec<RoutedPart>) {
+        for (dest, (buf, points)) in self.bufs.into_iter().zip(self.counts).enumerate() {
+            if points > 0 {
+                out.push(RoutedPart {
+                    dest,
+                    data: Bytes::from(buf),
+                    points,
+                });
+            }
+        }
+    }
+}
+
+impl RulesRouter {
+    /// The members of cluster `c` that `name` goes to now.
+    fn place(&self, c: usize, name: &[u8], placed: &mut Vec<usize>) {
+        let cluster = &self.rules.clusters[c];
+        if self.moving[c] {
+            let down = &self.down[c];
+            cluster.placement_live(name, &|m| down[m], placed);
+        } else {
+            cluster.placement(name, placed);
+        }
+    }
+
+    /// The one cluster holding destination `dest` that may move it, if only one holds it.
+    fn moving_cluster_of(&self, dest: usize) -> Option<usize> {
+        let mut holders = self
+            .member_dest
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| m.contains(&Some(dest)))
+            .map(|(c, _)| c);
+        let c = holders.next()?;
+        let movable = self.rules.clusters[c].moves_when_down(self.all_dynamic);
+        (holders.next().is_none() && movable).then_some(c)
+    }
+
+    /// Every line to cluster `c` under its own name.
+    fn route_one_cluster(&self, c: usize, batch: &Batch, parts: &mut Parts) {
+        let mut placed = Vec::with_capacity(self.rules.clusters[c].replication);
+        for (line, metric) in batch.lines() {
+            self.place(c, metric, &mut placed);
+            for &m in &placed {
+                if let Some(d) = self.member_dest[c][m] {
+                    parts.push(d, line, metric, metric);
+                }
+            }
+        }
+        self.count_cluster(c, batch.len());
+    }
+
+    fn count_cluster(&self, c: usize, lines: usize) {
+        if let Some(slot) = self.counters.cluster_lines.get(c) {
+            slot.1.fetch_add(lines as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// The full decision per line: rewrites, matches, validate, blackhole.
+    fn route_rules(&self, batch: &Batch, parts: &mut Parts) {
+        let mut d = Decision::default();
+        let mut placed = Vec::new();
+        let (mut blackholed, mut dropped) = (0u64, 0u64);
+        let mut per_cluster = vec![0u64; self.rules.clusters.len()];
+        for (line, metric) in batch.lines() {
+            self.rules.route_into(metric, line, &mut d);
+            for (name, action) in d.actions() {
+                match action {
+                    Action::Cluster(c) => {
+                        per_cluster[c] += 1;
+                        self.place(c, name, &mut placed);
+                        for &m in &placed {
+                            if let Some(dest) = self.member_dest[c][m] {
+                                parts.push(dest, line, metric, name);
+                            }
+                        }
+                    }
+                    Action::Blackhole => blackholed += 1,
+                    Action::Drop { log } => {
+                        dropped += 1;
+                        if log {
+                            tracing::warn!(
+                                "validate dropped: {}",
+                                String::from_utf8_lossy(line.trim_ascii_end())
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        let c = &self.counters;
+        c.blackholed.fetch_add(blackholed, Ordering::Relaxed);
+        c.dropped.fetch_add(dropped, Ordering::Relaxed);
+        for (slot, n) in c.cluster_lines.iter().zip(per_cluster) {
+            slot.1.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Router for RulesRouter {
+    fn route(&self, batch: &Batch, out: &mut Vec<RoutedPart>) {
+        if batch.is_empty() {
+            return;
+        }
+        if let Shape::Hash(c, h) = &self.shape {
+            h.route(batch, out);
+            self.count_cluster(*c, batch.len());
+            return;
+        }
+        if let Shape::Everywhere(c) = self.shape {
+            out.extend((0..self.dests).map(|dest| RoutedPart {
+                dest,
+                data: batch.data().clone(),
+                points: batch.len() as u64,
+            }));
+            self.count_cluster(c, batch.len());
+            return;
+        }
+        let mut parts = Parts::new(self.dests);
+        match self.shape {
+            Shape::OneCluster(c) => self.route_one_cluster(c, batch, &mut parts),
+            _ => self.route_rules(batch, &mut parts),
+        }
+        parts.finish(out);
+    }
+
+    fn sends_everything_everywhere(&self) -> bool {
+        matches!(self.shape, Shape::Everywhere(_))
+    }
+
+    fn route_moved(&self, from: Option<usize>, batch: &Batch, out: &mut Vec<RoutedPart>) {
+        let Some(from) = from else {
+            // Taken out of the topology (`-hash-failover` without rules): the default
+            // cluster is rebuilt over the live destinations, route as any batch.
+            return self.route(batch, out);
+        };
+        let Some(c) = self.moving_cluster_of(from) else {
+            // Not ours to move: the lines stay with the destination they were queued for.
+            if !batch.is_empty() {
+                out.push(RoutedPart {
+                    dest: from,
+                    data: batch.data().clone(),
+                    points: batch.len() as u64,
+                });
+            }
+            return;
+        };
+        let mut parts = Parts::new(self.dests);
+        let mut placed = Vec::new();
+        for (line, metric) in batch.lines() {
+            self.place(c, metric, &mut placed);
+            for &m in &placed {
+                if let Some(d) = self.member_dest[c][m] {
+                    parts.push(d, line, metric, metric);
+                }
+            }
+        }
+        parts.finish(out);
+    }
+
+    fn may_move(&self, dest: usize) -> bool {
+        self.moving_cluster_of(dest).is_some()
+    }
+}
