@@ -16,9 +16,9 @@ use crate::dest::DestAddr;
 use crate::registry::{Registry, RouterFactory};
 use crate::route::counters::RouteCounters;
 use crate::route::ring::HashKind;
-use crate::route::rules_router::RulesRouter;
 use crate::route::Router;
 use crate::rules::ast::ClusterKind;
+use crate::rules::router::RulesRouter;
 use crate::rules::Rules;
 
 /// One loaded configuration and its counters (a reload starts new ones).

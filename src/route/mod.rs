@@ -10,7 +10,6 @@ pub mod dry_run;
 pub mod hash_router;
 pub mod pos_cache;
 pub mod ring;
-pub mod rules_router;
 
 use bytes::Bytes;
 

@@ -31,6 +31,7 @@ pub mod parser;
 pub mod prefilter;
 pub mod regex;
 pub mod rewrite;
+pub mod router;
 
 use std::path::Path;
 

@@ -17,11 +17,11 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::counters::RouteCounters;
-use super::hash_router::HashRouter;
-use super::{RoutedPart, Router};
 use crate::batch::Batch;
 use crate::dest::DestAddr;
+use crate::route::counters::RouteCounters;
+use crate::route::hash_router::HashRouter;
+use crate::route::{RoutedPart, Router};
 use crate::rules::ast::{ClusterKind, Member};
 use crate::rules::{Action, Cluster, Decision, Rules};
 
