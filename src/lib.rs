@@ -21,18 +21,19 @@
 //!   writer task that reconnects; nothing one destination does stalls another;
 //! - [`keys`] syncs API keys from Consul, etcd or a file into a lock-free cache.
 //!
-//! Module map: [`mod@line`], [`tags`], [`batch`] (data); [`route`] (routers, rings, dry run);
-//! [`dest`] (queues, spool, writers); [`pipeline`], [`registry`] (routing core,
-//! runtime destination changes); [`ingest`] (the gateway's HTTP source);
-//! [`plaintext`] (TCP source); [`daemon`] (the one daemon layer: a source into the
-//! pipeline with registry, operator endpoints, reports and staged shutdown);
-//! [`gateway`], [`relay`], [`proxy`] (what each daemon adds to it); [`keys`];
-//! [`admin`] (runtime API, runstats, admin HTTP, Prometheus); [`stats`],
-//! [`self_metrics`]; [`config`] (flag conventions, shared flags), [`net`],
-//! [`shutdown`], [`logging`], [`http_client`]; [`notify`] (systemd
-//! readiness and watchdog), [`docgen`] (man pages and completions from the flags). The binaries in `src/bin/` parse
-//! flags and call the library; `polymur-bench` (the load generator) lives there
-//! too, outside the library.
+//! Module map: [`mod@line`], [`tags`], [`batch`] (data); [`rules`] (carbon-c-relay's
+//! configuration and the one router built from it); [`route`] (rings, the hash router,
+//! broadcast, dry run); [`dest`] (queues, spool, writers); [`pipeline`] (admission: all
+//! or nothing), [`registry`] (runtime destination changes); [`tenants`] (quotas, fair
+//! shares, namespaces); [`ingest`] (the gateway's HTTP source); [`plaintext`] (TCP
+//! source); [`daemon`] (the one daemon layer: a source into the pipeline with registry,
+//! operator endpoints, reports and staged shutdown); [`gateway`], [`relay`], [`proxy`]
+//! (what each daemon adds to it); [`keys`]; [`admin`] (runtime API, runstats, admin
+//! HTTP, Prometheus); [`stats`], [`self_metrics`]; [`config`] (flag conventions, shared
+//! flags), [`net`], [`shutdown`], [`signals`], [`logging`], [`http_client`]; [`notify`]
+//! (systemd readiness and watchdog), [`docgen`] (man pages and completions from the
+//! flags). The binaries in `src/bin/` parse flags and call the library; `polymur-bench`
+//! (the load generator) lives there too, outside the library.
 //!
 //! ```
 //! use polymur::batch::Batch;
