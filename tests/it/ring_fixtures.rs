@@ -1,4 +1,4 @@
-//! Replays every golden vector in `tests/fixtures` (copied from `../shared/fixtures`) through
+//! Replays every golden vector in `tests/fixtures` (copied from the project's shared reference fixtures) through
 //! `HashRing`, and through `HashRouter`'s position cache (cold and warm).
 //!
 //! The fixtures were produced by the real graphite-carbon 1.1.7 and carbon-c-relay 3.7.3;
