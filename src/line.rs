@@ -663,25 +663,36 @@ mod tests {
         })
     }
 
+    /// A small deterministic generator (xorshift64) for the generated-input tests: the
+    /// same inputs on every run, no dependency.
+    struct XorShift(u64);
+
+    impl XorShift {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+
+        /// Appends fewer than `max_len` bytes drawn from `alphabet`.
+        fn push_random(&mut self, out: &mut Vec<u8>, alphabet: &[u8], max_len: u64) {
+            for _ in 0..self.next() % max_len {
+                out.push(alphabet[(self.next() % alphabet.len() as u64) as usize]);
+            }
+        }
+    }
+
     #[test]
     fn fast_parser_agrees_with_the_reference_on_generated_lines() {
         // Lines built from an alphabet rich in separators, control bytes, number
         // characters and UTF-8, by a small deterministic generator (xorshift).
         let alphabet: &[u8] = b"ab.Z09 \t\t  \r\x00\x01\x1f\x7f\x80\xc3\xa9-+eE.5_nN";
-        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
         let mut line = Vec::new();
         for _ in 0..200_000 {
             line.clear();
-            let len = (next() % 40) as usize;
-            for _ in 0..len {
-                line.push(alphabet[(next() % alphabet.len() as u64) as usize]);
-            }
+            rng.push_random(&mut line, alphabet, 40);
             assert_eq!(parse(&line), reference_parse(&line), "{:?}", line);
         }
         // And well-formed lines with one byte changed anywhere.
@@ -766,21 +777,12 @@ mod tests {
     #[test]
     fn parse_next_agrees_with_parse_and_memchr() {
         let alphabet: &[u8] = b"ab.Z09 \t\t  \r\x00\x01\x7f\xc3-+e.5nnnnnn111 ";
-        let mut seed = 0x2545_f491_4f6c_dd1du64;
-        let mut next = || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
-        let mut buf = Vec::new();
+        let mut rng = XorShift(0x2545_f491_4f6c_dd1d);
         for _ in 0..20_000 {
-            buf.clear();
-            for _ in 0..(next() % 8) {
-                let len = (next() % 30) as usize;
-                for _ in 0..len {
-                    buf.push(alphabet[(next() % alphabet.len() as u64) as usize]);
-                }
+            // Up to seven random lines, then a good one.
+            let mut buf = Vec::new();
+            for _ in 0..(rng.next() % 8) {
+                rng.push_random(&mut buf, alphabet, 30);
                 buf.push(b'\n');
             }
             buf.extend_from_slice(b"good.metric 1.5 1700000000\n");

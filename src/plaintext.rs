@@ -40,15 +40,14 @@ pub struct Full;
 #[derive(Default)]
 pub struct Prepared(Option<crate::pipeline::Routed>);
 
+/// What [`Intake::offer`] returns: the batch taken whole, or [`Full`].
+pub type Offer<'a> = BoxFuture<'a, Result<(), Full>>;
+
 /// Where a plaintext source delivers its batches.
 pub trait Intake: Send + Sync + 'static {
     /// Takes `batch` whole, or refuses it whole with [`Full`]. Offer the same batch
     /// again with the same `prepared`.
-    fn offer<'a>(
-        &'a self,
-        batch: &'a Batch,
-        prepared: &'a mut Prepared,
-    ) -> BoxFuture<'a, Result<(), Full>>;
+    fn offer<'a>(&'a self, batch: &'a Batch, prepared: &'a mut Prepared) -> Offer<'a>;
 
     /// True when [`offer`](Self::offer) itself waits for room before refusing (the
     /// pipeline's admission does), so the source offers again at once instead of pausing.
@@ -62,11 +61,7 @@ pub trait Intake: Send + Sync + 'static {
 /// batch is held (spool appends written), so a slow or full disk slows the clients down
 /// like a full queue does.
 impl Intake for Pipeline {
-    fn offer<'a>(
-        &'a self,
-        batch: &'a Batch,
-        prepared: &'a mut Prepared,
-    ) -> BoxFuture<'a, Result<(), Full>> {
+    fn offer<'a>(&'a self, batch: &'a Batch, prepared: &'a mut Prepared) -> Offer<'a> {
         Box::pin(async move {
             let routed = prepared.0.get_or_insert_with(|| self.route(batch));
             let deadline = tokio::time::Instant::now() + crate::pipeline::ADMIT_WAIT;
@@ -372,25 +367,25 @@ mod tests {
     }
 
     impl Intake for Recorder {
-        fn offer<'a>(
-            &'a self,
-            batch: &'a Batch,
-            _: &'a mut Prepared,
-        ) -> BoxFuture<'a, Result<(), Full>> {
-            Box::pin(async move {
-                if self
-                    .refuse
-                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-                    .is_ok()
-                {
-                    return Err(Full);
-                }
-                let mut l = self.lines.lock().unwrap();
-                for (line, _) in batch.lines() {
-                    l.push(String::from_utf8_lossy(line).trim_end().to_string());
-                }
-                Ok(())
-            })
+        fn offer<'a>(&'a self, batch: &'a Batch, _: &'a mut Prepared) -> Offer<'a> {
+            // Decided at once: the recorder never waits for room.
+            Box::pin(std::future::ready(self.take(batch)))
+        }
+    }
+
+    impl Recorder {
+        fn take(&self, batch: &Batch) -> Result<(), Full> {
+            let refused = self
+                .refuse
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+            if refused.is_ok() {
+                return Err(Full);
+            }
+            let mut l = self.lines.lock().unwrap();
+            for (line, _) in batch.lines() {
+                l.push(String::from_utf8_lossy(line).trim_end().to_string());
+            }
+            Ok(())
         }
     }
 

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::{parse_duration, CommonFlags, ListenTlsFlags, PipelineFlags};
-use crate::daemon::{DaemonError, Listeners, Reload, RoutingDaemon, Source};
+use crate::daemon::{DaemonError, Reload, RoutingDaemon, Source};
 use crate::plaintext::{PlaintextConfig, PlaintextSource};
 
 /// Flags of polymur (the relay). Every flag of the Go original keeps its name and
@@ -59,14 +59,8 @@ pub async fn run(config: RelayConfig) -> Result<(), DaemonError> {
             rules: config.pipeline.line_rules(),
         },
     );
-    let mut listeners = Listeners::default();
-    let tls = crate::daemon::plaintext_listen::listen(
-        &source,
-        &config.listen_addr,
-        &config.tls,
-        &mut listeners,
-    )
-    .await?;
+    let (listeners, tls) =
+        crate::daemon::plaintext_listen::listen(&source, &config.listen_addr, &config.tls).await?;
     // SIGHUP: the listener's certificate (the daemon layer adds the destinations file).
     let reload = tls.map(|tls| -> Reload {
         Box::new(move || {

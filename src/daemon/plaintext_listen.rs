@@ -9,15 +9,15 @@ use crate::ingest::tls::Reloadable;
 use crate::net;
 use crate::plaintext::PlaintextSource;
 
-/// Binds and spawns the listeners of `source`; returns the TLS acceptor to reload on
-/// SIGHUP when there is one. Logs `Listening on <addr>` for the plaintext listener and
+/// Binds and spawns the listeners of `source`; returns them with the TLS acceptor to
+/// reload on SIGHUP when there is one. Logs `Listening on <addr>` for the plaintext listener and
 /// `Listening on <addr> (TLS)` for the TLS one.
 pub async fn listen(
     source: &Arc<PlaintextSource>,
     addr: &str,
     flags: &ListenTlsFlags,
-    listeners: &mut Listeners,
-) -> Result<Option<Reloadable>, DaemonError> {
+) -> Result<(Listeners, Option<Reloadable>), DaemonError> {
+    let mut listeners = Listeners::default();
     let tls = flags
         .server_tls()
         .map_err(DaemonError::config)?
@@ -27,7 +27,7 @@ pub async fn listen(
         let (listener, local) = net::bind(addr).await?;
         tracing::info!("Listening on {local}");
         listeners.spawn(source.clone().serve(listener, listeners.shutdown()));
-        return Ok(None);
+        return Ok((listeners, None));
     };
     let tls_addr = match &flags.listen_tls_addr {
         Some(tls_addr) => {
@@ -50,5 +50,5 @@ pub async fn listen(
             .clone()
             .serve_tls(listener, tls.slot(), listeners.shutdown()),
     );
-    Ok(Some(tls))
+    Ok((listeners, Some(tls)))
 }

@@ -24,66 +24,23 @@ impl ProxyAdmin {
         self.dest.spool().map_or(0, |s| s.backlog())
     }
 
-    /// The single-series families: series (with labels), kind, help, value.
+    /// The single-series families: series (with labels), kind, help, value. One row a
+    /// family, as a table reads best.
+    #[rustfmt::skip]
     fn families(&self) -> [(&'static str, &'static str, &'static str, u64); 9] {
         let s = &self.gateway.stats;
         let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
         let bytes = self.spooled();
         [
-            (
-                "polymur_proxy_sent_points_total",
-                "counter",
-                "Points the gateway acknowledged.",
-                load(&s.sent),
-            ),
-            (
-                "polymur_proxy_sent_batches_total",
-                "counter",
-                "Batches the gateway acknowledged.",
-                load(&s.batches),
-            ),
-            (
-                "polymur_proxy_retries_total",
-                "counter",
-                "POSTs retried (network errors, 5xx, 503).",
-                load(&s.retries),
-            ),
-            (
-                "polymur_dropped_points_total{destination=\"gateway\",reason=\"rejected\"}",
-                "counter",
-                "Points in batches the gateway refused for good (400/413).",
-                load(&s.rejected),
-            ),
-            (
-                "polymur_proxy_queue_points",
-                "gauge",
-                "Points waiting in memory for the gateway.",
-                self.dest.queued(),
-            ),
-            (
-                "polymur_proxy_queue_limit",
-                "gauge",
-                "Memory queue cap, in points.",
-                self.dest.cap(),
-            ),
-            (
-                "polymur_proxy_spooled_points_total",
-                "counter",
-                "Points written to the spool (memory queue full, or moved there at shutdown).",
-                load(&self.dest.stats.spooled),
-            ),
-            (
-                "polymur_spool_damaged_points_total{destination=\"gateway\"}",
-                "counter",
-                "Points lost in damaged spool records.",
-                self.dest.spool().map_or(0, |s| s.damaged_points()),
-            ),
-            (
-                "polymur_spool_bytes{destination=\"gateway\"}",
-                "gauge",
-                "Bytes waiting in the spool, not yet read back.",
-                bytes,
-            ),
+            ("polymur_proxy_sent_points_total", "counter", "Points the gateway acknowledged.", load(&s.sent)),
+            ("polymur_proxy_sent_batches_total", "counter", "Batches the gateway acknowledged.", load(&s.batches)),
+            ("polymur_proxy_retries_total", "counter", "POSTs retried (network errors, 5xx, 503).", load(&s.retries)),
+            ("polymur_dropped_points_total{destination=\"gateway\",reason=\"rejected\"}", "counter", "Points in batches the gateway refused for good (400/413).", load(&s.rejected)),
+            ("polymur_proxy_queue_points", "gauge", "Points waiting in memory for the gateway.", self.dest.queued()),
+            ("polymur_proxy_queue_limit", "gauge", "Memory queue cap, in points.", self.dest.cap()),
+            ("polymur_proxy_spooled_points_total", "counter", "Points written to the spool (memory queue full, or moved there at shutdown).", load(&self.dest.stats.spooled)),
+            ("polymur_spool_damaged_points_total{destination=\"gateway\"}", "counter", "Points lost in damaged spool records.", self.dest.spool().map_or(0, |s| s.damaged_points())),
+            ("polymur_spool_bytes{destination=\"gateway\"}", "gauge", "Bytes waiting in the spool, not yet read back.", bytes),
         ]
     }
 }

@@ -15,7 +15,7 @@ use tokio::time::Instant;
 
 use crate::batch::Batch;
 use crate::dest::{space_freed, Admission, Chunk, Destination};
-use crate::plaintext::{BoxFuture, Full, Intake};
+use crate::plaintext::{Full, Intake, Offer, Prepared};
 use crate::shutdown::Shutdown;
 use crate::stats::Stats;
 
@@ -163,11 +163,7 @@ pub fn gzip(data: &[u8]) -> Vec<u8> {
 }
 
 impl Intake for Batcher {
-    fn offer<'a>(
-        &'a self,
-        batch: &'a Batch,
-        _: &'a mut crate::plaintext::Prepared,
-    ) -> BoxFuture<'a, Result<(), Full>> {
+    fn offer<'a>(&'a self, batch: &'a Batch, _: &'a mut Prepared) -> Offer<'a> {
         Box::pin(async move {
             if !self.dest.has_room() {
                 return Err(Full);

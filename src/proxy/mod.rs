@@ -63,7 +63,6 @@ pub async fn run(config: ProxyConfig) -> Result<(), DaemonError> {
         ));
     }
 
-    let mut listeners = Listeners::default();
     let source = PlaintextSource::new(
         batcher.clone(),
         stats.clone(),
@@ -77,13 +76,9 @@ pub async fn run(config: ProxyConfig) -> Result<(), DaemonError> {
             },
         },
     );
-    let tls = crate::daemon::plaintext_listen::listen(
-        &source,
-        &config.listen_addr,
-        &config.listen_tls,
-        &mut listeners,
-    )
-    .await?;
+    let (mut listeners, tls) =
+        crate::daemon::plaintext_listen::listen(&source, &config.listen_addr, &config.listen_tls)
+            .await?;
     let closing = listeners.shutdown();
     let reloads_tls = tls.is_some();
     crate::ingest::tls::reload_on_hup(tls.into_iter().collect(), closing.clone());

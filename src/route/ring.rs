@@ -424,22 +424,33 @@ fn crelay_sorted(
     PosRing::from_entries(entries)
 }
 
+/// Every member's `REPLICAS` ring positions as `(position, member index)`: `keys` turns a
+/// member into the function from replica number to position (carbon-c-relay's rings
+/// differ only in that key).
+fn replica_entries<F: Fn(usize) -> u16>(
+    members: &[DestAddr],
+    keys: impl Fn(&DestAddr) -> F,
+) -> Vec<(u32, u32)> {
+    let mut entries = Vec::with_capacity(members.len() * REPLICAS);
+    for (idx, m) in members.iter().enumerate() {
+        let pos = keys(m);
+        entries.extend((0..REPLICAS).map(|i| (u32::from(pos(i)), idx as u32)));
+    }
+    entries
+}
+
 /// carbon-c-relay `carbon_ch`: same keys as graphite-carbon (formatted without Python's
 /// escaping, as c-relay does) but no collision shift; ties on a position go to the lowest
 /// host (strcmp), then instance, members without instance last.
 fn build_crelay_carbon(members: &[DestAddr]) -> PosRing {
-    let mut entries = Vec::with_capacity(members.len() * REPLICAS);
-    for (idx, m) in members.iter().enumerate() {
-        let host = bare_host(&m.host);
+    let entries = replica_entries(members, |m| {
+        let host = bare_host(&m.host).to_owned();
         let inst = match &m.instance {
             Some(i) => format!("'{i}'"),
             None => "None".to_string(),
         };
-        for i in 0..REPLICAS {
-            let p = md5_pos(format!("('{host}', {inst}):{i}").as_bytes());
-            entries.push((u32::from(p), idx as u32));
-        }
-    }
+        move |i| md5_pos(format!("('{host}', {inst}):{i}").as_bytes())
+    });
     crelay_sorted(
         entries,
         |a, b| {
@@ -460,17 +471,13 @@ fn build_crelay_carbon(members: &[DestAddr]) -> PosRing {
 /// the member has no instance (so several caches on one host spread without instances);
 /// ties go to the lowest host (strcmp), then port.
 fn build_crelay_fnv1a(members: &[DestAddr]) -> PosRing {
-    let mut entries = Vec::with_capacity(members.len() * REPLICAS);
-    for (idx, m) in members.iter().enumerate() {
+    let entries = replica_entries(members, |m| {
         let id = match &m.instance {
             Some(i) => i.clone(),
             None => format!("{}:{}", bare_host(&m.host), m.port),
         };
-        for i in 0..REPLICAS {
-            let p = fnv1a_pos(format!("{i}-{id}").as_bytes());
-            entries.push((u32::from(p), idx as u32));
-        }
-    }
+        move |i| fnv1a_pos(format!("{i}-{id}").as_bytes())
+    });
     crelay_sorted(
         entries,
         |a, b| {

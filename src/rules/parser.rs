@@ -232,14 +232,8 @@ impl Parser {
                 "send" => {
                     // Deprecated `send statistics to CLUSTER… [stop];`.
                     self.expect("statistics")?;
-                    self.expect("to")?;
                     let mut st = cfg.statistics.take().unwrap_or_default();
-                    st.send_to = self
-                        .words_until(&["stop"])
-                        .into_iter()
-                        .map(|e| e.text)
-                        .collect();
-                    st.stop = self.eat("stop");
+                    self.statistics_send_to(&mut st)?;
                     self.semi()?;
                     cfg.statistics = Some(st);
                     Ok(())
@@ -505,16 +499,23 @@ impl Parser {
             st.prefix = Some(self.word("a prefix")?.text);
         }
         if self.eat("send") {
-            self.expect("to")?;
-            st.send_to = self
-                .words_until(&["stop"])
-                .into_iter()
-                .map(|e| e.text)
-                .collect();
-            st.stop = self.eat("stop");
+            self.statistics_send_to(&mut st)?;
         }
         self.semi()?;
         Ok(st)
+    }
+
+    /// `to CLUSTER… [stop]` of a statistics section's `send` (or the deprecated
+    /// top-level `send statistics`).
+    fn statistics_send_to(&mut self, st: &mut Statistics) -> Result<(), RuleError> {
+        self.expect("to")?;
+        st.send_to = self
+            .words_until(&["stop"])
+            .into_iter()
+            .map(|e| e.text)
+            .collect();
+        st.stop = self.eat("stop");
+        Ok(())
     }
 }
 

@@ -437,6 +437,17 @@ mod tests {
         spool.append(c).blocking_recv().unwrap().unwrap();
     }
 
+    /// Appends `count` chunks named `<prefix>0`.. of `points` points each, and returns them.
+    fn append_numbered(spool: &Spool, prefix: &str, count: usize, points: usize) -> Vec<Chunk> {
+        let chunks: Vec<Chunk> = (0..count)
+            .map(|i| chunk(&format!("{prefix}{i}"), points))
+            .collect();
+        for c in &chunks {
+            append(spool, c);
+        }
+        chunks
+    }
+
     fn read_all(spool: &Spool) -> Vec<Chunk> {
         let mut out = Vec::new();
         loop {
@@ -455,10 +466,7 @@ mod tests {
     fn records_come_back_in_order_and_spilling_stops_when_read() {
         let dir = tempfile::tempdir().unwrap();
         let spool = Spool::open(dir.path(), "127.0.0.1:2003", 1 << 30, false).unwrap();
-        let chunks: Vec<Chunk> = (0..50).map(|i| chunk(&format!("c{i}"), 100)).collect();
-        for c in &chunks {
-            append(&spool, c);
-        }
+        let chunks = append_numbered(&spool, "c", 50, 100);
         assert!(spool.is_spilling());
         let back = read_all(&spool);
         assert_eq!(back.len(), 50);
@@ -474,9 +482,7 @@ mod tests {
     fn a_reopened_spool_replays_after_its_cursor() {
         let dir = tempfile::tempdir().unwrap();
         let spool = Spool::open(dir.path(), "d:1", 1 << 30, true).unwrap();
-        for i in 0..10 {
-            append(&spool, &chunk(&format!("a{i}"), 10));
-        }
+        append_numbered(&spool, "a", 10, 10);
         // Deliver the first four, then "restart".
         let first = spool.read(1).unwrap();
         assert_eq!(first.len(), 1);
@@ -507,9 +513,7 @@ mod tests {
     fn a_torn_tail_is_quarantined_and_the_good_part_replayed() {
         let dir = tempfile::tempdir().unwrap();
         let spool = Spool::open(dir.path(), "d:3", 1 << 30, false).unwrap();
-        for i in 0..5 {
-            append(&spool, &chunk(&format!("t{i}"), 20));
-        }
+        append_numbered(&spool, "t", 5, 20);
         spool.close();
         let sdir = spool.dir().to_path_buf();
         drop(spool);
@@ -553,10 +557,7 @@ mod tests {
     fn damage_in_the_middle_costs_only_the_damaged_records() {
         let dir = tempfile::tempdir().unwrap();
         let spool = Spool::open(dir.path(), "d:4", 1 << 30, false).unwrap();
-        let chunks: Vec<Chunk> = (0..50).map(|i| chunk(&format!("x{i}"), 20)).collect();
-        for c in &chunks {
-            append(&spool, c);
-        }
+        let chunks = append_numbered(&spool, "x", 50, 20);
         spool.close();
         let sdir = spool.dir().to_path_buf();
         drop(spool);
