@@ -153,7 +153,7 @@ pub struct BenchArgs {
     /// Compare mode: target B's body compression (default: as -encoding)
     #[arg(long, value_parser = ["gzip", "zstd"])]
     pub encoding_b: Option<String>,
-    /// zstd level of the bodies (polymur-proxy's default: 1)
+    /// zstd level of the bodies (0, polymur-proxy's default: its tuned parameters)
     #[arg(long, default_value_t = polymur::proxy::compression::ZSTD_DEFAULT_LEVEL)]
     pub zstd_level: i32,
     /// CA or self-signed certificate (PEM) to trust for -https
