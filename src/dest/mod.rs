@@ -283,9 +283,7 @@ impl Destination {
                     rx,
                     reclaim_rx,
                     shutdown,
-                    config.drain_timeout,
-                    config.replay_rate.map(replay::ReplayPace::new),
-                    config.tls.clone(),
+                    config.clone(),
                 ))
             }
             SinkKind::Console => tokio::spawn(console::run(shared.clone(), rx, shutdown)),

@@ -38,7 +38,7 @@ use tokio::time::Instant;
 use super::spool::{self, Spool, SpoolPos};
 use super::tls::{Conn, DestTls};
 use super::{dead_letter, unacked};
-use super::{Chunk, DestAddr, DestShared};
+use super::{Chunk, DestAddr, DestConfig, DestShared};
 use crate::shutdown::Shutdown;
 
 /// First reconnect delay; doubles up to [`MAX_BACKOFF`].
@@ -254,16 +254,14 @@ struct Writer {
 }
 
 /// Runs until the memory queue is drained after shutdown (or the drain timeout passes),
-/// then closes the spool.
+/// then closes the spool. From `config` it takes the drain timeout, `-replay-rate` and TLS.
 pub async fn run(
     dest: Arc<DestShared>,
     addr: DestAddr,
     rx: mpsc::UnboundedReceiver<Chunk>,
     reclaim: super::ReclaimRx,
     shutdown: Shutdown,
-    drain_timeout: Duration,
-    pace: Option<super::replay::ReplayPace>,
-    tls: Option<DestTls>,
+    config: DestConfig,
 ) {
     let spool = dest.spool().cloned();
     let mut w = Writer {
@@ -272,7 +270,7 @@ pub async fn run(
         rx,
         reclaim,
         shutdown,
-        drain_timeout,
+        drain_timeout: config.drain_timeout,
         deadline: None,
         pending: Pending::new(),
         closed: false,
@@ -285,8 +283,8 @@ pub async fn run(
         error_log: Throttle::default(),
         connect_log: Throttle::default(),
         resend_log: Throttle::default(),
-        pace,
-        tls,
+        pace: config.replay_rate.map(super::replay::ReplayPace::new),
+        tls: config.tls,
     };
     w.run(addr).await;
     w.dest.stats.connected.store(false, Ordering::Relaxed);
