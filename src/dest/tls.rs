@@ -242,3 +242,52 @@ impl AsyncWrite for Conn {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn files_without_the_switch_or_half_an_identity_are_refused() {
+        let off = DestTlsFlags::default();
+        assert!(off.client().unwrap().is_none());
+        let ca_only = DestTlsFlags {
+            destination_ca: Some("ca.pem".into()),
+            ..DestTlsFlags::default()
+        };
+        assert!(ca_only
+            .client()
+            .unwrap_err()
+            .contains("need -destination-tls"));
+        let half = DestTlsFlags {
+            destination_tls: true,
+            destination_client_cert: Some("c.pem".into()),
+            ..DestTlsFlags::default()
+        };
+        assert!(half.client().unwrap_err().contains("go together"));
+        let missing = DestTlsFlags {
+            destination_tls: true,
+            destination_ca: Some("/nonexistent/ca.pem".into()),
+            ..DestTlsFlags::default()
+        };
+        assert!(missing
+            .client()
+            .unwrap_err()
+            .contains("/nonexistent/ca.pem"));
+    }
+
+    #[test]
+    fn handshake_failures_name_their_cause_and_the_flag_to_use() {
+        let wrap = |e: rustls::Error| io::Error::new(io::ErrorKind::InvalidData, e);
+        let unknown = describe(&wrap(rustls::Error::InvalidCertificate(
+            rustls::CertificateError::UnknownIssuer,
+        )));
+        assert!(unknown.contains("unknown issuer") && unknown.contains("-destination-ca"));
+        let plain = describe(&wrap(rustls::Error::InvalidMessage(
+            rustls::InvalidMessage::InvalidContentType,
+        )));
+        assert!(plain.contains("plaintext port"));
+        let eof = describe(&io::Error::new(io::ErrorKind::UnexpectedEof, "eof"));
+        assert!(eof.contains("closed the connection during the handshake"));
+    }
+}
