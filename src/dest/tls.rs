@@ -249,31 +249,22 @@ mod tests {
 
     #[test]
     fn files_without_the_switch_or_half_an_identity_are_refused() {
-        let off = DestTlsFlags::default();
-        assert!(off.client().unwrap().is_none());
-        let ca_only = DestTlsFlags {
-            destination_ca: Some("ca.pem".into()),
-            ..DestTlsFlags::default()
+        let refusal = |tls: bool, ca: Option<&str>, cert: Option<&str>| {
+            let flags = DestTlsFlags {
+                destination_tls: tls,
+                destination_ca: ca.map(PathBuf::from),
+                destination_client_cert: cert.map(PathBuf::from),
+                destination_client_key: None,
+            };
+            flags.client().err()
         };
-        assert!(ca_only
-            .client()
-            .unwrap_err()
-            .contains("need -destination-tls"));
-        let half = DestTlsFlags {
-            destination_tls: true,
-            destination_client_cert: Some("c.pem".into()),
-            ..DestTlsFlags::default()
-        };
-        assert!(half.client().unwrap_err().contains("go together"));
-        let missing = DestTlsFlags {
-            destination_tls: true,
-            destination_ca: Some("/nonexistent/ca.pem".into()),
-            ..DestTlsFlags::default()
-        };
-        assert!(missing
-            .client()
-            .unwrap_err()
-            .contains("/nonexistent/ca.pem"));
+        assert!(DestTlsFlags::default().client().unwrap().is_none());
+        let ca_only = refusal(false, Some("ca.pem"), None).unwrap();
+        assert!(ca_only.contains("need -destination-tls"));
+        let half = refusal(true, None, Some("c.pem")).unwrap();
+        assert!(half.contains("go together"));
+        let missing = refusal(true, Some("/nonexistent/ca.pem"), None).unwrap();
+        assert!(missing.contains("/nonexistent/ca.pem"));
     }
 
     #[test]
