@@ -317,10 +317,17 @@ impl Writer {
             };
             self.dest.stats.errors.fetch_add(1, Ordering::Relaxed);
             self.dest.stats.connected.store(false, Ordering::Relaxed);
+            // A TLS failure (an alert: the peer refused our certificate after the handshake,
+            // as TLS 1.3 lets it) means the peer discarded what its kernel acknowledged.
+            let refused = super::tls::session_failed(&err);
             if let Some((n, _)) = self.error_log.note(0) {
+                let err = match refused {
+                    true => super::tls::describe(&err),
+                    false => err.to_string(),
+                };
                 tracing::warn!("Destination error: {target}: {err}, retrying{}", more(n));
             }
-            let pause = self.after_break(&target, &stream);
+            let pause = self.after_break(&target, &stream, refused);
             drop(stream);
             if let Some(pause) = pause {
                 self.pause(pause).await;
@@ -444,14 +451,19 @@ impl Writer {
         }
     }
 
-    /// After a break: re-queues what the destination may not have (see [`unacked`]),
+    /// After a break: re-queues what the destination may not have (see [`unacked`]; the
+    /// whole resend window when the peer `refused` the TLS session),
     /// and tells whether this connection got past what it started by re-sending. If
     /// not, returns how long to wait before reconnecting, and after [`STUCK_BREAKS`]
     /// such breaks in a row arms the probe that finds the record causing them.
-    fn after_break(&mut self, target: &str, stream: &Conn) -> Option<Duration> {
+    fn after_break(&mut self, target: &str, stream: &Conn, refused: bool) -> Option<Duration> {
         let high = self.pending.pos;
-        let at_risk =
-            unacked::at_risk(stream.tcp(), self.pending.max_window).map(|n| n + stream.tls_slack());
+        let at_risk = match refused {
+            // The kernel's figures say what arrived, not what the peer kept: all again.
+            true => None,
+            false => unacked::at_risk(stream.tcp(), self.pending.max_window)
+                .map(|n| n + stream.tls_slack()),
+        };
         self.pending.max_window = 0;
         let again = self.pending.requeue_after_break(at_risk);
         if again > 0 {
@@ -501,7 +513,10 @@ impl Writer {
                 break;
             }
             if let Err(e) = self.probe_front(stream).await {
-                self.set_aside_front().await;
+                // A TLS session the peer ended (our certificate refused) is not about a record.
+                if !super::tls::session_failed(&e) {
+                    self.set_aside_front().await;
+                }
                 return Err(Ended::Broken(e));
             }
         }

@@ -147,6 +147,14 @@ pub fn describe(e: &io::Error) -> String {
     }
 }
 
+/// True when `e` is a TLS failure of an established session (an alert from the peer, a
+/// record that does not decrypt) rather than a TCP one: the peer then dropped the session
+/// and with it whatever it had received, acknowledged or not.
+pub fn session_failed(e: &io::Error) -> bool {
+    e.get_ref()
+        .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some())
+}
+
 /// A connection to a destination: plain TCP, or TLS over it.
 pub enum Conn {
     Plain(TcpStream),

@@ -259,3 +259,68 @@ fn restarting_the_receiving_relay_mid_stream_loses_nothing() {
         a.all_output()
     );
 }
+
+#[test]
+fn a_destination_refusing_our_certificate_gets_everything_once_it_takes_us() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path(), "ca");
+    let (cert, key) = pki.server();
+    let (client_cert, client_key) = pki.leaf("client", "extendedKeyUsage=clientAuth", 2);
+    let ca = pki.ca();
+    let sink = LineSink::start();
+    let far = format!("127.0.0.1:{}", free_port());
+    let tls_listen = [
+        "-destinations",
+        &sink.addr(),
+        "-listen-tls-cert",
+        &cert,
+        "-listen-tls-key",
+        &key,
+    ];
+    let mut mtls_listen = tls_listen.to_vec();
+    mtls_listen.extend_from_slice(&["-listen-client-ca", &ca]);
+    let b = relay(&far, &mtls_listen);
+    // Without a certificate: TLS 1.3 completes our side of the handshake, so the refusal
+    // comes as an alert after we wrote; what we wrote must not count as delivered.
+    let near = format!("127.0.0.1:{}", free_port());
+    let a = relay(&near, &tls_dest_args(&far, &ca));
+    let sent = lines("tlsdest.refused_then_taken", 20_000);
+    feed(&near, &sent).join().unwrap();
+    assert!(
+        a.wait_log("requires a client certificate", secs(10)),
+        "{}",
+        a.all_output()
+    );
+    assert_eq!(sink.count(), 0);
+    // The destination is fixed to take us as we are: everything arrives.
+    b.term();
+    assert!(b.wait_exit(secs(30)).is_some());
+    drop(b);
+    let _b = relay(&far, &tls_listen);
+    let deadline = std::time::Instant::now() + secs(60);
+    while missing(&sent, &sink.lines()) > 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(millis(200));
+    }
+    assert_eq!(missing(&sent, &sink.lines()), 0, "{}", a.all_output());
+    assert!(!a.has_log("dead-letter"), "{}", a.all_output());
+
+    // And with the certificate, the mTLS destination takes us at once.
+    let sink2 = LineSink::start();
+    let far2 = format!("127.0.0.1:{}", free_port());
+    let sink2_addr = sink2.addr();
+    let mut mtls2 = mtls_listen.clone();
+    mtls2[1] = &sink2_addr;
+    let _b2 = relay(&far2, &mtls2);
+    let near2 = format!("127.0.0.1:{}", free_port());
+    let mut with_cert = tls_dest_args(&far2, &ca);
+    with_cert.extend_from_slice(&[
+        "-destination-client-cert",
+        &client_cert,
+        "-destination-client-key",
+        &client_key,
+    ]);
+    let _a2 = relay(&near2, &with_cert);
+    let sent2 = lines("tlsdest.mtls", 1000);
+    feed(&near2, &sent2).join().unwrap();
+    assert!(sink2.wait_count(sent2.len(), secs(20)));
+}
