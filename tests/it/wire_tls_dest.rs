@@ -281,10 +281,14 @@ fn a_destination_refusing_our_certificate_gets_everything_once_it_takes_us() {
     mtls_listen.extend_from_slice(&["-listen-client-ca", &ca]);
     let b = relay(&far, &mtls_listen);
     // Without a certificate: TLS 1.3 completes our side of the handshake, so the refusal
-    // comes as an alert after we wrote; what we wrote must not count as delivered.
+    // comes as an alert after we wrote; what we wrote must not count as delivered, and no
+    // record may be taken for a poison one (dead-letter).
     let near = format!("127.0.0.1:{}", free_port());
-    let a = relay(&near, &tls_dest_args(&far, &ca));
-    let sent = lines("tlsdest.refused_then_taken", 20_000);
+    // A queue that holds everything, so each connection has megabytes to write at once.
+    let mut args = tls_dest_args(&far, &ca);
+    args.extend_from_slice(&["-outgoing-queue-cap", "1000000"]);
+    let a = relay(&near, &args);
+    let sent = lines("tlsdest.refused_then_taken", 200_000);
     feed(&near, &sent).join().unwrap();
     assert!(
         a.wait_log("requires a client certificate", secs(10)),
