@@ -9,7 +9,10 @@
 //! client certificates (`-listen-client-ca`).
 //!
 //! The writer keeps measuring what the destination may not have in TCP terms
-//! ([`super::unacked`]); [`Conn::tls_slack`] is what TLS adds to that figure.
+//! ([`super::unacked`]); [`Conn::tls_slack`] is what TLS adds to that figure. A session the
+//! peer ends with a TLS error ([`session_failed`]: TLS 1.3 lets a server refuse our client
+//! certificate after our side of the handshake is done and we have written) is different:
+//! the peer threw away what it received, so the writer sends everything written on it again.
 
 use std::io::{self, IoSlice};
 use std::path::PathBuf;
