@@ -187,6 +187,16 @@ impl Report {
         }
     }
 
+    /// Each target's arrived points per CPU-second over the reference figure `v`, ending the line.
+    fn over(&self, v: f64, s: &mut String) {
+        for t in &self.targets {
+            if let Some(e2e) = t.arrived_per_cpu_sec {
+                let _ = write!(s, "   {}: {:.2}x", t.label, e2e / v);
+            }
+        }
+        s.push('\n');
+    }
+
     /// The decode and compression references, each with the targets' figure over it.
     fn reference_lines(&self, r: &Reference, s: &mut String) {
         let _ = writeln!(
@@ -196,12 +206,7 @@ impl Report {
         );
         let mut refline = |name: &str, v: f64| {
             let _ = write!(s, "  {name:<34} {:>9.3} M", v / 1e6);
-            for t in &self.targets {
-                if let Some(e2e) = t.arrived_per_cpu_sec {
-                    let _ = write!(s, "   {}: {:.2}x", t.label, e2e / v);
-                }
-            }
-            s.push('\n');
+            self.over(v, s);
         };
         refline("zlib-rs inflate (flate2)", r.zlib_rs_lines_per_cpu_sec);
         if let Some(p) = r.python_zlib_lines_per_cpu_sec {
@@ -218,7 +223,8 @@ impl Report {
             "compression, one core, same batch, lines per CPU-second (bytes per point):"
         );
         let mut cline = |name: &str, v: f64, bpp: f64| {
-            let _ = writeln!(s, "  {name:<34} {:>9.3} M  ({bpp:.2} B/point)", v / 1e6);
+            let _ = write!(s, "  {name:<34} {:>9.3} M  ({bpp:.2} B/point)", v / 1e6);
+            self.over(v, s);
         };
         cline(
             "gzip -6 (flate2 zlib-rs)",
