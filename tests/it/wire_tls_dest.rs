@@ -328,3 +328,43 @@ fn a_destination_refusing_our_certificate_gets_everything_once_it_takes_us() {
     feed(&near2, &sent2).join().unwrap();
     assert!(sink2.wait_count(sent2.len(), secs(20)));
 }
+
+#[test]
+fn the_gateway_reaches_its_destinations_over_tls_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path(), "ca");
+    let (cert, key) = pki.server();
+    let sink = LineSink::start();
+    let far = format!("127.0.0.1:{}", free_port());
+    let _b = relay(
+        &far,
+        &[
+            "-destinations",
+            &sink.addr(),
+            "-listen-tls-cert",
+            &cert,
+            "-listen-tls-key",
+            &key,
+        ],
+    );
+    let ca = pki.ca();
+    let mut args = vec!["-dev-mode"];
+    args.extend(tls_dest_args(&far, &ca));
+    let gw = Gateway::start(&args);
+    let sent = lines("tlsdest.gateway", 500);
+    let r = http_post(
+        &gw.http,
+        "/ingest",
+        &[("X-Polymur-Key", "123")],
+        gzip(&text(&sent)),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(
+        sink.wait_count(sent.len(), secs(20)),
+        "{}",
+        gw.proc.all_output()
+    );
+    assert!(gw
+        .proc
+        .has_log(&format!("Connected to destination {far} over TLS")));
+}
