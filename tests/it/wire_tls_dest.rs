@@ -2,7 +2,8 @@
 //! with certificates made in the test; a destination whose certificate is signed by a CA
 //! we were not given is refused with a log line naming the cause; and nothing is lost when
 //! the receiving end dies mid-stream or is restarted, because the writer re-sends the tail
-//! TLS may not have delivered (see `src/dest/unacked.rs`).
+//! TLS may not have delivered (see `src/dest/unacked.rs`), nor while an mTLS destination
+//! refuses our certificate; client certificates work; the gateway has the same flags.
 
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader};
