@@ -157,6 +157,9 @@ pub struct PipelineFlags {
     /// as carbon's TAG_RELAY_NORMALIZED = False: placement then matches carbon-relay's
     #[arg(long, action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_parser = crate::go_bool!())]
     pub tag_normalize: bool,
+    /// TLS to the destinations.
+    #[command(flatten)]
+    pub destination_tls: crate::dest::tls::DestTlsFlags,
 }
 
 impl PipelineFlags {

@@ -190,6 +190,10 @@ impl RoutingDaemon {
         if destinations.is_empty() && !flags.console_out {
             tracing::warn!("No -destinations and no -console-out: received points are discarded");
         }
+        let tls = flags
+            .destination_tls
+            .client()
+            .map_err(DaemonError::Config)?;
         let workers = Shutdown::new();
         let (stats, pipeline, registry) = routing_core(
             &destinations,
@@ -203,6 +207,7 @@ impl RoutingDaemon {
                 overflow: flags.overflow.into(),
                 durable,
                 replay_rate: flags.replay_rate.filter(|&r| r > 0),
+                tls,
             },
             flags.config.is_some(),
             flags.config.is_some()

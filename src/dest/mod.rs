@@ -26,6 +26,7 @@ pub mod dead_letter;
 pub mod replay;
 pub mod spool;
 pub mod tcp;
+pub mod tls;
 pub mod unacked;
 pub mod writer;
 
@@ -103,6 +104,8 @@ pub struct DestConfig {
     pub durable: bool,
     /// `-replay-rate`: points/s out of the spool (`None`: unlimited); see [`replay`].
     pub replay_rate: Option<u64>,
+    /// `-destination-tls`: TCP destinations are reached over TLS; see [`tls`].
+    pub tls: Option<tls::DestTls>,
 }
 
 /// What happens to a batch that neither the memory queue nor the spool can hold.
@@ -125,6 +128,7 @@ impl DestConfig {
             overflow: Overflow::Refuse,
             durable: false,
             replay_rate: None,
+            tls: None,
         }
     }
 }
@@ -279,8 +283,7 @@ impl Destination {
                     rx,
                     reclaim_rx,
                     shutdown,
-                    config.drain_timeout,
-                    config.replay_rate.map(replay::ReplayPace::new),
+                    config.clone(),
                 ))
             }
             SinkKind::Console => tokio::spawn(console::run(shared.clone(), rx, shutdown)),

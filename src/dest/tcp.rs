@@ -36,8 +36,9 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::spool::{self, Spool, SpoolPos};
+use super::tls::{Conn, DestTls};
 use super::{dead_letter, unacked};
-use super::{Chunk, DestAddr, DestShared};
+use super::{Chunk, DestAddr, DestConfig, DestShared};
 use crate::shutdown::Shutdown;
 
 /// First reconnect delay; doubles up to [`MAX_BACKOFF`].
@@ -248,18 +249,19 @@ struct Writer {
     resend_log: Throttle,
     /// `-replay-rate`: the pace of spool reads (`None`: as fast as the destination takes).
     pace: Option<super::replay::ReplayPace>,
+    /// `-destination-tls`: connections are TLS ([`super::tls`]).
+    tls: Option<DestTls>,
 }
 
 /// Runs until the memory queue is drained after shutdown (or the drain timeout passes),
-/// then closes the spool.
+/// then closes the spool. From `config` it takes the drain timeout, `-replay-rate` and TLS.
 pub async fn run(
     dest: Arc<DestShared>,
     addr: DestAddr,
     rx: mpsc::UnboundedReceiver<Chunk>,
     reclaim: super::ReclaimRx,
     shutdown: Shutdown,
-    drain_timeout: Duration,
-    pace: Option<super::replay::ReplayPace>,
+    config: DestConfig,
 ) {
     let spool = dest.spool().cloned();
     let mut w = Writer {
@@ -268,7 +270,7 @@ pub async fn run(
         rx,
         reclaim,
         shutdown,
-        drain_timeout,
+        drain_timeout: config.drain_timeout,
         deadline: None,
         pending: Pending::new(),
         closed: false,
@@ -281,7 +283,8 @@ pub async fn run(
         error_log: Throttle::default(),
         connect_log: Throttle::default(),
         resend_log: Throttle::default(),
-        pace,
+        pace: config.replay_rate.map(super::replay::ReplayPace::new),
+        tls: config.tls,
     };
     w.run(addr).await;
     w.dest.stats.connected.store(false, Ordering::Relaxed);
@@ -295,7 +298,7 @@ impl Writer {
     async fn run(&mut self, addr: DestAddr) {
         let target = addr.host_port();
         loop {
-            let Some(mut stream) = self.connect(&target).await else {
+            let Some(mut stream) = self.connect(&addr).await else {
                 return;
             };
             // The probe has no drain deadline of its own: during shutdown, plain sending.
@@ -314,10 +317,17 @@ impl Writer {
             };
             self.dest.stats.errors.fetch_add(1, Ordering::Relaxed);
             self.dest.stats.connected.store(false, Ordering::Relaxed);
+            // A TLS failure (an alert: the peer refused our certificate after the handshake,
+            // as TLS 1.3 lets it) means the peer discarded what its kernel acknowledged.
+            let refused = super::tls::session_failed(&err);
             if let Some((n, _)) = self.error_log.note(0) {
+                let err = match refused {
+                    true => super::tls::describe(&err),
+                    false => err.to_string(),
+                };
                 tracing::warn!("Destination error: {target}: {err}, retrying{}", more(n));
             }
-            let pause = self.after_break(&target, &stream);
+            let pause = self.after_break(&target, &stream, refused);
             drop(stream);
             if let Some(pause) = pause {
                 self.pause(pause).await;
@@ -326,7 +336,8 @@ impl Writer {
     }
 
     /// Connects, retrying with backoff; during a drain, gives up at the deadline (`None`).
-    async fn connect(&mut self, target: &str) -> Option<TcpStream> {
+    async fn connect(&mut self, addr: &DestAddr) -> Option<Conn> {
+        let target = addr.host_port();
         let mut backoff = MIN_BACKOFF;
         let stream = loop {
             if let Some(d) = self.deadline {
@@ -338,11 +349,9 @@ impl Writer {
                     return None;
                 }
             }
-            let attempt = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(target)).await;
-            let err = match attempt {
-                Ok(Ok(s)) => break s,
-                Ok(Err(e)) => e.to_string(),
-                Err(_) => format!("connect to {target} timed out"),
+            let err = match self.open(addr, &target).await {
+                Ok(s) => break s,
+                Err(e) => e,
             };
             self.dest.stats.errors.fetch_add(1, Ordering::Relaxed);
             self.dest
@@ -355,16 +364,34 @@ impl Writer {
             self.pause(backoff).await;
             backoff = (backoff * 2).min(MAX_BACKOFF);
         };
-        let _ = stream.set_nodelay(true);
         self.dest
             .stats
             .consecutive_failures
             .store(0, Ordering::Relaxed);
         self.dest.stats.connected.store(true, Ordering::Relaxed);
         if let Some((n, _)) = self.connect_log.note(0) {
-            tracing::info!("Connected to destination {target}{}", more(n));
+            let over = if self.tls.is_some() { " over TLS" } else { "" };
+            tracing::info!("Connected to destination {target}{over}{}", more(n));
         }
         Some(stream)
+    }
+
+    /// One attempt: TCP, then the TLS handshake with `-destination-tls`. The error
+    /// names the cause in one line.
+    async fn open(&self, addr: &DestAddr, target: &str) -> Result<Conn, String> {
+        let tcp = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(target)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return Err(e.to_string()),
+            Err(_) => return Err(format!("connect to {target} timed out")),
+        };
+        let _ = tcp.set_nodelay(true);
+        let Some(tls) = &self.tls else {
+            return Ok(Conn::Plain(tcp));
+        };
+        match tokio::time::timeout(CONNECT_TIMEOUT, tls.handshake(&addr.host, tcp)).await {
+            Ok(r) => r,
+            Err(_) => Err("TLS handshake timed out (is it a plaintext port?)".into()),
+        }
     }
 
     /// Sleeps `pause` (cut short by the drain deadline), answering shutdown and reclaim.
@@ -386,7 +413,7 @@ impl Writer {
 
     /// Writes what comes until the connection breaks (`Broken`), the memory queue is
     /// drained at shutdown or closed (`Ok`), or the drain deadline passes (`Abandon`).
-    async fn serve(&mut self, stream: &mut TcpStream) -> Result<(), Ended> {
+    async fn serve(&mut self, stream: &mut Conn) -> Result<(), Ended> {
         loop {
             if self.pending.items.is_empty() && !self.fill().await {
                 if self.deadline.is_some() || self.closed {
@@ -400,7 +427,7 @@ impl Writer {
                         None => { self.closed = true; continue; }
                     },
                     _ = async { spool.as_ref().expect("guarded").published().await }, if spool.is_some() => continue,
-                    e = peer_closed(stream) => return Err(Ended::Broken(e)),
+                    e = stream.peer_closed() => return Err(Ended::Broken(e)),
                     _ = self.shutdown.recv() => {
                         self.deadline = Some(Instant::now() + self.drain_timeout);
                         continue;
@@ -424,13 +451,19 @@ impl Writer {
         }
     }
 
-    /// After a break: re-queues what the destination may not have (see [`unacked`]),
+    /// After a break: re-queues what the destination may not have (see [`unacked`]; the
+    /// whole resend window when the peer `refused` the TLS session),
     /// and tells whether this connection got past what it started by re-sending. If
     /// not, returns how long to wait before reconnecting, and after [`STUCK_BREAKS`]
     /// such breaks in a row arms the probe that finds the record causing them.
-    fn after_break(&mut self, target: &str, stream: &TcpStream) -> Option<Duration> {
+    fn after_break(&mut self, target: &str, stream: &Conn, refused: bool) -> Option<Duration> {
         let high = self.pending.pos;
-        let at_risk = unacked::at_risk(stream, self.pending.max_window);
+        let at_risk = match refused {
+            // The kernel's figures say what arrived, not what the peer kept: all again.
+            true => None,
+            false => unacked::at_risk(stream.tcp(), self.pending.max_window)
+                .map(|n| n + stream.tls_slack()),
+        };
         self.pending.max_window = 0;
         let again = self.pending.requeue_after_break(at_risk);
         if again > 0 {
@@ -471,8 +504,8 @@ impl Writer {
     /// which the connection breaks is set aside ([`dead_letter`]); once past the suspect
     /// range, normal sending resumes. A peer that closes before it is sent anything
     /// refuses connections, not a record: nothing is set aside then.
-    async fn probe(&mut self, stream: &mut TcpStream) -> Result<(), Ended> {
-        if let Ok(e) = tokio::time::timeout(PROBE_GRACE, peer_closed(stream)).await {
+    async fn probe(&mut self, stream: &mut Conn) -> Result<(), Ended> {
+        if let Ok(e) = tokio::time::timeout(PROBE_GRACE, stream.peer_closed()).await {
             return Err(Ended::Broken(e));
         }
         while let Some(until) = self.stuck.probe_until {
@@ -480,7 +513,10 @@ impl Writer {
                 break;
             }
             if let Err(e) = self.probe_front(stream).await {
-                self.set_aside_front().await;
+                // A TLS session the peer ended (our certificate refused) is not about a record.
+                if !super::tls::session_failed(&e) {
+                    self.set_aside_front().await;
+                }
                 return Err(Ended::Broken(e));
             }
         }
@@ -491,21 +527,21 @@ impl Writer {
 
     /// Writes the front record alone and waits until it is acknowledged and the
     /// connection stays open for [`PROBE_GRACE`]; then completes it.
-    async fn probe_front(&mut self, stream: &mut TcpStream) -> io::Result<()> {
+    async fn probe_front(&mut self, stream: &mut Conn) -> io::Result<()> {
         let item = self.pending.items.front().expect("filled");
         let rest = item.chunk.data.slice(self.pending.front_off..);
         stream.write_all(&rest).await?;
-        let acked = async {
-            let until = Instant::now() + PROBE_ACK_WAIT;
-            while unacked::unacknowledged(stream).is_some_and(|n| n > 0) && Instant::now() < until {
-                tokio::time::sleep(Duration::from_millis(5)).await;
+        stream.flush().await?;
+        // Wait for the peer's kernel to acknowledge it, noticing a close meanwhile.
+        let until = Instant::now() + PROBE_ACK_WAIT;
+        while unacked::unacknowledged(stream.tcp()).is_some_and(|n| n > 0) && Instant::now() < until
+        {
+            let tick = Duration::from_millis(5);
+            if let Ok(e) = tokio::time::timeout(tick, stream.peer_closed()).await {
+                return Err(e);
             }
-        };
-        tokio::select! {
-            e = peer_closed(stream) => return Err(e),
-            _ = acked => {}
         }
-        if let Ok(e) = tokio::time::timeout(PROBE_GRACE, peer_closed(stream)).await {
+        if let Ok(e) = tokio::time::timeout(PROBE_GRACE, stream.peer_closed()).await {
             return Err(e);
         }
         self.pending.pos += rest.len() as u64;
@@ -721,56 +757,60 @@ impl Writer {
             return;
         }
         self.dest.queued.fetch_sub(points, Ordering::AcqRel);
-        if let Some(spool) = &self.spool {
-            let mut waits = Vec::with_capacity(memory.len());
-            for c in &memory {
-                spool.reserve_forced(spool::record_size(c.data.len()));
-                waits.push(spool.append(c));
+        let name = self.dest.name();
+        let failed = match &self.spool {
+            None => points,
+            Some(spool) => {
+                let failed = spool_all(spool, &memory).await;
+                self.dest
+                    .stats
+                    .spooled
+                    .fetch_add(points - failed, Ordering::Relaxed);
+                tracing::info!(
+                    "Destination {name}: drain timeout, {} points moved to the spool for the next start",
+                    points - failed
+                );
+                failed
             }
-            let mut failed = 0u64;
-            for (c, w) in memory.iter().zip(waits) {
-                if !matches!(w.await, Ok(Ok(()))) {
-                    failed += c.points;
-                }
-            }
-            self.dest
-                .stats
-                .spooled
-                .fetch_add(points - failed, Ordering::Relaxed);
-            tracing::info!(
-                "Destination {}: drain timeout, {} points moved to the spool for the next start",
-                self.dest.name(),
-                points - failed
-            );
-            if failed == 0 {
-                return;
-            }
+        };
+        if failed > 0 {
             self.dest
                 .stats
                 .abandoned
                 .fetch_add(failed, Ordering::Relaxed);
+            let what = match self.spool {
+                Some(_) => "could not be written to the spool",
+                None => "undelivered",
+            };
             tracing::error!(
-                "Destination {}: {failed} points could not be written to the spool at shutdown",
-                self.dest.name()
+                "Destination {name}: drain timeout, {failed} points {what} at shutdown"
             );
-            return;
         }
-        self.dest
-            .stats
-            .abandoned
-            .fetch_add(points, Ordering::Relaxed);
-        tracing::error!(
-            "Destination {}: drain timeout, {points} points undelivered at shutdown",
-            self.dest.name()
-        );
     }
+}
+
+/// Appends `memory` to the spool past its cap (shutdown must not lose them to a full
+/// spool); returns the points whose append failed.
+async fn spool_all(spool: &Spool, memory: &[Chunk]) -> u64 {
+    let mut waits = Vec::with_capacity(memory.len());
+    for c in memory {
+        spool.reserve_forced(spool::record_size(c.data.len()));
+        waits.push(spool.append(c));
+    }
+    let mut failed = 0u64;
+    for (c, w) in memory.iter().zip(waits) {
+        if !matches!(w.await, Ok(Ok(()))) {
+            failed += c.points;
+        }
+    }
+    failed
 }
 
 /// Writes every pending chunk, several per syscall. A chunk is complete once its last byte
 /// is handed to the kernel: memory chunks leave the queue accounting, spool chunks move the
 /// spool's delivered position, and every chunk enters the resend window.
 async fn write_pending(
-    stream: &mut TcpStream,
+    stream: &mut Conn,
     pending: &mut Pending,
     dest: &DestShared,
 ) -> io::Result<()> {
@@ -787,7 +827,7 @@ async fn write_pending(
             return Err(io::ErrorKind::WriteZero.into());
         }
         pending.pos += n as u64;
-        if let Some(w) = unacked::peer_window(stream) {
+        if let Some(w) = unacked::peer_window(stream.tcp()) {
             pending.max_window = pending.max_window.max(w);
         }
         let mut left = n;
@@ -805,7 +845,9 @@ async fn write_pending(
             }
         }
     }
-    Ok(())
+    // TLS: what rustls could not pass on to the socket yet must not wait for the next
+    // batch (plain TCP has nothing to flush).
+    stream.flush().await
 }
 
 /// A chunk's last byte was handed to the kernel: memory chunks leave the queue
@@ -839,26 +881,6 @@ fn more(events: u64) -> String {
         format!(" ({} more since the last report)", events - 1)
     } else {
         String::new()
-    }
-}
-
-/// Completes when the peer closes the connection (or it fails) while we are idle,
-/// so a restarted carbon-cache is noticed before the next batch is written into a
-/// dead socket.
-async fn peer_closed(stream: &TcpStream) -> io::Error {
-    let mut buf = [0u8; 512];
-    loop {
-        if let Err(e) = stream.readable().await {
-            return e;
-        }
-        match stream.try_read(&mut buf) {
-            Ok(0) => {
-                return io::Error::new(io::ErrorKind::ConnectionReset, "connection closed by peer")
-            }
-            Ok(_) => continue, // Graphite receivers send nothing; ignore stray bytes.
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(e) => return e,
-        }
     }
 }
 

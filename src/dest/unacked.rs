@@ -15,8 +15,30 @@
 //! - processed by the peer: never re-sent.
 //!
 //! Elsewhere than Linux the first figure is unknown and the whole window is re-sent.
+//!
+//! Over TLS (`-destination-tls`) the kernel counts ciphertext, and the writer counts
+//! plaintext as written once rustls took it. Every record carries its plaintext plus a
+//! header and a tag, so the last N ciphertext bytes never carry more than N plaintext
+//! bytes: re-sending the kernel's figure of plaintext from the tail re-sends at least what
+//! those bytes carried. Three things are not in that figure, and [`TLS_SLACK`] covers them:
+//! ciphertext rustls still holds unsent (at most its buffer limit, [`TLS_SEND_BUFFER`], set
+//! on every connection); the record the figure starts inside of, whose first part the peer's
+//! kernel has but which the peer cannot decrypt without the rest (at most one record); and
+//! the peer's own partly received record (another). Records other than data (key updates)
+//! only make the figure larger. So the tail re-sent is a superset: duplicates, never loss.
 
 use tokio::net::TcpStream;
+
+/// The limit set on rustls' buffer of unsent ciphertext on every TLS connection (rustls'
+/// default): a write it cannot pass on to the socket stays there, counted as written.
+pub const TLS_SEND_BUFFER: usize = 64 << 10;
+
+/// A TLS record's largest size on the wire: 16 KiB of plaintext plus header, content type,
+/// padding allowance and tag (RFC 8446 §5.2 caps the ciphertext at 2^14 + 256).
+pub const TLS_RECORD: usize = (16 << 10) + 256 + 5;
+
+/// What TLS adds to [`at_risk`]: rustls' unsent buffer and two records (see the module).
+pub const TLS_SLACK: usize = TLS_SEND_BUFFER + 2 * TLS_RECORD;
 
 /// Bytes the peer may have read without processing them: carbon-cache (Twisted) reads
 /// 64 KiB at a time, and 128 KiB covers that twice over. Each break costs about 3 000

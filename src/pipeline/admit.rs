@@ -243,6 +243,7 @@ mod tests {
             overflow: Overflow::Refuse,
             durable: true,
             replay_rate: None,
+            tls: None,
         };
         let addr = format!("127.0.0.1:{port}").parse().unwrap();
         Destination::spawn(SinkKind::Tcp(addr), &config, shutdown).0

@@ -37,7 +37,7 @@ pub struct ProxyConfig {
         default_value = "auto"
     )]
     pub compression: CompressionFlag,
-    /// Compression level [default: 6 for gzip (0-9), 1 for zstd (1-19)]
+    /// Compression level [default: 6 for gzip (0-9); for zstd, parameters tuned for Graphite batches (1-19: zstd's own levels)]
     #[arg(
         long,
         env = "POLYMUR_PROXY_COMPRESSION_LEVEL",

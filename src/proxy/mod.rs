@@ -234,6 +234,7 @@ fn open_destination(
         overflow: Overflow::Refuse,
         durable: false,
         replay_rate: None,
+        tls: None,
     };
     Destination::spawn(kind, &dest_config, shutdown)
 }

@@ -34,3 +34,4 @@ mod tags;
 mod tenants;
 mod topology;
 mod wire;
+mod wire_tls_dest;

@@ -18,12 +18,12 @@ type Headers<'a> = Vec<(&'a str, &'a str)>;
 /// A compressor of one case.
 type Encode = fn(&[u8]) -> Vec<u8>;
 
-fn lines(prefix: &str, n: usize) -> Vec<String> {
+pub(crate) fn lines(prefix: &str, n: usize) -> Vec<String> {
     let ts = now_ts();
     (0..n).map(|i| format!("{prefix}.m{i} {i} {ts}")).collect()
 }
 
-fn text(lines: &[String]) -> Vec<u8> {
+pub(crate) fn text(lines: &[String]) -> Vec<u8> {
     let mut s = lines.join("\n");
     s.push('\n');
     s.into_bytes()
@@ -411,12 +411,12 @@ fn openssl(dir: &std::path::Path, args: &[&str]) {
 }
 
 /// A test CA in `dir` (`ca.pem`, `ca.key`) that signs leaf certificates.
-struct Pki {
+pub(crate) struct Pki {
     dir: std::path::PathBuf,
 }
 
 impl Pki {
-    fn new(dir: &std::path::Path, name: &str) -> Pki {
+    pub(crate) fn new(dir: &std::path::Path, name: &str) -> Pki {
         let dir = dir.join(name);
         std::fs::create_dir_all(&dir).unwrap();
         openssl(
@@ -440,13 +440,13 @@ impl Pki {
         Pki { dir }
     }
 
-    fn ca(&self) -> String {
+    pub(crate) fn ca(&self) -> String {
         self.dir.join("ca.pem").display().to_string()
     }
 
     /// A leaf certificate `<name>.pem` / `<name>.key` with `ext` (openssl extension
     /// lines), valid for `days` (negative: already expired).
-    fn leaf(&self, name: &str, ext: &str, days: i32) -> (String, String) {
+    pub(crate) fn leaf(&self, name: &str, ext: &str, days: i32) -> (String, String) {
         let ext_file = format!("{name}.ext");
         std::fs::write(
             self.dir.join(&ext_file),
@@ -501,7 +501,7 @@ impl Pki {
     }
 
     /// A server certificate for 127.0.0.1 and localhost.
-    fn server(&self) -> (String, String) {
+    pub(crate) fn server(&self) -> (String, String) {
         self.leaf("server", "subjectAltName=IP:127.0.0.1,DNS:localhost", 2)
     }
 }
@@ -705,7 +705,7 @@ fn send_tls(addr: &str, config: Arc<rustls::ClientConfig>, text: &str) -> std::i
 }
 
 /// The relay with `args` after its listener flags; waits until it serves.
-fn relay(listen: &str, args: &[&str]) -> Proc {
+pub(crate) fn relay(listen: &str, args: &[&str]) -> Proc {
     let (api, stat, admin) = (
         format!("127.0.0.1:{}", free_port()),
         format!("127.0.0.1:{}", free_port()),

@@ -153,7 +153,7 @@ pub struct BenchArgs {
     /// Compare mode: target B's body compression (default: as -encoding)
     #[arg(long, value_parser = ["gzip", "zstd"])]
     pub encoding_b: Option<String>,
-    /// zstd level of the bodies (polymur-proxy's default: 1)
+    /// zstd level of the bodies (0, polymur-proxy's default: its tuned parameters)
     #[arg(long, default_value_t = polymur::proxy::compression::ZSTD_DEFAULT_LEVEL)]
     pub zstd_level: i32,
     /// CA or self-signed certificate (PEM) to trust for -https
@@ -166,6 +166,10 @@ pub struct BenchArgs {
     /// Also measure zlib-rs, libdeflate and Python zlib inflate of the same batch (gateway)
     #[arg(long, action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "true", value_parser = polymur::go_bool!())]
     pub reference: bool,
+    /// Also measure the references with -target tcp: a proxy's end-to-end figure set against
+    /// compression alone (gzip -6, Python zlib level 6, zstd) on the same batch
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_parser = polymur::go_bool!())]
+    pub reference_tcp: bool,
     /// CPU seconds spent on each reference figure
     #[arg(long, default_value_t = 1.0)]
     pub reference_secs: f64,
@@ -436,7 +440,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
         acc.report.wire_bytes_per_point =
             Some(bytes as f64 / (load.payloads.len() as f64 * load.lines.max(1) as f64));
     }
-    let reference = if gateway && args.reference {
+    let reference = if args.reference && (gateway || args.reference_tcp) {
         let w = workload(&args);
         let body = w.gzip(&w.batch(0));
         let (lines, secs, zstd_level) =

@@ -108,128 +108,156 @@ impl Report {
         }
     }
 
-    /// The human-readable table.
+    /// The human-readable table: one column per target (and `B/A` in compare mode),
+    /// then the reference figures.
     pub fn table(&self) -> String {
         let mut s = String::new();
         let _ = writeln!(s, "polymur-bench: target {} | {}", self.target, self.load);
-        let mut rows: Vec<(&str, Vec<String>)> = Vec::new();
+        let mut rows = self.rows();
+        if let Some(r) = &self.ratios {
+            self.add_ratios(r, &mut rows);
+        }
+        render(&rows, &mut s);
+        if let Some(r) = &self.reference {
+            self.reference_lines(r, &mut s);
+        }
+        s
+    }
+
+    /// The per-target rows: a name and one cell per target.
+    fn rows(&self) -> Vec<(&'static str, Vec<String>)> {
         let f0 = |v: f64| format!("{v:.0}");
         let f2 = |v: f64| format!("{v:.2}");
         let mil = |v: f64| format!("{:.3} M", v / 1e6);
         let opt =
             |v: Option<f64>, f: &dyn Fn(f64) -> String| v.map(f).unwrap_or_else(|| "n/a".into());
         let col = |f: &dyn Fn(&TargetReport) -> String| self.targets.iter().map(f).collect();
-        rows.push(("", col(&|t| t.label.clone())));
-        rows.push(("rounds", col(&|t| t.rounds.to_string())));
-        rows.push(("points acked/sent", col(&|t| t.points_acked.to_string())));
-        rows.push(("points arrived", col(&|t| t.points_arrived.to_string())));
-        rows.push(("points lost", col(&|t| t.points_lost.to_string())));
-        rows.push(("points extra (dups)", col(&|t| t.points_extra.to_string())));
-        rows.push((
-            "503 refused / errors",
-            col(&|t| format!("{} / {}", t.refused, t.errors)),
-        ));
-        rows.push(("wall s", col(&|t| f2(t.wall_secs))));
-        rows.push(("arrived points/s", col(&|t| mil(t.arrived_per_sec))));
-        rows.push((
-            "wire bytes/point",
-            col(&|t| opt(t.wire_bytes_per_point, &f2)),
-        ));
-        rows.push(("target CPU s", col(&|t| opt(t.cpu_secs, &f2))));
-        rows.push((
-            "arrived points/CPU-s",
-            col(&|t| opt(t.arrived_per_cpu_sec, &mil)),
-        ));
-        rows.push(("peak RSS MiB (VmHWM)", col(&|t| opt(t.peak_rss_mib, &f0))));
-        rows.push((
-            "max sampled RSS MiB",
-            col(&|t| opt(t.max_sampled_rss_mib, &f0)),
-        ));
-        rows.push(("batch latency p50 ms", col(&|t| opt(t.latency_p50_ms, &f2))));
-        rows.push(("batch latency p99 ms", col(&|t| opt(t.latency_p99_ms, &f2))));
-        rows.push(("bench CPU s", col(&|t| f2(t.bench_cpu_secs))));
-        rows.push((
-            "load avg start/end",
-            col(&|t| format!("{:.2}/{:.2}", t.load_avg.0, t.load_avg.1)),
-        ));
-        if let Some(r) = &self.ratios {
-            let ratio = |v: Option<f64>| v.map(|v| format!("{v:.2}x")).unwrap_or_default();
-            for (name, cells) in rows.iter_mut() {
-                cells.push(match *name {
-                    "" => "B/A".into(),
-                    "arrived points/s" => ratio(Some(r.arrived_per_sec)),
-                    "arrived points/CPU-s" => ratio(r.arrived_per_cpu_sec),
-                    "peak RSS MiB (VmHWM)" => ratio(r.peak_rss),
-                    "wire bytes/point" => ratio(opt_ratio(
-                        self.targets[1].wire_bytes_per_point,
-                        self.targets[0].wire_bytes_per_point,
-                    )),
-                    _ => String::new(),
-                });
+        vec![
+            ("", col(&|t| t.label.clone())),
+            ("rounds", col(&|t| t.rounds.to_string())),
+            ("points acked/sent", col(&|t| t.points_acked.to_string())),
+            ("points arrived", col(&|t| t.points_arrived.to_string())),
+            ("points lost", col(&|t| t.points_lost.to_string())),
+            ("points extra (dups)", col(&|t| t.points_extra.to_string())),
+            (
+                "503 refused / errors",
+                col(&|t| format!("{} / {}", t.refused, t.errors)),
+            ),
+            ("wall s", col(&|t| f2(t.wall_secs))),
+            ("arrived points/s", col(&|t| mil(t.arrived_per_sec))),
+            (
+                "wire bytes/point",
+                col(&|t| opt(t.wire_bytes_per_point, &f2)),
+            ),
+            ("target CPU s", col(&|t| opt(t.cpu_secs, &f2))),
+            (
+                "arrived points/CPU-s",
+                col(&|t| opt(t.arrived_per_cpu_sec, &mil)),
+            ),
+            ("peak RSS MiB (VmHWM)", col(&|t| opt(t.peak_rss_mib, &f0))),
+            (
+                "max sampled RSS MiB",
+                col(&|t| opt(t.max_sampled_rss_mib, &f0)),
+            ),
+            ("batch latency p50 ms", col(&|t| opt(t.latency_p50_ms, &f2))),
+            ("batch latency p99 ms", col(&|t| opt(t.latency_p99_ms, &f2))),
+            ("bench CPU s", col(&|t| f2(t.bench_cpu_secs))),
+            (
+                "load avg start/end",
+                col(&|t| format!("{:.2}/{:.2}", t.load_avg.0, t.load_avg.1)),
+            ),
+        ]
+    }
+
+    /// The `B/A` column of compare mode.
+    fn add_ratios(&self, r: &Ratios, rows: &mut [(&'static str, Vec<String>)]) {
+        let ratio = |v: Option<f64>| v.map(|v| format!("{v:.2}x")).unwrap_or_default();
+        for (name, cells) in rows.iter_mut() {
+            cells.push(match *name {
+                "" => "B/A".into(),
+                "arrived points/s" => ratio(Some(r.arrived_per_sec)),
+                "arrived points/CPU-s" => ratio(r.arrived_per_cpu_sec),
+                "peak RSS MiB (VmHWM)" => ratio(r.peak_rss),
+                "wire bytes/point" => ratio(opt_ratio(
+                    self.targets[1].wire_bytes_per_point,
+                    self.targets[0].wire_bytes_per_point,
+                )),
+                _ => String::new(),
+            });
+        }
+    }
+
+    /// Each target's arrived points per CPU-second over the reference figure `v`, ending the line.
+    fn over(&self, v: f64, s: &mut String) {
+        for t in &self.targets {
+            if let Some(e2e) = t.arrived_per_cpu_sec {
+                let _ = write!(s, "   {}: {:.2}x", t.label, e2e / v);
             }
         }
-        let w0 = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
-        let ncols = rows.first().map(|r| r.1.len()).unwrap_or(0);
-        let widths: Vec<usize> = (0..ncols)
-            .map(|c| rows.iter().map(|r| r.1[c].len()).max().unwrap_or(0).max(10))
-            .collect();
-        for (name, cells) in &rows {
-            let _ = write!(s, "  {name:<w0$}");
-            for (c, cell) in cells.iter().enumerate() {
-                let _ = write!(s, "  {cell:>w$}", w = widths[c]);
-            }
-            s.push('\n');
+        s.push('\n');
+    }
+
+    /// The decode and compression references, each with the targets' figure over it.
+    fn reference_lines(&self, r: &Reference, s: &mut String) {
+        let _ = writeln!(
+            s,
+            "reference, one core, same {}-line batch ({} B gzip, {} B plain), lines per CPU-second:",
+            r.batch_lines, r.body_bytes, r.plain_bytes
+        );
+        let mut refline = |name: &str, v: f64| {
+            let _ = write!(s, "  {name:<34} {:>9.3} M", v / 1e6);
+            self.over(v, s);
+        };
+        refline("zlib-rs inflate (flate2)", r.zlib_rs_lines_per_cpu_sec);
+        if let Some(p) = r.python_zlib_lines_per_cpu_sec {
+            refline("python3 zlib.decompress", p);
         }
-        if let Some(r) = &self.reference {
-            let _ = writeln!(
-                s,
-                "reference, one core, same {}-line batch ({} B gzip, {} B plain), lines per CPU-second:",
-                r.batch_lines, r.body_bytes, r.plain_bytes
-            );
-            let mut refline = |name: &str, v: f64| {
-                let _ = write!(s, "  {name:<34} {:>9.3} M", v / 1e6);
-                for t in &self.targets {
-                    if let Some(e2e) = t.arrived_per_cpu_sec {
-                        let _ = write!(s, "   {}: {:.2}x", t.label, e2e / v);
-                    }
-                }
-                s.push('\n');
-            };
-            refline("zlib-rs inflate (flate2)", r.zlib_rs_lines_per_cpu_sec);
-            if let Some(p) = r.python_zlib_lines_per_cpu_sec {
-                refline("python3 zlib.decompress", p);
-            }
-            refline("libdeflate inflate", r.libdeflate_lines_per_cpu_sec);
-            refline(
-                "in-process inflate+validate+route",
-                r.hot_path_lines_per_cpu_sec,
-            );
-            refline("zstd decode (one shot)", r.zstd_decode_lines_per_cpu_sec);
-            let _ = writeln!(
-                s,
-                "compression, one core, same batch, lines per CPU-second (bytes per point):"
-            );
-            let mut cline = |name: &str, v: f64, bpp: f64| {
-                let _ = writeln!(s, "  {name:<34} {:>9.3} M  ({bpp:.2} B/point)", v / 1e6);
-            };
-            cline(
-                "gzip -6 (flate2 zlib-rs)",
-                r.gzip6_lines_per_cpu_sec,
-                r.gzip6_bytes_per_point,
-            );
-            if let Some(p) = r.python_zlib_compress_lines_per_cpu_sec {
-                cline("python3 zlib.compress level 6", p, r.gzip6_bytes_per_point);
-            }
-            cline(
-                &format!("zstd -{} (libzstd)", r.zstd_level),
-                r.zstd_lines_per_cpu_sec,
-                r.zstd_bytes_per_point,
-            );
-            let _ = writeln!(
-                s,
-                "  (Nx = target's arrived points per CPU-second over the reference; >= 1 beats it)"
-            );
+        refline("libdeflate inflate", r.libdeflate_lines_per_cpu_sec);
+        refline(
+            "in-process inflate+validate+route",
+            r.hot_path_lines_per_cpu_sec,
+        );
+        refline("zstd decode (one shot)", r.zstd_decode_lines_per_cpu_sec);
+        let _ = writeln!(
+            s,
+            "compression, one core, same batch, lines per CPU-second (bytes per point):"
+        );
+        let mut cline = |name: &str, v: f64, bpp: f64| {
+            let _ = write!(s, "  {name:<34} {:>9.3} M  ({bpp:.2} B/point)", v / 1e6);
+            self.over(v, s);
+        };
+        cline(
+            "gzip -6 (flate2 zlib-rs)",
+            r.gzip6_lines_per_cpu_sec,
+            r.gzip6_bytes_per_point,
+        );
+        if let Some(p) = r.python_zlib_compress_lines_per_cpu_sec {
+            cline("python3 zlib.compress level 6", p, r.gzip6_bytes_per_point);
         }
-        s
+        let zstd = match r.zstd_level {
+            0 => "zstd tuned (libzstd)".to_string(),
+            l => format!("zstd -{l} (libzstd)"),
+        };
+        cline(&zstd, r.zstd_lines_per_cpu_sec, r.zstd_bytes_per_point);
+        let _ = writeln!(
+            s,
+            "  (Nx = target's arrived points per CPU-second over the reference; >= 1 beats it)"
+        );
+    }
+}
+
+/// The rows as aligned columns.
+fn render(rows: &[(&'static str, Vec<String>)], s: &mut String) {
+    let w0 = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
+    let ncols = rows.first().map(|r| r.1.len()).unwrap_or(0);
+    let widths: Vec<usize> = (0..ncols)
+        .map(|c| rows.iter().map(|r| r.1[c].len()).max().unwrap_or(0).max(10))
+        .collect();
+    for (name, cells) in rows {
+        let _ = write!(s, "  {name:<w0$}");
+        for (c, cell) in cells.iter().enumerate() {
+            let _ = write!(s, "  {cell:>w$}", w = widths[c]);
+        }
+        s.push('\n');
     }
 }
