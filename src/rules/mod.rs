@@ -64,10 +64,23 @@ pub enum Action {
     Drop { log: bool },
 }
 
+/// What one `match` rule did with a line, for the per-rule counters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Sent to its clusters.
+    Sent,
+    /// `send to blackhole`.
+    Blackholed,
+    /// Its `validate` failed.
+    Dropped,
+}
+
 /// Every action for one line, each with the name it applies under (rewrites may change
 /// the name between two matches). Reused across lines so routing does not allocate.
 #[derive(Debug, Default)]
 pub struct Decision {
+    /// `(rule index in the configuration, outcome)` of every `match` that matched.
+    matched: Vec<(usize, Outcome)>,
     /// Every name the line had, back to back.
     arena: Vec<u8>,
     /// `(start, end)` of each name in `arena`; the first is the input name.
@@ -93,6 +106,12 @@ impl Decision {
         })
     }
 
+    /// `(rule, outcome)` of every `match` rule that matched the line, in rule order (the
+    /// rule index counts every `match` and `rewrite` of the configuration from 0).
+    pub fn matched(&self) -> &[(usize, Outcome)] {
+        &self.matched
+    }
+
     /// The name after every rewrite that applied.
     pub fn final_name(&self) -> &[u8] {
         self.names
@@ -111,6 +130,7 @@ impl Decision {
         self.arena.clear();
         self.names.clear();
         self.actions.clear();
+        self.matched.clear();
         self.arena.extend_from_slice(name);
         self.names.push((0, name.len()));
     }
@@ -202,6 +222,24 @@ impl Rules {
             },
             _ => None,
         }
+    }
+
+    /// `(rule index, label)` of every `match` rule: the label is `file:line` and its first
+    /// expression (`*` for match-all), what an operator finds the rule by.
+    pub fn match_labels(&self) -> Vec<(usize, String)> {
+        self.config
+            .rules
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| match r {
+                Rule::Match(m) => {
+                    let first = m.exprs.first().map_or("*", |e| e.text.as_str());
+                    let file = m.pos.file.rsplit('/').next().unwrap_or("");
+                    Some((i, format!("{file}:{} {first}", m.pos.line)))
+                }
+                Rule::Rewrite(_) => None,
+            })
+            .collect()
     }
 
     /// Every TCP member of every cluster once, in configuration order: the daemon's
@@ -380,6 +418,7 @@ impl Rules {
                     let n = d.names.len() - 1;
                     if let Some((v, log)) = validate {
                         if !v.matches_alone(data) {
+                            d.matched.push((*rule, Outcome::Dropped));
                             d.actions.push((n, Action::Drop { log: *log }));
                             if *stop || *validate_stops {
                                 break;
@@ -387,6 +426,11 @@ impl Rules {
                             continue;
                         }
                     }
+                    let outcome = match actions.first() {
+                        Some(Action::Blackhole) => Outcome::Blackholed,
+                        _ => Outcome::Sent,
+                    };
+                    d.matched.push((*rule, outcome));
                     d.actions.extend(actions.iter().map(|&a| (n, a)));
                     if *stop {
                         break;

@@ -23,7 +23,7 @@ use crate::route::counters::RouteCounters;
 use crate::route::hash_router::HashRouter;
 use crate::route::{RoutedPart, Router};
 use crate::rules::ast::{ClusterKind, Member};
-use crate::rules::{Action, Cluster, Decision, Rules};
+use crate::rules::{Action, Cluster, Decision, Outcome, Rules};
 
 /// How a router spends its time per line.
 enum Shape {
@@ -52,6 +52,8 @@ pub struct RulesRouter {
     dests: usize,
     shape: Shape,
     counters: Arc<RouteCounters>,
+    /// `ip_prefix[c]`: cluster `c` is `file ip` (each line starts with the sender's address).
+    ip_prefix: Vec<bool>,
 }
 
 impl RulesRouter {
@@ -59,7 +61,12 @@ impl RulesRouter {
     /// A member not in `dests` (not in service) gets nothing; the registry keeps every
     /// member of a configuration in service, so that happens only without `-config`.
     pub fn new(rules: Arc<Rules>, dests: &[DestAddr], counters: Arc<RouteCounters>) -> Self {
-        Self::with_liveness(rules, dests, &HashSet::new(), false, counters)
+        let members = Members {
+            addrs: dests,
+            down: &HashSet::new(),
+            files: &[],
+        };
+        Self::with_liveness(rules, members, false, counters)
     }
 
     /// [`new`](Self::new) knowing which destinations are `down`: the clusters that move
@@ -67,15 +74,19 @@ impl RulesRouter {
     /// `all_dynamic`) place around them; the others keep queueing for them.
     pub fn with_liveness(
         rules: Arc<Rules>,
-        dests: &[DestAddr],
-        down: &HashSet<DestAddr>,
+        members: Members<'_>,
         all_dynamic: bool,
         counters: Arc<RouteCounters>,
     ) -> Self {
+        let Members {
+            addrs: dests,
+            down,
+            files,
+        } = members;
         let member_dest: Vec<Vec<Option<usize>>> = rules
             .clusters
             .iter()
-            .map(|c| member_dest_of(c, dests))
+            .map(|c| member_dest_of(c, dests, files))
             .collect();
         let down_of: Vec<Vec<bool>> = rules
             .clusters
@@ -93,7 +104,7 @@ impl RulesRouter {
             .zip(&down_of)
             .map(|(c, d)| c.moves_when_down(all_dynamic) && d.iter().any(|&x| x))
             .collect();
-        let all: Vec<Option<usize>> = (0..dests.len()).map(Some).collect();
+        let all: Vec<Option<usize>> = (0..dests.len() + files.len()).map(Some).collect();
         let shape = match rules.single_cluster() {
             Some(c) if moving[c] => Shape::OneCluster(c),
             Some(c) if member_dest[c] == all => {
@@ -109,13 +120,19 @@ impl RulesRouter {
             Some(c) => Shape::OneCluster(c),
             None => Shape::Rules,
         };
+        let ip_prefix = rules
+            .clusters
+            .iter()
+            .map(|c| c.kind == ClusterKind::File { ip: true })
+            .collect();
         RulesRouter {
+            ip_prefix,
             rules,
             down: down_of,
             moving,
             all_dynamic,
             member_dest,
-            dests: dests.len(),
+            dests: dests.len() + files.len(),
             shape,
             counters,
         }
@@ -134,12 +151,28 @@ impl RulesRouter {
     }
 }
 
-fn member_dest_of(c: &Cluster, dests: &[DestAddr]) -> Vec<Option<usize>> {
+/// The destinations a router is built over: the addresses in index order, which of them
+/// are down, and the names of the file destinations that follow them.
+#[derive(Clone, Copy)]
+pub struct Members<'a> {
+    pub addrs: &'a [DestAddr],
+    pub down: &'a HashSet<DestAddr>,
+    /// [`crate::dest::file::FileWriter`] names (the paths), index `addrs.len() + i`.
+    pub files: &'a [String],
+}
+
+fn member_dest_of(c: &Cluster, dests: &[DestAddr], files: &[String]) -> Vec<Option<usize>> {
     c.members
         .iter()
         .map(|m| match m {
             Member::Tcp(a) => dests.iter().position(|d| d == a),
-            Member::File(_) => None,
+            Member::File(p) => {
+                let name = p.display().to_string();
+                files
+                    .iter()
+                    .position(|f| *f == name)
+                    .map(|i| dests.len() + i)
+            }
         })
         .collect()
 }
@@ -158,9 +191,11 @@ impl Parts {
         }
     }
 
-    /// Appends `line` to destination `d` under `name` (`metric` is its name in `line`).
-    fn push(&mut self, d: usize, line: &[u8], metric: &[u8], name: &[u8]) {
+    /// Appends `line` to destination `d` under `name` (`metric` is its name in `line`),
+    /// after `prefix` (a `file ip` cluster's `<sender address> `).
+    fn push(&mut self, d: usize, prefix: &[u8], line: &[u8], metric: &[u8], name: &[u8]) {
         let buf = &mut self.bufs[d];
+        buf.extend_from_slice(prefix);
         if name == metric {
             buf.extend_from_slice(line);
         } else {
@@ -210,21 +245,48 @@ impl RulesRouter {
 
     /// Every line to cluster `c` under its own name.
     fn route_one_cluster(&self, c: usize, batch: &Batch, parts: &mut Parts) {
+        let src = self.source_prefix(batch);
+        let prefix = self.prefix_of(c, &src);
         let mut placed = Vec::with_capacity(self.rules.clusters[c].replication);
         for (line, metric) in batch.lines() {
             self.place(c, metric, &mut placed);
             for &m in &placed {
                 if let Some(d) = self.member_dest[c][m] {
-                    parts.push(d, line, metric, metric);
+                    parts.push(d, prefix, line, metric, metric);
                 }
             }
         }
         self.count_cluster(c, batch.len());
     }
 
+    /// `<sender address> ` when some cluster is `file ip` (carbon-c-relay's `srcaddr`,
+    /// `(unknown)` when the source did not say), else empty.
+    fn source_prefix(&self, batch: &Batch) -> Vec<u8> {
+        if !self.ip_prefix.contains(&true) {
+            return Vec::new();
+        }
+        match batch.source() {
+            Some(ip) => format!("{ip} ").into_bytes(),
+            None => b"(unknown) ".to_vec(),
+        }
+    }
+
+    /// What a line to cluster `c` starts with: `src` for a `file ip` cluster.
+    fn prefix_of<'a>(&self, c: usize, src: &'a [u8]) -> &'a [u8] {
+        if self.ip_prefix[c] {
+            src
+        } else {
+            b""
+        }
+    }
+
+    /// Counts `lines` sent to cluster `c` by the one rule of a single-cluster shape.
     fn count_cluster(&self, c: usize, lines: usize) {
         if let Some(slot) = self.counters.cluster_lines.get(c) {
             slot.1.fetch_add(lines as u64, Ordering::Relaxed);
+        }
+        if let Some(rule) = self.counters.rules.first() {
+            rule.matched.fetch_add(lines as u64, Ordering::Relaxed);
         }
     }
 
@@ -234,16 +296,30 @@ impl RulesRouter {
         let mut placed = Vec::new();
         let (mut blackholed, mut dropped) = (0u64, 0u64);
         let mut per_cluster = vec![0u64; self.rules.clusters.len()];
+        let mut per_rule = vec![[0u64; 3]; self.counters.rules.len()];
+        let src = self.source_prefix(batch);
         for (line, metric) in batch.lines() {
             self.rules.route_into(metric, line, &mut d);
+            for &(rule, outcome) in d.matched() {
+                if let Some(k) = self.counters.slot_of(rule) {
+                    let n = &mut per_rule[k];
+                    n[0] += 1;
+                    match outcome {
+                        Outcome::Sent => {}
+                        Outcome::Blackholed => n[1] += 1,
+                        Outcome::Dropped => n[2] += 1,
+                    }
+                }
+            }
             for (name, action) in d.actions() {
                 match action {
                     Action::Cluster(c) => {
                         per_cluster[c] += 1;
                         self.place(c, name, &mut placed);
+                        let prefix = self.prefix_of(c, &src);
                         for &m in &placed {
                             if let Some(dest) = self.member_dest[c][m] {
-                                parts.push(dest, line, metric, name);
+                                parts.push(dest, prefix, line, metric, name);
                             }
                         }
                     }
@@ -266,6 +342,7 @@ impl RulesRouter {
         for (slot, n) in c.cluster_lines.iter().zip(per_cluster) {
             slot.1.fetch_add(n, Ordering::Relaxed);
         }
+        c.add_rules(&per_rule);
     }
 }
 
@@ -323,7 +400,7 @@ impl Router for RulesRouter {
             self.place(c, metric, &mut placed);
             for &m in &placed {
                 if let Some(d) = self.member_dest[c][m] {
-                    parts.push(d, line, metric, metric);
+                    parts.push(d, b"", line, metric, metric);
                 }
             }
         }
