@@ -23,6 +23,7 @@ use crate::route::counters::RouteCounters;
 use crate::route::hash_router::HashRouter;
 use crate::route::{RoutedPart, Router};
 use crate::rules::ast::{ClusterKind, Member};
+use crate::rules::plan::Lookup;
 use crate::rules::{Action, Cluster, Decision, Outcome, Rules};
 
 /// How a router spends its time per line.
@@ -181,13 +182,17 @@ fn member_dest_of(c: &Cluster, dests: &[DestAddr], files: &[String]) -> Vec<Opti
 struct Parts {
     bufs: Vec<Vec<u8>>,
     counts: Vec<u64>,
+    /// Room a buffer takes at its first line: the batch's size, so it does not grow
+    /// by doubling (each doubling copies what it holds) unless rewrites lengthen names.
+    room: usize,
 }
 
 impl Parts {
-    fn new(n: usize) -> Parts {
+    fn new(n: usize, batch: &Batch) -> Parts {
         Parts {
             bufs: vec![Vec::new(); n],
             counts: vec![0; n],
+            room: batch.data().len(),
         }
     }
 
@@ -195,6 +200,9 @@ impl Parts {
     /// after `prefix` (a `file ip` cluster's `<sender address> `).
     fn push(&mut self, d: usize, prefix: &[u8], line: &[u8], metric: &[u8], name: &[u8]) {
         let buf = &mut self.bufs[d];
+        if buf.capacity() == 0 {
+            buf.reserve(self.room);
+        }
         buf.extend_from_slice(prefix);
         if name == metric {
             buf.extend_from_slice(line);
@@ -290,59 +298,150 @@ impl RulesRouter {
         }
     }
 
-    /// The full decision per line: rewrites, matches, validate, blackhole.
+    /// The full decision per line: rewrites, matches, validate, blackhole — replayed from
+    /// the decision cache for a name seen before. Names are located [`RUN`] at a time
+    /// before the first is decided, so the run's table misses overlap (the prefetch in
+    /// [`PosCache::locate`](crate::route::pos_cache::PosCache::locate)).
     fn route_rules(&self, batch: &Batch, parts: &mut Parts) {
         let mut d = Decision::default();
-        let mut placed = Vec::new();
-        let (mut blackholed, mut dropped) = (0u64, 0u64);
-        let mut per_cluster = vec![0u64; self.rules.clusters.len()];
-        let mut per_rule = vec![[0u64; 3]; self.counters.rules.len()];
+        let mut t = Tally::new(self.rules.clusters.len(), self.counters.rules.len());
         let src = self.source_prefix(batch);
-        for (line, metric) in batch.lines() {
-            self.rules.route_into(metric, line, &mut d);
-            for &(rule, outcome) in d.matched() {
-                if let Some(k) = self.counters.slot_of(rule) {
-                    let n = &mut per_rule[k];
-                    n[0] += 1;
-                    match outcome {
-                        Outcome::Sent => {}
-                        Outcome::Blackholed => n[1] += 1,
-                        Outcome::Dropped => n[2] += 1,
-                    }
+        let Some(cache) = self.rules.cache().filter(|c| !c.skip_batch()) else {
+            for (line, metric) in batch.lines() {
+                self.rules.route_into(metric, line, &mut d);
+                self.emit_decision(&d, (line, metric), &src, parts, &mut t);
+            }
+            return self.add(t);
+        };
+        let (mut hits, mut evictions) = (0u64, 0u64);
+        let mut lines = batch.lines();
+        let mut run = Vec::with_capacity(RUN);
+        loop {
+            run.clear();
+            run.extend(
+                lines
+                    .by_ref()
+                    .take(RUN)
+                    .map(|(l, m)| (l, m, cache.locate(m))),
+            );
+            if run.is_empty() {
+                break;
+            }
+            for &(line, metric, probe) in &run {
+                // A plan without rewrites needs no Decision: every action is on `metric`.
+                if let Some(p) = cache.find(&probe).filter(|p| p.rewrites.is_empty()) {
+                    hits += 1;
+                    let matched = p.matched.iter().map(|&(r, o)| (r as usize, o));
+                    let actions = p.actions.iter().map(|&(_, a)| (metric, a));
+                    self.emit(matched, actions, (line, metric), &src, parts, &mut t);
+                    continue;
+                }
+                match self.rules.route_cached(cache, &probe, metric, line, &mut d) {
+                    Lookup::Hit => hits += 1,
+                    Lookup::Stored(true) => evictions += 1,
+                    _ => {}
+                }
+                self.emit_decision(&d, (line, metric), &src, parts, &mut t);
+            }
+        }
+        cache.learn(hits, evictions, batch.len() as u64);
+        self.add(t);
+    }
+
+    /// [`emit`](Self::emit) of a [`Decision`].
+    fn emit_decision(
+        &self,
+        d: &Decision,
+        lm: (&[u8], &[u8]),
+        src: &[u8],
+        parts: &mut Parts,
+        t: &mut Tally,
+    ) {
+        self.emit(d.matched().iter().copied(), d.actions(), lm, src, parts, t);
+    }
+
+    /// Hands one decided line (`(line, metric)`: what the rules `matched`, the `actions`
+    /// with the name each applies under) to the destinations and counts it.
+    fn emit<'n>(
+        &self,
+        matched: impl Iterator<Item = (usize, Outcome)>,
+        actions: impl Iterator<Item = (&'n [u8], Action)>,
+        lm: (&[u8], &[u8]),
+        src: &[u8],
+        parts: &mut Parts,
+        t: &mut Tally,
+    ) {
+        let (line, metric) = lm;
+        for (rule, outcome) in matched {
+            if let Some(k) = self.counters.slot_of(rule) {
+                let n = &mut t.per_rule[k];
+                n[0] += 1;
+                match outcome {
+                    Outcome::Sent => {}
+                    Outcome::Blackholed => n[1] += 1,
+                    Outcome::Dropped => n[2] += 1,
                 }
             }
-            for (name, action) in d.actions() {
-                match action {
-                    Action::Cluster(c) => {
-                        per_cluster[c] += 1;
-                        self.place(c, name, &mut placed);
-                        let prefix = self.prefix_of(c, &src);
-                        for &m in &placed {
-                            if let Some(dest) = self.member_dest[c][m] {
-                                parts.push(dest, prefix, line, metric, name);
-                            }
+        }
+        for (name, action) in actions {
+            match action {
+                Action::Cluster(c) => {
+                    t.per_cluster[c] += 1;
+                    self.place(c, name, &mut t.placed);
+                    let prefix = self.prefix_of(c, src);
+                    for &m in &t.placed {
+                        if let Some(dest) = self.member_dest[c][m] {
+                            parts.push(dest, prefix, line, metric, name);
                         }
                     }
-                    Action::Blackhole => blackholed += 1,
-                    Action::Drop { log } => {
-                        dropped += 1;
-                        if log {
-                            tracing::warn!(
-                                "validate dropped: {}",
-                                String::from_utf8_lossy(line.trim_ascii_end())
-                            );
-                        }
+                }
+                Action::Blackhole => t.blackholed += 1,
+                Action::Drop { log } => {
+                    t.dropped += 1;
+                    if log {
+                        tracing::warn!(
+                            "validate dropped: {}",
+                            String::from_utf8_lossy(line.trim_ascii_end())
+                        );
                     }
                 }
             }
         }
+    }
+
+    /// Adds one batch's counts to the shared counters (once per batch, not per line).
+    fn add(&self, t: Tally) {
         let c = &self.counters;
-        c.blackholed.fetch_add(blackholed, Ordering::Relaxed);
-        c.dropped.fetch_add(dropped, Ordering::Relaxed);
-        for (slot, n) in c.cluster_lines.iter().zip(per_cluster) {
+        c.blackholed.fetch_add(t.blackholed, Ordering::Relaxed);
+        c.dropped.fetch_add(t.dropped, Ordering::Relaxed);
+        for (slot, n) in c.cluster_lines.iter().zip(t.per_cluster) {
             slot.1.fetch_add(n, Ordering::Relaxed);
         }
-        c.add_rules(&per_rule);
+        c.add_rules(&t.per_rule);
+    }
+}
+
+/// Names located ahead of the first lookup of a run.
+const RUN: usize = 16;
+
+/// One batch's counts, and the placement buffer its lines reuse.
+struct Tally {
+    blackholed: u64,
+    dropped: u64,
+    per_cluster: Vec<u64>,
+    per_rule: Vec<[u64; 3]>,
+    placed: Vec<usize>,
+}
+
+impl Tally {
+    fn new(clusters: usize, rules: usize) -> Tally {
+        Tally {
+            blackholed: 0,
+            dropped: 0,
+            per_cluster: vec![0; clusters],
+            per_rule: vec![[0; 3]; rules],
+            placed: Vec::new(),
+        }
     }
 }
 
@@ -365,7 +464,7 @@ impl Router for RulesRouter {
             self.count_cluster(c, batch.len());
             return;
         }
-        let mut parts = Parts::new(self.dests);
+        let mut parts = Parts::new(self.dests, batch);
         match self.shape {
             Shape::OneCluster(c) => self.route_one_cluster(c, batch, &mut parts),
             _ => self.route_rules(batch, &mut parts),
@@ -394,7 +493,7 @@ impl Router for RulesRouter {
             }
             return;
         };
-        let mut parts = Parts::new(self.dests);
+        let mut parts = Parts::new(self.dests, batch);
         let mut placed = Vec::new();
         for (line, metric) in batch.lines() {
             self.place(c, metric, &mut placed);
