@@ -12,7 +12,9 @@
 //!   [`prefilter`] the prefix trie that skips rules a name cannot match, [`cluster`]
 //!   member placement;
 //! * [`Rules`] is the compiled whole: [`Rules::route`] gives a [`Decision`] per line,
-//!   [`dry_run()`] prints it in the `-route-test` format.
+//!   [`dry_run()`] prints it in the `-route-test` format; [`plan`] caches decisions by
+//!   name for the daemons ([`Rules::route_cached`]), [`router`] turns them into
+//!   per-destination buffers.
 //!
 //! Semantics, exactly carbon-c-relay's: rules run top to bottom; a `rewrite` changes the
 //! name for every later rule; a `match` sends to its clusters and processing goes on
@@ -164,6 +166,15 @@ enum Step {
         stop: bool,
         validate_stops: bool,
     },
+}
+
+impl Step {
+    /// What the step tests the name with.
+    fn pattern(&self) -> &Pattern {
+        match self {
+            Step::Rewrite { pat, .. } | Step::Match { pat, .. } => pat,
+        }
+    }
 }
 
 /// A loaded configuration: clusters, compiled rules, and the sections the daemon maps.
@@ -353,28 +364,11 @@ impl Rules {
                 }
             }
         }
-        let segments = seg_exprs
-            .iter()
-            .map(|exprs| Segment::new(&exprs.iter().map(String::as_str).collect::<Vec<_>>()))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| RuleError {
-                file: String::new(),
-                line: 0,
-                col: 0,
-                msg: e,
-            })?;
-        let prefixes: Vec<Option<&[u8]>> = steps
-            .iter()
-            .map(|s| match s {
-                Step::Rewrite { pat, .. } | Step::Match { pat, .. } => pat.required_prefix(),
-            })
-            .collect();
+        let segments = segments_of(&seg_exprs)?;
+        let pats: Vec<&Pattern> = steps.iter().map(Step::pattern).collect();
+        let prefixes: Vec<Option<&[u8]>> = pats.iter().map(|p| p.required_prefix()).collect();
         let prefilter = Prefilter::new(&prefixes);
-        let has_regex = steps.iter().any(|s| match s {
-            Step::Rewrite { pat, .. } | Step::Match { pat, .. } => {
-                matches!(pat, Pattern::Regex { .. })
-            }
-        });
+        let has_regex = pats.iter().any(|p| matches!(p, Pattern::Regex { .. }));
         Ok(Rules {
             cache: std::sync::OnceLock::new(),
             has_regex,
@@ -547,6 +541,20 @@ impl Rules {
             d.actions.push((d.names.len() - 1, Action::Blackhole));
         }
     }
+}
+
+/// One regex set per segment.
+fn segments_of(seg_exprs: &[Vec<String>]) -> Result<Vec<Segment>, RuleError> {
+    seg_exprs
+        .iter()
+        .map(|exprs| Segment::new(&exprs.iter().map(String::as_str).collect::<Vec<_>>()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| RuleError {
+            file: String::new(),
+            line: 0,
+            col: 0,
+            msg: e,
+        })
 }
 
 /// Compiles a name pattern, giving a regex its slot in the current segment's set.

@@ -163,7 +163,10 @@ mod tests {
         out
     }
 
-    fn decided(d: &Decision) -> (Vec<(Vec<u8>, super::Action)>, Vec<(usize, super::Outcome)>) {
+    /// Every action with its name, and the rule outcomes.
+    type Decided = (Vec<(Vec<u8>, super::Action)>, Vec<(usize, super::Outcome)>);
+
+    fn decided(d: &Decision) -> Decided {
         let actions = d.actions().map(|(n, a)| (n.to_vec(), a)).collect();
         (actions, d.matched().to_vec())
     }
