@@ -1,11 +1,13 @@
 #!/bin/sh
 # The 50-rule benchmark of docs/BENCHMARKS.md (routing rules, issue 13), run from the
 # repository root after
-#   cargo build --release --bin polymur --bin polymur-bench
+#   cargo build --release --bin polymur --bin polymur-gateway --bin polymur-bench
 #   apt-get install -y carbon-c-relay
-# Two polymur-bench compare runs back to back, plaintext TCP, one sending connection:
+# Three polymur-bench compare runs back to back:
 #   1. the relay without rules (-destinations) vs the same relay with -config rules-50.conf
-#   2. the relay with -config rules-50.conf vs carbon-c-relay with the same rules
+#      (plaintext TCP, one sending connection)
+#   2. the relay with -config rules-50.conf vs carbon-c-relay with the same rules (same load)
+#   3. the gateway without rules vs with -config rules-50.conf (HTTP, gzip, 4 clients)
 # rules-50.conf names its one cluster's member SINK; the spawn commands put the bench's
 # sink ({sink}) there. ROUNDS (3) and DURATION (8s) set the rounds; extra arguments go to
 # both polymur-bench runs (e.g. -quiet).
@@ -24,3 +26,9 @@ $BENCH $COMMON -label no-rules -spawn "$PLAIN" -label-b rules-50 -spawn-b "$RULE
 echo "== 2. polymur rules-50 (A) vs carbon-c-relay rules-50 (B)"
 # shellcheck disable=SC2086
 $BENCH $COMMON -label polymur-rules-50 -spawn "$RULES" -label-b carbon-c-relay-rules-50 -spawn-b "$CRELAY" "$@"
+GW='target/release/polymur-gateway -dev-mode -listen-addr=127.0.0.1 -listen-http-port={port} -api-addr= -stat-addr= -admin-addr='
+echo "== 3. gateway without rules (A) vs with rules-50 (B)"
+# shellcheck disable=SC2086
+$BENCH -target gateway -clients 4 -reference=false -duration ${DURATION:-8s} -rounds ${ROUNDS:-3} \
+  -label gw-no-rules -spawn "$GW -destinations={sink}" \
+  -label-b gw-rules-50 -spawn-b "sed 's/SINK/{sink}/' $CONF > {tmp}/rules.conf && exec $GW -config {tmp}/rules.conf" "$@"

@@ -2,8 +2,8 @@
 //! (archiving, debugging), as carbon-c-relay's `file` clusters do.
 //!
 //! It is a destination like a TCP one — its own bounded queue and writer task, its own
-//! counters — so a slow or full disk only fills its own queue and never holds up another
-//! cluster's writer. The file is opened for append (created when missing) and opened
+//! counters — so a slow disk never holds up another cluster's writer (only admission, all
+//! or nothing per batch, feels its full queue, as with a slow TCP member). The file is opened for append (created when missing) and opened
 //! again after [`reopen_all`] (SIGHUP), so logrotate can move it away. A failed write
 //! drops that chunk's lines, counted in the destination's `errors` and `write_failed`; the
 //! failure is logged once when it starts and once when writing works again (with the

@@ -6,7 +6,7 @@
 //! compares every routing decision with the real `carbon-c-relay -t`.
 //!
 //! * [`lexer`] / [`parser`] turn text into the [`ast::Config`] (errors carry
-//!   file:line:column), [`include`] expands `include` globs;
+//!   file:line:column), [`include`](mod@include) expands `include` globs;
 //! * [`regex`] is POSIX ERE on the `regex` crate, [`rewrite`] the replacement language,
 //!   [`matcher`] the compiled expressions (literal comparisons, one regex set),
 //!   [`prefilter`] the prefix trie that skips rules a name cannot match, [`cluster`]
