@@ -298,3 +298,30 @@ fn listen_and_statistics_sections_are_refused_naming_the_flags_to_use() {
         assert!(lines[0].contains(&path) && lines[0].contains(flag), "{}", lines[0]);
     }
 }
+
+/// The gateway writes `file ip` lines too: the HTTP peer's address (never a header the
+/// client sets), then the line after the key prefix.
+#[test]
+fn the_gateway_writes_file_ip_lines_with_the_http_peer() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("gw-ip.log");
+    let config = format!(
+        "cluster debug file ip {};\nmatch * send to debug;\n",
+        log.display()
+    );
+    let path = write_config(&dir, "gw.conf", &config);
+    let gw = Gateway::start(&["-dev-mode", "-key-prefix", "-config", &path]);
+    let ts = now_ts();
+    let body = format!("a.b 1 {ts}\nc.d 2 {ts}\n");
+    let r = gw.ingest("123", &body);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let mut got = wait_file_lines(&log, 2);
+    got.sort();
+    assert_eq!(
+        got,
+        vec![
+            format!("127.0.0.1 dev.a.b 1 {ts}"),
+            format!("127.0.0.1 dev.c.d 2 {ts}")
+        ]
+    );
+}
