@@ -178,13 +178,20 @@ fn member_dest_of(c: &Cluster, dests: &[DestAddr], files: &[String]) -> Vec<Opti
         .collect()
 }
 
-/// Per-destination output of one batch.
+/// Per-destination output of one batch. A line that goes out unchanged is not copied at
+/// once: consecutive ones are kept as a run of the batch's own buffer, copied in one piece
+/// when the run breaks — and a destination whose lines are one run (every line, or one
+/// contiguous stretch) gets a slice of the batch's buffer, no copy at all.
 struct Parts {
     bufs: Vec<Vec<u8>>,
     counts: Vec<u64>,
     /// Room a buffer takes at its first line: the batch's size, so it does not grow
     /// by doubling (each doubling copies what it holds) unless rewrites lengthen names.
     room: usize,
+    /// The batch's buffer.
+    data: Bytes,
+    /// `runs[d]`: the range of `data` destination `d` gets next, not yet copied.
+    runs: Vec<(usize, usize)>,
 }
 
 impl Parts {
@@ -193,12 +200,28 @@ impl Parts {
             bufs: vec![Vec::new(); n],
             counts: vec![0; n],
             room: batch.data().len(),
+            data: batch.data().clone(),
+            runs: vec![(0, 0); n],
         }
     }
 
     /// Appends `line` to destination `d` under `name` (`metric` is its name in `line`),
     /// after `prefix` (a `file ip` cluster's `<sender address> `).
     fn push(&mut self, d: usize, prefix: &[u8], line: &[u8], metric: &[u8], name: &[u8]) {
+        self.counts[d] += 1;
+        if prefix.is_empty() && name == metric {
+            if let Some(at) = self.offset(line) {
+                let run = &mut self.runs[d];
+                if run.0 != run.1 && run.1 == at {
+                    run.1 = at + line.len();
+                    return;
+                }
+                self.flush(d);
+                self.runs[d] = (at, at + line.len());
+                return;
+            }
+        }
+        self.flush(d);
         let buf = &mut self.bufs[d];
         if buf.capacity() == 0 {
             buf.reserve(self.room);
@@ -210,18 +233,42 @@ impl Parts {
             buf.extend_from_slice(name);
             buf.extend_from_slice(&line[metric.len()..]);
         }
-        self.counts[d] += 1;
     }
 
-    fn finish(self, out: &mut Vec<RoutedPart>) {
-        for (dest, (buf, points)) in self.bufs.into_iter().zip(self.counts).enumerate() {
-            if points > 0 {
-                out.push(RoutedPart {
-                    dest,
-                    data: Bytes::from(buf),
-                    points,
-                });
+    /// Where `line` starts in the batch's buffer, if it lies there.
+    fn offset(&self, line: &[u8]) -> Option<usize> {
+        let base = self.data.as_ptr() as usize;
+        let at = (line.as_ptr() as usize).checked_sub(base)?;
+        (at + line.len() <= self.data.len()).then_some(at)
+    }
+
+    /// Copies destination `d`'s pending run into its buffer.
+    fn flush(&mut self, d: usize) {
+        let (start, end) = std::mem::take(&mut self.runs[d]);
+        if start == end {
+            return;
+        }
+        let buf = &mut self.bufs[d];
+        if buf.capacity() == 0 {
+            buf.reserve(self.room);
+        }
+        buf.extend_from_slice(&self.data[start..end]);
+    }
+
+    fn finish(mut self, out: &mut Vec<RoutedPart>) {
+        for dest in 0..self.bufs.len() {
+            let points = self.counts[dest];
+            if points == 0 {
+                continue;
             }
+            let (start, end) = self.runs[dest];
+            let data = if self.bufs[dest].is_empty() && start != end {
+                self.data.slice(start..end)
+            } else {
+                self.flush(dest);
+                Bytes::from(std::mem::take(&mut self.bufs[dest]))
+            };
+            out.push(RoutedPart { dest, data, points });
         }
     }
 }
@@ -508,5 +555,37 @@ impl Router for RulesRouter {
 
     fn may_move(&self, dest: usize) -> bool {
         self.moving_cluster_of(dest).is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parts_keep_line_order_and_share_the_batch_for_one_run() {
+        let (batch, _) = Batch::from_plaintext(b"a 1 1\nb 2 2\nc 3 3\n".to_vec(), None);
+        let lines: Vec<(&[u8], &[u8])> = batch.lines().collect();
+        let mut p = Parts::new(3, &batch);
+        for &(l, m) in &lines {
+            p.push(0, b"", l, m, m);
+        }
+        p.push(1, b"", lines[0].0, lines[0].1, lines[0].1);
+        p.push(1, b"", lines[1].0, lines[1].1, b"x");
+        p.push(1, b"ip ", lines[2].0, lines[2].1, lines[2].1);
+        p.push(2, b"", lines[0].0, lines[0].1, lines[0].1);
+        p.push(2, b"", lines[2].0, lines[2].1, lines[2].1);
+        let mut out = Vec::new();
+        p.finish(&mut out);
+        assert_eq!(
+            out[0].data.as_ptr(),
+            batch.data().as_ptr(),
+            "one run: no copy"
+        );
+        assert_eq!(&out[0].data[..], &batch.data()[..]);
+        assert_eq!(&out[1].data[..], b"a 1 1\nx 2 2\nip c 3 3\n");
+        assert_eq!(&out[2].data[..], b"a 1 1\nc 3 3\n", "two runs, in order");
+        let points: Vec<u64> = out.iter().map(|p| p.points).collect();
+        assert_eq!(points, vec![3, 3, 2]);
     }
 }
