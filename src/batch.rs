@@ -29,6 +29,9 @@ struct Span {
 pub struct Batch {
     data: Bytes,
     spans: Vec<Span>,
+    /// The sender's address, when a source knows it: what a `file ip` cluster of the
+    /// routing rules writes in front of each line, as carbon-c-relay does.
+    source: Option<std::net::IpAddr>,
 }
 
 /// What was refused while building a batch; logged (rate-limited) with a sample.
@@ -211,8 +214,20 @@ impl Batch {
         let batch = Batch {
             data,
             spans: b.spans,
+            source: None,
         };
         (batch, b.rejects)
+    }
+
+    /// The batch, marked as sent by `ip`.
+    pub fn with_source(mut self, ip: std::net::IpAddr) -> Batch {
+        self.source = Some(ip);
+        self
+    }
+
+    /// The sender's address, when the source set it.
+    pub fn source(&self) -> Option<std::net::IpAddr> {
+        self.source
     }
 
     /// All lines, each ending in `\n`, as one buffer (cheap to clone).

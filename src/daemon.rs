@@ -214,6 +214,7 @@ impl RoutingDaemon {
                 || (flags.hash_failover && flags.distribution == Distribution::HashRoute),
             workers.1.clone(),
         );
+        rules_config::start_files(&registry, &rules);
         if flags.config.is_some() {
             registry.fix_membership(
                 "with -config the destinations are the file's clusters: change the file and send SIGHUP",
@@ -233,6 +234,18 @@ impl RoutingDaemon {
         })
     }
 
+    /// What the runtime API changes: the registry, or under `-config` the clusters.
+    fn control(&self) -> Arc<dyn crate::admin::api::DestinationControl> {
+        if self.flags.config.is_some() {
+            Arc::new(rules_config::RulesControl::new(
+                self.registry.clone(),
+                self.rules.clone(),
+            ))
+        } else {
+            self.registry.clone()
+        }
+    }
+
     /// The signal background work stops on (second stage of shutdown).
     pub fn workers_shutdown(&self) -> Shutdown {
         self.workers.1.clone()
@@ -242,10 +255,11 @@ impl RoutingDaemon {
     /// queues and returns.
     pub async fn run(self, source: Source) -> Result<(), DaemonError> {
         let shutdown = self.workers_shutdown();
+        let control = self.control();
         operator::start_lines(
             &self.flags.api_addr,
             &self.common.stat_addr,
-            Some(self.registry.clone()),
+            Some(control.clone()),
             self.started,
             shutdown.clone(),
         )
@@ -257,7 +271,7 @@ impl RoutingDaemon {
                 started: self.started,
                 stats: self.stats.clone(),
                 pipeline: Some(self.pipeline.clone()),
-                control: Some(self.registry.clone()),
+                control: Some(control),
                 extra: crate::admin::http::Extras::of(vec![
                     source.admin.clone(),
                     Some(Arc::new(rules_config::RulesStatus(self.rules.clone()))),

@@ -297,6 +297,7 @@ impl PlaintextSource {
     /// be given up (shutdown grace over): the connection is then closed.
     async fn deliver(&self, raw: Vec<u8>, peer: SocketAddr, shutdown: &mut Shutdown) -> bool {
         let (batch, rejects) = Batch::build(raw, None, &self.config.rules);
+        let batch = batch.with_source(peer.ip());
         if rejects.count > 0 {
             self.stats.note_invalid(&format!("{peer}"), &rejects);
         }

@@ -16,9 +16,10 @@ use crate::shutdown::Shutdown;
 
 /// Builds the router for a destination list, knowing which of them are down (an empty
 /// set unless the registry keeps down destinations in the topology, see
-/// [`Registry::keep_down_in_topology`]).
+/// [`Registry::keep_down_in_topology`]). The third argument names the destinations that
+/// are not addresses ([`Registry::set_sinks`]), which follow the addresses in index order.
 pub type RouterFactory =
-    Arc<dyn Fn(&[DestAddr], &HashSet<DestAddr>) -> Box<dyn Router> + Send + Sync>;
+    Arc<dyn Fn(&[DestAddr], &HashSet<DestAddr>, &[String]) -> Box<dyn Router> + Send + Sync>;
 
 struct Entry {
     addr: DestAddr,
@@ -44,6 +45,9 @@ pub struct Registry {
     /// places around it (a forward cluster keeps queueing for it); without, failover
     /// takes it out and the ring is rebuilt over the others.
     keep_down: std::sync::atomic::AtomicBool,
+    /// Destinations that are not addresses (the files of `file` clusters), by name, after
+    /// the addresses in the topology.
+    sinks: Mutex<Vec<(String, Arc<Destination>)>>,
 }
 
 /// Failed reconnects after which `-hash-failover` takes a destination out of the ring.
@@ -69,6 +73,7 @@ impl Registry {
             failed: Mutex::new(HashSet::new()),
             fixed: std::sync::OnceLock::new(),
             keep_down: std::sync::atomic::AtomicBool::new(false),
+            sinks: Mutex::new(Vec::new()),
         });
         if console {
             let (dest, task) =
@@ -131,10 +136,35 @@ impl Registry {
         } else {
             HashSet::new()
         };
+        let sinks = self.sinks.lock().unwrap_or_else(|e| e.into_inner());
+        let names: Vec<String> = sinks.iter().map(|(n, _)| n.clone()).collect();
+        let dests = live.iter().map(|e| e.dest.clone());
         self.pipeline.set_topology(Topology {
-            dests: live.iter().map(|e| e.dest.clone()).collect(),
-            router: (self.make_router)(&addrs, &down),
+            dests: dests.chain(sinks.iter().map(|(_, d)| d.clone())).collect(),
+            router: (self.make_router)(&addrs, &down, &names),
         });
+    }
+
+    /// Makes the destinations that are not addresses exactly `wanted`, by name: one kept
+    /// keeps its writer and queue, one dropped delivers what it had admitted, then stops.
+    /// Takes effect at the next topology install ([`reinstall`](Self::reinstall)).
+    pub fn set_sinks(&self, wanted: Vec<Arc<dyn crate::dest::writer::Writer>>) {
+        let mut sinks = self.sinks.lock().unwrap_or_else(|e| e.into_inner());
+        let mut old = std::mem::take(&mut *sinks);
+        for w in wanted {
+            let name = w.name();
+            if sinks.iter().any(|(n, _)| *n == name) {
+                continue;
+            }
+            if let Some(i) = old.iter().position(|(n, _)| *n == name) {
+                sinks.push(old.swap_remove(i));
+                continue;
+            }
+            let (dest, task) =
+                Destination::spawn(SinkKind::Writer(w), &self.config, self.shutdown.clone());
+            self.lock_tasks().push(task);
+            sinks.push((name, dest));
+        }
     }
 
     /// `-hash-failover`: every second, a destination whose last

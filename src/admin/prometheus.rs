@@ -171,6 +171,7 @@ pub fn destinations(out: &mut String, dests: &[std::sync::Arc<Destination>]) {
             ("overflow", load(&d.stats.dropped)),
             ("spool_damaged", damaged),
             ("dead_letter", load(&d.stats.dead_lettered)),
+            ("write_failed", load(&d.stats.write_failed)),
         ] {
             let name = label(d.name());
             let _ = writeln!(

@@ -6,19 +6,22 @@
 //! file's clusters name the destinations. A file that does not load is refused with its
 //! `file:line:column` — at start the daemon exits 1, on SIGHUP it keeps the rules it runs.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
 use super::DaemonError;
+use crate::dest::file::FileWriter;
+use crate::dest::writer::Writer;
 use crate::dest::DestAddr;
 use crate::registry::{Registry, RouterFactory};
 use crate::route::counters::RouteCounters;
 use crate::route::ring::HashKind;
 use crate::route::Router;
-use crate::rules::ast::ClusterKind;
-use crate::rules::router::RulesRouter;
+use crate::rules::ast::{ClusterKind, Member};
+use crate::rules::router::{Members, RulesRouter};
 use crate::rules::Rules;
 
 /// One loaded configuration and its counters (a reload starts new ones).
@@ -31,9 +34,10 @@ pub struct Loaded {
 
 impl Loaded {
     fn new(rules: Rules) -> Loaded {
-        let counters = Arc::new(RouteCounters::new(
-            rules.clusters.iter().map(|c| c.name.as_str()),
-        ));
+        let counters = Arc::new(
+            RouteCounters::new(rules.clusters.iter().map(|c| c.name.as_str()))
+                .with_rules(rules.match_labels()),
+        );
         Loaded {
             rules: Arc::new(rules),
             counters,
@@ -48,26 +52,15 @@ pub type Current = Arc<ArcSwap<Loaded>>;
 /// what the daemon cannot do with a section it parsed.
 pub fn load(path: &Path) -> Result<Rules, String> {
     let rules = Rules::load(path).map_err(|e| e.to_string())?;
-    if let Some(c) = rules
-        .clusters
-        .iter()
-        .find(|c| matches!(c.kind, ClusterKind::File { .. }))
-    {
-        return Err(format!(
-            "{}: cluster '{}': file clusters are not supported yet; send to a TCP cluster",
-            path.display(),
-            c.name
-        ));
-    }
     if let Some(l) = rules.config.listen.first() {
         return Err(format!(
-            "{}: the listen section is not used by polymur: the daemon listens where its -listen-addr / -addr flags say; remove the section",
+            "{}: the listen section cannot be mapped: polymur listens where -listen-addr says (the gateway also -listen-http-port / -listen-https-port); remove the section and use those flags",
             l.pos
         ));
     }
     if rules.config.statistics.is_some() {
         return Err(format!(
-            "{}: the statistics section is not used by polymur: self-metrics follow -metrics-flush and -stat-addr; remove the section",
+            "{}: the statistics section cannot be mapped: polymur sends its own metrics (<hostname>.polymur.*) through the rules every -metrics-flush seconds, and serves /metrics on -admin-addr; remove the section and use -metrics-flush",
             path.display()
         ));
     }
@@ -95,7 +88,7 @@ pub fn start(
             ))),
             counters: counters.clone(),
         }));
-        let factory: RouterFactory = Arc::new(move |addrs: &[DestAddr], _down: &_| {
+        let factory: RouterFactory = Arc::new(move |addrs: &[DestAddr], _down: &_, _files: &_| {
             Box::new(RulesRouter::for_flags(
                 addrs,
                 ring,
@@ -114,26 +107,54 @@ pub fn start(
     let dests = rules.tcp_members();
     let current: Current = Arc::new(ArcSwap::from_pointee(Loaded::new(rules)));
     let cur = current.clone();
-    let factory: RouterFactory = Arc::new(move |addrs: &[DestAddr], down: &_| {
-        let loaded = cur.load();
-        Box::new(RulesRouter::with_liveness(
-            loaded.rules.clone(),
-            addrs,
-            down,
-            all_dynamic,
-            loaded.counters.clone(),
-        )) as Box<dyn Router>
-    });
+    let factory: RouterFactory = Arc::new(
+        move |addrs: &[DestAddr], down: &HashSet<DestAddr>, files: &[String]| {
+            let loaded = cur.load();
+            Box::new(RulesRouter::with_liveness(
+                loaded.rules.clone(),
+                Members { addrs, down, files },
+                all_dynamic,
+                loaded.counters.clone(),
+            )) as Box<dyn Router>
+        },
+    );
     Ok((dests, current, factory))
+}
+
+/// A writer for every member of every `file` cluster, once per path.
+fn file_writers(rules: &Rules) -> Vec<Arc<dyn Writer>> {
+    let mut out: Vec<Arc<dyn Writer>> = Vec::new();
+    for c in &rules.clusters {
+        for m in &c.members {
+            if let Member::File(p) = m {
+                out.push(FileWriter::new(p));
+            }
+        }
+    }
+    out
+}
+
+/// Starts the file destinations of the rules in force (none without `-config`); call
+/// once the registry exists, before the listeners open.
+pub fn start_files(registry: &Registry, current: &Current) {
+    let loaded = current.load();
+    let writers = file_writers(&loaded.rules);
+    if !writers.is_empty() {
+        registry.set_sinks(writers);
+        registry.reinstall();
+    }
 }
 
 /// SIGHUP with `-config`: the new file replaces the running rules and destinations in
 /// one topology swap, or — when it does not load — nothing changes and the error is
 /// logged with its file, line and column.
 pub fn reload(registry: &Registry, current: &Current, path: &Path) {
+    // Whether or not the file loads: logrotate moved the files away and sent SIGHUP.
+    crate::dest::file::reopen_all();
     match load(path) {
         Ok(rules) => {
             let dests = rules.tcp_members();
+            registry.set_sinks(file_writers(&rules));
             current.store(Arc::new(Loaded::new(rules)));
             let (added, removed) = registry.apply(&dests);
             // The same destinations may need the new rules all the same.
@@ -184,6 +205,7 @@ impl crate::admin::http::AdminExtra for RulesStatus {
             "Lines a validate clause dropped.",
             c.dropped.load(Relaxed),
         );
+        rule_metrics(out, c);
     }
 
     fn status_html(&self, out: &mut String) {
@@ -202,5 +224,179 @@ impl crate::admin::http::AdminExtra for RulesStatus {
             c.blackholed.load(Relaxed),
             c.dropped.load(Relaxed)
         );
+        let rules = c.rule_counts();
+        if rules.is_empty() {
+            return;
+        }
+        out.push_str(
+            "<h3>Rules</h3>\n<table>\n<tr><th>rule</th><th>where, first expression</th>\
+             <th>matched</th><th>blackholed</th><th>dropped by validate</th></tr>\n",
+        );
+        for (rule, label, matched, blackholed, dropped) in rules {
+            let label = label.replace('&', "&amp;").replace('<', "&lt;");
+            let _ = writeln!(
+                out,
+                "<tr><td>{rule}</td><td>{label}</td><td>{matched}</td><td>{blackholed}</td><td>{dropped}</td></tr>"
+            );
+        }
+        out.push_str("</table>\n");
     }
+}
+
+/// `polymur_rule_lines_total{rule, label, outcome}`: per `match` rule, the lines it
+/// matched, and of those the ones it blackholed and the ones its `validate` dropped.
+fn rule_metrics(out: &mut String, c: &RouteCounters) {
+    use crate::admin::prometheus::{header, label};
+    use std::fmt::Write;
+    let rules = c.rule_counts();
+    if rules.is_empty() {
+        return;
+    }
+    header(
+        out,
+        "polymur_rule_lines_total",
+        "counter",
+        "Lines each match rule (index among the file's rules from 0, label file:line and first expression) matched; outcome blackholed and dropped count the part it sent to blackhole or its validate dropped.",
+    );
+    for (rule, l, matched, blackholed, dropped) in rules {
+        let l = label(&l);
+        for (outcome, n) in [
+            ("matched", matched),
+            ("blackholed", blackholed),
+            ("dropped", dropped),
+        ] {
+            let _ = writeln!(
+                out,
+                "polymur_rule_lines_total{{rule=\"{rule}\",label=\"{l}\",outcome=\"{outcome}\"}} {n}"
+            );
+        }
+    }
+}
+
+/// The runtime API under `-config`: `getdest [CLUSTER]`, `putdest CLUSTER host:port`,
+/// `deldest CLUSTER host:port` change a cluster's members in the running rules (the
+/// file is not written: the next SIGHUP reads the file again and replaces them).
+/// A change is compiled like a reload — a change the file could not hold (a server
+/// shared with an any_of cluster, replication above the members) is refused with
+/// carbon-c-relay's reason — and swapped in at once with its destinations; the
+/// counters carry on.
+pub struct RulesControl {
+    pub registry: Arc<Registry>,
+    pub current: Current,
+    /// One change at a time: each starts from the rules the last one left.
+    lock: std::sync::Mutex<()>,
+}
+
+/// The usage line a `putdest`/`deldest` without a cluster gets under `-config`.
+const USAGE: &str =
+    "with -config: putdest|deldest CLUSTER host:port[:instance] (getdest [CLUSTER] lists members)";
+
+impl RulesControl {
+    pub fn new(registry: Arc<Registry>, current: Current) -> RulesControl {
+        RulesControl {
+            registry,
+            current,
+            lock: std::sync::Mutex::new(()),
+        }
+    }
+
+    /// Applies `change` to the members of the cluster `args` names (`CLUSTER MEMBER`).
+    fn change(
+        &self,
+        args: &str,
+        change: impl FnOnce(&mut Vec<Member>, Member) -> Result<(), String>,
+    ) -> Result<(), String> {
+        let mut words = args.split_whitespace();
+        let (Some(name), Some(member), None) = (words.next(), words.next(), words.next()) else {
+            return Err(USAGE.to_string());
+        };
+        let _one = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        let loaded = self.current.load_full();
+        let mut config = loaded.rules.config.clone();
+        let def = config
+            .clusters
+            .iter_mut()
+            .find(|c| c.name == name)
+            .ok_or_else(|| format!("Unknown cluster: {name}"))?;
+        let member = if matches!(def.kind, ClusterKind::File { .. }) {
+            Member::File(PathBuf::from(member))
+        } else {
+            // carbon-c-relay writes the instance after `=`, the API after `:`.
+            let spelled = member.replacen('=', ":", 1);
+            Member::Tcp(spelled.parse::<DestAddr>().map_err(|e| e.to_string())?)
+        };
+        change(&mut def.members, member)?;
+        let rules = Rules::compile(config).map_err(|e| e.msg)?;
+        let dests = rules.tcp_members();
+        self.registry.set_sinks(file_writers(&rules));
+        self.current.store(Arc::new(Loaded {
+            rules: Arc::new(rules),
+            counters: loaded.counters.clone(),
+        }));
+        self.registry.apply(&dests);
+        self.registry.reinstall();
+        Ok(())
+    }
+}
+
+impl crate::admin::api::DestinationControl for RulesControl {
+    fn getdest(&self) -> serde_json::Value {
+        let mut v = self.registry.describe();
+        let loaded = self.current.load();
+        let clusters: serde_json::Map<String, serde_json::Value> = loaded
+            .rules
+            .clusters
+            .iter()
+            .map(|c| (c.name.clone(), cluster_json(c)))
+            .collect();
+        v["clusters"] = clusters.into();
+        v
+    }
+
+    fn getdest_args(&self, args: &str) -> Result<serde_json::Value, String> {
+        let name = args.trim();
+        if name.is_empty() {
+            return Ok(self.getdest());
+        }
+        let loaded = self.current.load();
+        let c = loaded
+            .rules
+            .cluster(name)
+            .ok_or_else(|| format!("Unknown cluster: {name}"))?;
+        let mut v = cluster_json(c);
+        v["cluster"] = name.into();
+        Ok(v)
+    }
+
+    fn putdest(&self, args: &str) -> Result<(), String> {
+        self.change(args, |members, m| {
+            if members.contains(&m) {
+                return Err(format!("Destination already registered: {m}"));
+            }
+            members.push(m);
+            Ok(())
+        })
+    }
+
+    fn deldest(&self, args: &str) -> Result<(), String> {
+        self.change(args, |members, m| {
+            let pos = members
+                .iter()
+                .position(|x| *x == m)
+                .ok_or_else(|| format!("Destination not registered: {m}"))?;
+            if members.len() == 1 {
+                return Err(format!(
+                    "{m} is the last member of its cluster: a cluster needs one (change the file and send SIGHUP to drop the cluster)"
+                ));
+            }
+            members.remove(pos);
+            Ok(())
+        })
+    }
+}
+
+/// `{"kind": …, "members": […]}` of one cluster.
+fn cluster_json(c: &crate::rules::Cluster) -> serde_json::Value {
+    let members: Vec<String> = c.members.iter().map(ToString::to_string).collect();
+    serde_json::json!({ "kind": c.kind.keyword(), "members": members })
 }

@@ -23,6 +23,7 @@
 pub mod addr;
 pub mod console;
 pub mod dead_letter;
+pub mod file;
 pub mod replay;
 pub mod spool;
 pub mod tcp;
@@ -74,6 +75,8 @@ pub struct DestStats {
     pub dropped: AtomicU64,
     /// Points of records the destination kept refusing, set aside ([`dead_letter`]).
     pub dead_lettered: AtomicU64,
+    /// Points a [`file`] destination could not write (counted, not retried).
+    pub write_failed: AtomicU64,
 }
 
 /// Where a destination's writer sends its lines.

@@ -98,10 +98,17 @@ pub async fn handle(
         tracing::info!("Ping from {client} with key {}: key is valid", tenant.name);
         return Ok(advertise(reply(StatusCode::OK, "key is valid\n")));
     }
-    Ok(ingest(state, req, &client, &tenant).await)
+    Ok(ingest(state, req, (&client, peer.ip()), &tenant).await)
 }
 
-async fn ingest(state: Arc<Ingest>, req: Request<Incoming>, client: &str, tenant: &Tenant) -> Resp {
+/// `client` is the client as logged and the connection's peer address (what a `file ip`
+/// cluster writes: the peer, never a header a client could set).
+async fn ingest(
+    state: Arc<Ingest>,
+    req: Request<Incoming>,
+    (client, peer): (&str, std::net::IpAddr),
+    tenant: &Tenant,
+) -> Resp {
     let name: &str = &tenant.name;
     let limits = &state.config;
     let coding = req.headers().get(CONTENT_ENCODING).cloned();
@@ -178,7 +185,7 @@ async fn ingest(state: Arc<Ingest>, req: Request<Incoming>, client: &str, tenant
         return reply(StatusCode::INTERNAL_SERVER_ERROR, "Internal Error\n");
     };
     let (batch, rejects) = match decoded {
-        Ok(b) => b,
+        Ok((b, r)) => (b.with_source(peer), r),
         Err(InflateError::TooLarge(_)) => {
             state.http.too_large.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(

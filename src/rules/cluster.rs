@@ -148,6 +148,7 @@ impl Cluster {
             return;
         }
         match self.kind {
+            ClusterKind::Forward | ClusterKind::File { .. } if n == 1 => out.push(0),
             ClusterKind::Forward | ClusterKind::File { .. } => out.extend(0..n),
             ClusterKind::AnyOf => out.push(fnv1a_32(name) as usize % n),
             ClusterKind::Failover => out.push(0),

@@ -113,6 +113,27 @@ impl Pattern {
 }
 
 /// carbon-c-relay's rule for "this expression is a plain comparison", or `None` for a regex.
+/// `Some(literal)` for `^literal(.*)` and `^literal(.*)$`, the usual "move a subtree"
+/// rewrite: a name matches it exactly when it starts with the literal (names hold no
+/// newline), group 1 being the rest, so its captures need no automaton.
+pub fn prefix_capture(expr: &str) -> Option<Vec<u8>> {
+    let head = expr
+        .strip_suffix("(.*)$")
+        .or_else(|| expr.strip_suffix("(.*)"))?;
+    // An odd run of backslashes before `(` escapes it: then there is no group.
+    let escapes = head.bytes().rev().take_while(|&c| c == b'\\').count();
+    if !head.starts_with('^') || escapes % 2 == 1 {
+        return None;
+    }
+    if head == "^" {
+        return Some(Vec::new());
+    }
+    match literal(head)? {
+        Pattern::StartsWith(lit) => Some(lit),
+        _ => None,
+    }
+}
+
 fn literal(expr: &str) -> Option<Pattern> {
     let b = expr.as_bytes();
     let (anchored, body) = match b.first() {
@@ -291,6 +312,19 @@ impl<'a> SetCache<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn prefix_captures_are_recognised_only_where_exact() {
+        assert_eq!(
+            prefix_capture("^a\\.b\\.(.*)$").as_deref(),
+            Some(&b"a.b."[..])
+        );
+        assert_eq!(prefix_capture("^x(.*)").as_deref(), Some(&b"x"[..]));
+        assert_eq!(prefix_capture("^(.*)$").as_deref(), Some(&b""[..]));
+        for not in ["a(.*)$", "^a\\(.*)", "^a[0-9](.*)$", "^a(.*)b", "^a(.+)$"] {
+            assert_eq!(prefix_capture(not), None, "{not}");
+        }
+    }
 
     #[test]
     fn literals_are_classified_like_carbon_c_relay() {

@@ -6,13 +6,15 @@
 //! compares every routing decision with the real `carbon-c-relay -t`.
 //!
 //! * [`lexer`] / [`parser`] turn text into the [`ast::Config`] (errors carry
-//!   file:line:column), [`include`] expands `include` globs;
+//!   file:line:column), [`include`](mod@include) expands `include` globs;
 //! * [`regex`] is POSIX ERE on the `regex` crate, [`rewrite`] the replacement language,
 //!   [`matcher`] the compiled expressions (literal comparisons, one regex set),
 //!   [`prefilter`] the prefix trie that skips rules a name cannot match, [`cluster`]
 //!   member placement;
 //! * [`Rules`] is the compiled whole: [`Rules::route`] gives a [`Decision`] per line,
-//!   [`dry_run()`] prints it in the `-route-test` format.
+//!   [`dry_run()`] prints it in the `-route-test` format; [`plan`] caches decisions by
+//!   name for the daemons ([`Rules::route_cached`]), [`router`] turns them into
+//!   per-destination buffers.
 //!
 //! Semantics, exactly carbon-c-relay's: rules run top to bottom; a `rewrite` changes the
 //! name for every later rule; a `match` sends to its clusters and processing goes on
@@ -28,6 +30,7 @@ pub mod include;
 pub mod lexer;
 pub mod matcher;
 pub mod parser;
+pub mod plan;
 pub mod prefilter;
 pub mod regex;
 pub mod rewrite;
@@ -54,7 +57,7 @@ pub struct RuleError {
 }
 
 /// What happens to a line under one name.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Action {
     /// Send to the cluster with this index ([`Rules::clusters`]).
     Cluster(usize),
@@ -64,10 +67,28 @@ pub enum Action {
     Drop { log: bool },
 }
 
+/// What one `match` rule did with a line, for the per-rule counters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    /// Sent to its clusters.
+    Sent,
+    /// `send to blackhole`.
+    Blackholed,
+    /// Its `validate` failed.
+    Dropped,
+}
+
 /// Every action for one line, each with the name it applies under (rewrites may change
 /// the name between two matches). Reused across lines so routing does not allocate.
 #[derive(Debug, Default)]
 pub struct Decision {
+    /// `(rule index in the configuration, outcome)` of every `match` that matched.
+    matched: Vec<(usize, Outcome)>,
+    /// Step indices of the rewrites that applied, in order (what a [`plan::Plan`] replays).
+    rewrites: Vec<u32>,
+    /// True when a `validate` was tested: the decision depends on the data, not only
+    /// on the name, so it is not cached.
+    validated: bool,
     /// Every name the line had, back to back.
     arena: Vec<u8>,
     /// `(start, end)` of each name in `arena`; the first is the input name.
@@ -93,6 +114,12 @@ impl Decision {
         })
     }
 
+    /// `(rule, outcome)` of every `match` rule that matched the line, in rule order (the
+    /// rule index counts every `match` and `rewrite` of the configuration from 0).
+    pub fn matched(&self) -> &[(usize, Outcome)] {
+        &self.matched
+    }
+
     /// The name after every rewrite that applied.
     pub fn final_name(&self) -> &[u8] {
         self.names
@@ -111,6 +138,9 @@ impl Decision {
         self.arena.clear();
         self.names.clear();
         self.actions.clear();
+        self.matched.clear();
+        self.rewrites.clear();
+        self.validated = false;
         self.arena.extend_from_slice(name);
         self.names.push((0, name.len()));
     }
@@ -124,6 +154,9 @@ enum Step {
         repl: Replacement,
         /// This rewrite's slot in [`Decision`]'s reused capture buffers.
         idx: usize,
+        /// `^literal(.*)$`: the literal ([`matcher::prefix_capture`]), captures without
+        /// an automaton.
+        head: Option<Vec<u8>>,
     },
     Match {
         pat: Pattern,
@@ -133,6 +166,15 @@ enum Step {
         stop: bool,
         validate_stops: bool,
     },
+}
+
+impl Step {
+    /// What the step tests the name with.
+    fn pattern(&self) -> &Pattern {
+        match self {
+            Step::Rewrite { pat, .. } | Step::Match { pat, .. } => pat,
+        }
+    }
 }
 
 /// A loaded configuration: clusters, compiled rules, and the sections the daemon maps.
@@ -149,6 +191,10 @@ pub struct Rules {
     segments: Vec<Segment>,
     /// Skips rules whose literal prefix the name does not have.
     prefilter: Prefilter,
+    /// Decisions by name ([`plan`]), made on first use; only for configurations with a
+    /// regex (literal rules cost less than a lookup).
+    cache: std::sync::OnceLock<plan::DecisionCache>,
+    has_regex: bool,
 }
 
 impl Rules {
@@ -184,6 +230,8 @@ impl Rules {
             segment_of: vec![0],
             segments: vec![Segment::new(&[]).expect("an empty set compiles")],
             prefilter: Prefilter::new(&[None]),
+            cache: std::sync::OnceLock::new(),
+            has_regex: false,
         }
     }
 
@@ -202,6 +250,24 @@ impl Rules {
             },
             _ => None,
         }
+    }
+
+    /// `(rule index, label)` of every `match` rule: the label is `file:line` and its first
+    /// expression (`*` for match-all), what an operator finds the rule by.
+    pub fn match_labels(&self) -> Vec<(usize, String)> {
+        self.config
+            .rules
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| match r {
+                Rule::Match(m) => {
+                    let first = m.exprs.first().map_or("*", |e| e.text.as_str());
+                    let file = m.pos.file.rsplit('/').next().unwrap_or("");
+                    Some((i, format!("{file}:{} {first}", m.pos.line)))
+                }
+                Rule::Rewrite(_) => None,
+            })
+            .collect()
     }
 
     /// Every TCP member of every cluster once, in configuration order: the daemon's
@@ -256,7 +322,13 @@ impl Rules {
                         .iter()
                         .filter(|s| matches!(s, Step::Rewrite { .. }))
                         .count();
-                    steps.push(Step::Rewrite { pat, repl, idx });
+                    let head = matcher::prefix_capture(&r.expr.text);
+                    steps.push(Step::Rewrite {
+                        pat,
+                        repl,
+                        idx,
+                        head,
+                    });
                     segment_of.push(seg_exprs.len() - 1);
                 }
                 Rule::Match(m) => {
@@ -292,24 +364,14 @@ impl Rules {
                 }
             }
         }
-        let segments = seg_exprs
-            .iter()
-            .map(|exprs| Segment::new(&exprs.iter().map(String::as_str).collect::<Vec<_>>()))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| RuleError {
-                file: String::new(),
-                line: 0,
-                col: 0,
-                msg: e,
-            })?;
-        let prefixes: Vec<Option<&[u8]>> = steps
-            .iter()
-            .map(|s| match s {
-                Step::Rewrite { pat, .. } | Step::Match { pat, .. } => pat.required_prefix(),
-            })
-            .collect();
+        let segments = segments_of(&seg_exprs)?;
+        let pats: Vec<&Pattern> = steps.iter().map(Step::pattern).collect();
+        let prefixes: Vec<Option<&[u8]>> = pats.iter().map(|p| p.required_prefix()).collect();
         let prefilter = Prefilter::new(&prefixes);
+        let has_regex = pats.iter().any(|p| matches!(p, Pattern::Regex { .. }));
         Ok(Rules {
+            cache: std::sync::OnceLock::new(),
+            has_regex,
             prefilter,
             clusters,
             config,
@@ -325,6 +387,72 @@ impl Rules {
         let mut d = Decision::default();
         self.route_into(metric, line, &mut d);
         d
+    }
+
+    /// The decision cache, when this configuration uses one.
+    pub fn cache(&self) -> Option<&plan::DecisionCache> {
+        self.has_regex
+            .then(|| self.cache.get_or_init(|| plan::DecisionCache::new(0)))
+    }
+
+    /// [`Rules::route_into`] through the decision cache (`cache`, from
+    /// [`Rules::cache`]; `probe` is [`plan::DecisionCache::locate`] of `metric`): the
+    /// same decision, from a replayed [`plan::Plan`] when the name was seen before.
+    pub fn route_cached(
+        &self,
+        cache: &plan::DecisionCache,
+        probe: &crate::route::pos_cache::Probe,
+        metric: &[u8],
+        line: &[u8],
+        d: &mut Decision,
+    ) -> plan::Lookup {
+        if let Some(p) = cache.find(probe) {
+            self.replay(p, metric, d);
+            return plan::Lookup::Hit;
+        }
+        self.route_into(metric, line, d);
+        if d.validated {
+            return plan::Lookup::Uncached;
+        }
+        let p = plan::Plan {
+            rewrites: d.rewrites.clone(),
+            actions: d.actions.iter().map(|&(n, a)| (n as u32, a)).collect(),
+            matched: d.matched.iter().map(|&(r, o)| (r as u32, o)).collect(),
+        };
+        match cache.store(probe, p) {
+            Some(evicted) => plan::Lookup::Stored(evicted),
+            None => plan::Lookup::Uncached,
+        }
+    }
+
+    /// Rebuilds the decision `p` stands for on `metric`: its rewrites, then its actions.
+    fn replay(&self, p: &plan::Plan, metric: &[u8], d: &mut Decision) {
+        d.reset(metric);
+        for &i in &p.rewrites {
+            let Some(Step::Rewrite {
+                pat,
+                repl,
+                idx,
+                head,
+            }) = self.steps.get(i as usize)
+            else {
+                continue;
+            };
+            let (ns, ne) = *d.names.last().unwrap_or(&(0, 0));
+            d.scratch.clear();
+            if d.locs.len() <= *idx {
+                d.locs.resize_with(idx + 1, || None);
+            }
+            let how = (pat, repl, head.as_deref());
+            rewrite_name(how, &d.arena[ns..ne], &mut d.locs[*idx], &mut d.scratch);
+            let start = d.arena.len();
+            d.arena.extend_from_slice(&d.scratch);
+            d.names.push((start, d.arena.len()));
+        }
+        d.actions
+            .extend(p.actions.iter().map(|&(n, a)| (n as usize, a)));
+        d.matched
+            .extend(p.matched.iter().map(|&(r, o)| (r as usize, o)));
     }
 
     /// [`Rules::route`] into a reused [`Decision`].
@@ -347,7 +475,12 @@ impl Rules {
             }
             let (ns, ne) = *d.names.last().unwrap_or(&(0, 0));
             match step {
-                Step::Rewrite { pat, repl, idx } => {
+                Step::Rewrite {
+                    pat,
+                    repl,
+                    idx,
+                    head,
+                } => {
                     let name = &d.arena[ns..ne];
                     if !pat.is_match(name, &mut cache) {
                         continue;
@@ -356,7 +489,9 @@ impl Rules {
                     if d.locs.len() <= *idx {
                         d.locs.resize_with(idx + 1, || None);
                     }
-                    rewrite_name(pat, repl, name, &mut d.locs[*idx], &mut d.scratch);
+                    let how = (pat, repl, head.as_deref());
+                    rewrite_name(how, name, &mut d.locs[*idx], &mut d.scratch);
+                    d.rewrites.push(i as u32);
                     let start = d.arena.len();
                     d.arena.extend_from_slice(&d.scratch);
                     d.names.push((start, d.arena.len()));
@@ -379,7 +514,9 @@ impl Rules {
                     last_rule = *rule;
                     let n = d.names.len() - 1;
                     if let Some((v, log)) = validate {
+                        d.validated = true;
                         if !v.matches_alone(data) {
+                            d.matched.push((*rule, Outcome::Dropped));
                             d.actions.push((n, Action::Drop { log: *log }));
                             if *stop || *validate_stops {
                                 break;
@@ -387,6 +524,11 @@ impl Rules {
                             continue;
                         }
                     }
+                    let outcome = match actions.first() {
+                        Some(Action::Blackhole) => Outcome::Blackholed,
+                        _ => Outcome::Sent,
+                    };
+                    d.matched.push((*rule, outcome));
                     d.actions.extend(actions.iter().map(|&a| (n, a)));
                     if *stop {
                         break;
@@ -399,6 +541,20 @@ impl Rules {
             d.actions.push((d.names.len() - 1, Action::Blackhole));
         }
     }
+}
+
+/// One regex set per segment.
+fn segments_of(seg_exprs: &[Vec<String>]) -> Result<Vec<Segment>, RuleError> {
+    seg_exprs
+        .iter()
+        .map(|exprs| Segment::new(&exprs.iter().map(String::as_str).collect::<Vec<_>>()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| RuleError {
+            file: String::new(),
+            line: 0,
+            col: 0,
+            msg: e,
+        })
 }
 
 /// Compiles a name pattern, giving a regex its slot in the current segment's set.
@@ -429,15 +585,23 @@ fn match_actions(m: &ast::MatchDef, clusters: &[Cluster]) -> Result<Vec<Action>,
         .collect()
 }
 
-/// The new name after a rewrite whose pattern matched `name`; `locs` is this rewrite's
-/// reused capture buffer.
+/// The new name after a rewrite (`(pattern, replacement, prefix-capture literal)`) whose
+/// pattern matched `name`; `locs` is this rewrite's reused capture buffer.
 fn rewrite_name(
-    pat: &Pattern,
-    repl: &Replacement,
+    (pat, repl, head): (&Pattern, &Replacement, Option<&[u8]>),
     name: &[u8],
     locs: &mut Option<::regex::bytes::CaptureLocations>,
     out: &mut Vec<u8>,
 ) {
+    if let Some(h) = head.filter(|h| name.starts_with(h)) {
+        let n = name.len();
+        let group = |g| match g {
+            0 => Some((0, n)),
+            1 => Some((h.len(), n)),
+            _ => None,
+        };
+        return repl.apply(name, (0, n), group, out);
+    }
     match pat {
         Pattern::Regex { re, .. } => {
             let locs = locs.get_or_insert_with(|| re.capture_locations());

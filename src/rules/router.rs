@@ -23,7 +23,8 @@ use crate::route::counters::RouteCounters;
 use crate::route::hash_router::HashRouter;
 use crate::route::{RoutedPart, Router};
 use crate::rules::ast::{ClusterKind, Member};
-use crate::rules::{Action, Cluster, Decision, Rules};
+use crate::rules::plan::Lookup;
+use crate::rules::{Action, Cluster, Decision, Outcome, Rules};
 
 /// How a router spends its time per line.
 enum Shape {
@@ -52,6 +53,8 @@ pub struct RulesRouter {
     dests: usize,
     shape: Shape,
     counters: Arc<RouteCounters>,
+    /// `ip_prefix[c]`: cluster `c` is `file ip` (each line starts with the sender's address).
+    ip_prefix: Vec<bool>,
 }
 
 impl RulesRouter {
@@ -59,7 +62,12 @@ impl RulesRouter {
     /// A member not in `dests` (not in service) gets nothing; the registry keeps every
     /// member of a configuration in service, so that happens only without `-config`.
     pub fn new(rules: Arc<Rules>, dests: &[DestAddr], counters: Arc<RouteCounters>) -> Self {
-        Self::with_liveness(rules, dests, &HashSet::new(), false, counters)
+        let members = Members {
+            addrs: dests,
+            down: &HashSet::new(),
+            files: &[],
+        };
+        Self::with_liveness(rules, members, false, counters)
     }
 
     /// [`new`](Self::new) knowing which destinations are `down`: the clusters that move
@@ -67,15 +75,19 @@ impl RulesRouter {
     /// `all_dynamic`) place around them; the others keep queueing for them.
     pub fn with_liveness(
         rules: Arc<Rules>,
-        dests: &[DestAddr],
-        down: &HashSet<DestAddr>,
+        members: Members<'_>,
         all_dynamic: bool,
         counters: Arc<RouteCounters>,
     ) -> Self {
+        let Members {
+            addrs: dests,
+            down,
+            files,
+        } = members;
         let member_dest: Vec<Vec<Option<usize>>> = rules
             .clusters
             .iter()
-            .map(|c| member_dest_of(c, dests))
+            .map(|c| member_dest_of(c, dests, files))
             .collect();
         let down_of: Vec<Vec<bool>> = rules
             .clusters
@@ -93,7 +105,7 @@ impl RulesRouter {
             .zip(&down_of)
             .map(|(c, d)| c.moves_when_down(all_dynamic) && d.iter().any(|&x| x))
             .collect();
-        let all: Vec<Option<usize>> = (0..dests.len()).map(Some).collect();
+        let all: Vec<Option<usize>> = (0..dests.len() + files.len()).map(Some).collect();
         let shape = match rules.single_cluster() {
             Some(c) if moving[c] => Shape::OneCluster(c),
             Some(c) if member_dest[c] == all => {
@@ -109,13 +121,19 @@ impl RulesRouter {
             Some(c) => Shape::OneCluster(c),
             None => Shape::Rules,
         };
+        let ip_prefix = rules
+            .clusters
+            .iter()
+            .map(|c| c.kind == ClusterKind::File { ip: true })
+            .collect();
         RulesRouter {
+            ip_prefix,
             rules,
             down: down_of,
             moving,
             all_dynamic,
             member_dest,
-            dests: dests.len(),
+            dests: dests.len() + files.len(),
             shape,
             counters,
         }
@@ -134,51 +152,123 @@ impl RulesRouter {
     }
 }
 
-fn member_dest_of(c: &Cluster, dests: &[DestAddr]) -> Vec<Option<usize>> {
+/// The destinations a router is built over: the addresses in index order, which of them
+/// are down, and the names of the file destinations that follow them.
+#[derive(Clone, Copy)]
+pub struct Members<'a> {
+    pub addrs: &'a [DestAddr],
+    pub down: &'a HashSet<DestAddr>,
+    /// [`crate::dest::file::FileWriter`] names (the paths), index `addrs.len() + i`.
+    pub files: &'a [String],
+}
+
+fn member_dest_of(c: &Cluster, dests: &[DestAddr], files: &[String]) -> Vec<Option<usize>> {
     c.members
         .iter()
         .map(|m| match m {
             Member::Tcp(a) => dests.iter().position(|d| d == a),
-            Member::File(_) => None,
+            Member::File(p) => {
+                let name = p.display().to_string();
+                files
+                    .iter()
+                    .position(|f| *f == name)
+                    .map(|i| dests.len() + i)
+            }
         })
         .collect()
 }
 
-/// Per-destination output of one batch.
+/// Per-destination output of one batch. A line that goes out unchanged is not copied at
+/// once: consecutive ones are kept as a run of the batch's own buffer, copied in one piece
+/// when the run breaks — and a destination whose lines are one run (every line, or one
+/// contiguous stretch) gets a slice of the batch's buffer, no copy at all.
 struct Parts {
     bufs: Vec<Vec<u8>>,
     counts: Vec<u64>,
+    /// Room a buffer takes at its first line: the batch's size, so it does not grow
+    /// by doubling (each doubling copies what it holds) unless rewrites lengthen names.
+    room: usize,
+    /// The batch's buffer.
+    data: Bytes,
+    /// `runs[d]`: the range of `data` destination `d` gets next, not yet copied.
+    runs: Vec<(usize, usize)>,
 }
 
 impl Parts {
-    fn new(n: usize) -> Parts {
+    fn new(n: usize, batch: &Batch) -> Parts {
         Parts {
             bufs: vec![Vec::new(); n],
             counts: vec![0; n],
+            room: batch.data().len(),
+            data: batch.data().clone(),
+            runs: vec![(0, 0); n],
         }
     }
 
-    /// Appends `line` to destination `d` under `name` (`metric` is its name in `line`).
-    fn push(&mut self, d: usize, line: &[u8], metric: &[u8], name: &[u8]) {
+    /// Appends `line` to destination `d` under `name` (`metric` is its name in `line`),
+    /// after `prefix` (a `file ip` cluster's `<sender address> `).
+    fn push(&mut self, d: usize, prefix: &[u8], line: &[u8], metric: &[u8], name: &[u8]) {
+        self.counts[d] += 1;
+        if prefix.is_empty() && name == metric {
+            if let Some(at) = self.offset(line) {
+                let run = &mut self.runs[d];
+                if run.0 != run.1 && run.1 == at {
+                    run.1 = at + line.len();
+                    return;
+                }
+                self.flush(d);
+                self.runs[d] = (at, at + line.len());
+                return;
+            }
+        }
+        self.flush(d);
         let buf = &mut self.bufs[d];
+        if buf.capacity() == 0 {
+            buf.reserve(self.room);
+        }
+        buf.extend_from_slice(prefix);
         if name == metric {
             buf.extend_from_slice(line);
         } else {
             buf.extend_from_slice(name);
             buf.extend_from_slice(&line[metric.len()..]);
         }
-        self.counts[d] += 1;
     }
 
-    fn finish(self, out: &mut Vec<RoutedPart>) {
-        for (dest, (buf, points)) in self.bufs.into_iter().zip(self.counts).enumerate() {
-            if points > 0 {
-                out.push(RoutedPart {
-                    dest,
-                    data: Bytes::from(buf),
-                    points,
-                });
+    /// Where `line` starts in the batch's buffer, if it lies there.
+    fn offset(&self, line: &[u8]) -> Option<usize> {
+        let base = self.data.as_ptr() as usize;
+        let at = (line.as_ptr() as usize).checked_sub(base)?;
+        (at + line.len() <= self.data.len()).then_some(at)
+    }
+
+    /// Copies destination `d`'s pending run into its buffer.
+    fn flush(&mut self, d: usize) {
+        let (start, end) = std::mem::take(&mut self.runs[d]);
+        if start == end {
+            return;
+        }
+        let buf = &mut self.bufs[d];
+        if buf.capacity() == 0 {
+            buf.reserve(self.room);
+        }
+        buf.extend_from_slice(&self.data[start..end]);
+    }
+
+    fn finish(mut self, out: &mut Vec<RoutedPart>) {
+        for dest in 0..self.bufs.len() {
+            let points = self.counts[dest];
+            if points == 0 {
+                continue;
             }
+            let (start, end) = self.runs[dest];
+            let data = if self.bufs[dest].is_empty() && start != end {
+                self.data.slice(start..end)
+            } else {
+                self.flush(dest);
+                Bytes::from(std::mem::take(&mut self.bufs[dest]))
+            };
+            out.push(RoutedPart { dest, data, points });
         }
     }
 }
@@ -210,61 +300,194 @@ impl RulesRouter {
 
     /// Every line to cluster `c` under its own name.
     fn route_one_cluster(&self, c: usize, batch: &Batch, parts: &mut Parts) {
+        let src = self.source_prefix(batch);
+        let prefix = self.prefix_of(c, &src);
         let mut placed = Vec::with_capacity(self.rules.clusters[c].replication);
         for (line, metric) in batch.lines() {
             self.place(c, metric, &mut placed);
             for &m in &placed {
                 if let Some(d) = self.member_dest[c][m] {
-                    parts.push(d, line, metric, metric);
+                    parts.push(d, prefix, line, metric, metric);
                 }
             }
         }
         self.count_cluster(c, batch.len());
     }
 
+    /// `<sender address> ` when some cluster is `file ip` (carbon-c-relay's `srcaddr`,
+    /// `(unknown)` when the source did not say), else empty.
+    fn source_prefix(&self, batch: &Batch) -> Vec<u8> {
+        if !self.ip_prefix.contains(&true) {
+            return Vec::new();
+        }
+        match batch.source() {
+            Some(ip) => format!("{ip} ").into_bytes(),
+            None => b"(unknown) ".to_vec(),
+        }
+    }
+
+    /// What a line to cluster `c` starts with: `src` for a `file ip` cluster.
+    fn prefix_of<'a>(&self, c: usize, src: &'a [u8]) -> &'a [u8] {
+        if self.ip_prefix[c] {
+            src
+        } else {
+            b""
+        }
+    }
+
+    /// Counts `lines` sent to cluster `c` by the one rule of a single-cluster shape.
     fn count_cluster(&self, c: usize, lines: usize) {
         if let Some(slot) = self.counters.cluster_lines.get(c) {
             slot.1.fetch_add(lines as u64, Ordering::Relaxed);
         }
+        if let Some(rule) = self.counters.rules.first() {
+            rule.matched.fetch_add(lines as u64, Ordering::Relaxed);
+        }
     }
 
-    /// The full decision per line: rewrites, matches, validate, blackhole.
+    /// The full decision per line: rewrites, matches, validate, blackhole — replayed from
+    /// the decision cache for a name seen before. Names are located [`RUN`] at a time
+    /// before the first is decided, so the run's table misses overlap (the prefetch in
+    /// [`PosCache::locate`](crate::route::pos_cache::PosCache::locate)).
     fn route_rules(&self, batch: &Batch, parts: &mut Parts) {
         let mut d = Decision::default();
-        let mut placed = Vec::new();
-        let (mut blackholed, mut dropped) = (0u64, 0u64);
-        let mut per_cluster = vec![0u64; self.rules.clusters.len()];
-        for (line, metric) in batch.lines() {
-            self.rules.route_into(metric, line, &mut d);
-            for (name, action) in d.actions() {
-                match action {
-                    Action::Cluster(c) => {
-                        per_cluster[c] += 1;
-                        self.place(c, name, &mut placed);
-                        for &m in &placed {
-                            if let Some(dest) = self.member_dest[c][m] {
-                                parts.push(dest, line, metric, name);
-                            }
+        let mut t = Tally::new(self.rules.clusters.len(), self.counters.rules.len());
+        let src = self.source_prefix(batch);
+        let Some(cache) = self.rules.cache().filter(|c| !c.skip_batch()) else {
+            for (line, metric) in batch.lines() {
+                self.rules.route_into(metric, line, &mut d);
+                self.emit_decision(&d, (line, metric), &src, parts, &mut t);
+            }
+            return self.add(t);
+        };
+        let (mut hits, mut evictions) = (0u64, 0u64);
+        let mut lines = batch.lines();
+        let mut run = Vec::with_capacity(RUN);
+        loop {
+            run.clear();
+            run.extend(
+                lines
+                    .by_ref()
+                    .take(RUN)
+                    .map(|(l, m)| (l, m, cache.locate(m))),
+            );
+            if run.is_empty() {
+                break;
+            }
+            for &(line, metric, probe) in &run {
+                // A plan without rewrites needs no Decision: every action is on `metric`.
+                if let Some(p) = cache.find(&probe).filter(|p| p.rewrites.is_empty()) {
+                    hits += 1;
+                    let matched = p.matched.iter().map(|&(r, o)| (r as usize, o));
+                    let actions = p.actions.iter().map(|&(_, a)| (metric, a));
+                    self.emit(matched, actions, (line, metric), &src, parts, &mut t);
+                    continue;
+                }
+                match self.rules.route_cached(cache, &probe, metric, line, &mut d) {
+                    Lookup::Hit => hits += 1,
+                    Lookup::Stored(true) => evictions += 1,
+                    _ => {}
+                }
+                self.emit_decision(&d, (line, metric), &src, parts, &mut t);
+            }
+        }
+        cache.learn(hits, evictions, batch.len() as u64);
+        self.add(t);
+    }
+
+    /// [`emit`](Self::emit) of a [`Decision`].
+    fn emit_decision(
+        &self,
+        d: &Decision,
+        lm: (&[u8], &[u8]),
+        src: &[u8],
+        parts: &mut Parts,
+        t: &mut Tally,
+    ) {
+        self.emit(d.matched().iter().copied(), d.actions(), lm, src, parts, t);
+    }
+
+    /// Hands one decided line (`(line, metric)`: what the rules `matched`, the `actions`
+    /// with the name each applies under) to the destinations and counts it.
+    fn emit<'n>(
+        &self,
+        matched: impl Iterator<Item = (usize, Outcome)>,
+        actions: impl Iterator<Item = (&'n [u8], Action)>,
+        lm: (&[u8], &[u8]),
+        src: &[u8],
+        parts: &mut Parts,
+        t: &mut Tally,
+    ) {
+        let (line, metric) = lm;
+        for (rule, outcome) in matched {
+            if let Some(k) = self.counters.slot_of(rule) {
+                let n = &mut t.per_rule[k];
+                n[0] += 1;
+                match outcome {
+                    Outcome::Sent => {}
+                    Outcome::Blackholed => n[1] += 1,
+                    Outcome::Dropped => n[2] += 1,
+                }
+            }
+        }
+        for (name, action) in actions {
+            match action {
+                Action::Cluster(c) => {
+                    t.per_cluster[c] += 1;
+                    self.place(c, name, &mut t.placed);
+                    let prefix = self.prefix_of(c, src);
+                    for &m in &t.placed {
+                        if let Some(dest) = self.member_dest[c][m] {
+                            parts.push(dest, prefix, line, metric, name);
                         }
                     }
-                    Action::Blackhole => blackholed += 1,
-                    Action::Drop { log } => {
-                        dropped += 1;
-                        if log {
-                            tracing::warn!(
-                                "validate dropped: {}",
-                                String::from_utf8_lossy(line.trim_ascii_end())
-                            );
-                        }
+                }
+                Action::Blackhole => t.blackholed += 1,
+                Action::Drop { log } => {
+                    t.dropped += 1;
+                    if log {
+                        tracing::warn!(
+                            "validate dropped: {}",
+                            String::from_utf8_lossy(line.trim_ascii_end())
+                        );
                     }
                 }
             }
         }
+    }
+
+    /// Adds one batch's counts to the shared counters (once per batch, not per line).
+    fn add(&self, t: Tally) {
         let c = &self.counters;
-        c.blackholed.fetch_add(blackholed, Ordering::Relaxed);
-        c.dropped.fetch_add(dropped, Ordering::Relaxed);
-        for (slot, n) in c.cluster_lines.iter().zip(per_cluster) {
+        c.blackholed.fetch_add(t.blackholed, Ordering::Relaxed);
+        c.dropped.fetch_add(t.dropped, Ordering::Relaxed);
+        for (slot, n) in c.cluster_lines.iter().zip(t.per_cluster) {
             slot.1.fetch_add(n, Ordering::Relaxed);
+        }
+        c.add_rules(&t.per_rule);
+    }
+}
+
+/// Names located ahead of the first lookup of a run.
+const RUN: usize = 16;
+
+/// One batch's counts, and the placement buffer its lines reuse.
+struct Tally {
+    blackholed: u64,
+    dropped: u64,
+    per_cluster: Vec<u64>,
+    per_rule: Vec<[u64; 3]>,
+    placed: Vec<usize>,
+}
+
+impl Tally {
+    fn new(clusters: usize, rules: usize) -> Tally {
+        Tally {
+            blackholed: 0,
+            dropped: 0,
+            per_cluster: vec![0; clusters],
+            per_rule: vec![[0; 3]; rules],
+            placed: Vec::new(),
         }
     }
 }
@@ -288,7 +511,7 @@ impl Router for RulesRouter {
             self.count_cluster(c, batch.len());
             return;
         }
-        let mut parts = Parts::new(self.dests);
+        let mut parts = Parts::new(self.dests, batch);
         match self.shape {
             Shape::OneCluster(c) => self.route_one_cluster(c, batch, &mut parts),
             _ => self.route_rules(batch, &mut parts),
@@ -317,13 +540,13 @@ impl Router for RulesRouter {
             }
             return;
         };
-        let mut parts = Parts::new(self.dests);
+        let mut parts = Parts::new(self.dests, batch);
         let mut placed = Vec::new();
         for (line, metric) in batch.lines() {
             self.place(c, metric, &mut placed);
             for &m in &placed {
                 if let Some(d) = self.member_dest[c][m] {
-                    parts.push(d, line, metric, metric);
+                    parts.push(d, b"", line, metric, metric);
                 }
             }
         }
@@ -332,5 +555,37 @@ impl Router for RulesRouter {
 
     fn may_move(&self, dest: usize) -> bool {
         self.moving_cluster_of(dest).is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parts_keep_line_order_and_share_the_batch_for_one_run() {
+        let (batch, _) = Batch::from_plaintext(b"a 1 1\nb 2 2\nc 3 3\n".to_vec(), None);
+        let lines: Vec<(&[u8], &[u8])> = batch.lines().collect();
+        let mut p = Parts::new(3, &batch);
+        for &(l, m) in &lines {
+            p.push(0, b"", l, m, m);
+        }
+        p.push(1, b"", lines[0].0, lines[0].1, lines[0].1);
+        p.push(1, b"", lines[1].0, lines[1].1, b"x");
+        p.push(1, b"ip ", lines[2].0, lines[2].1, lines[2].1);
+        p.push(2, b"", lines[0].0, lines[0].1, lines[0].1);
+        p.push(2, b"", lines[2].0, lines[2].1, lines[2].1);
+        let mut out = Vec::new();
+        p.finish(&mut out);
+        assert_eq!(
+            out[0].data.as_ptr(),
+            batch.data().as_ptr(),
+            "one run: no copy"
+        );
+        assert_eq!(&out[0].data[..], &batch.data()[..]);
+        assert_eq!(&out[1].data[..], b"a 1 1\nx 2 2\nip c 3 3\n");
+        assert_eq!(&out[2].data[..], b"a 1 1\nc 3 3\n", "two runs, in order");
+        let points: Vec<u64> = out.iter().map(|p| p.points).collect();
+        assert_eq!(points, vec![3, 3, 2]);
     }
 }

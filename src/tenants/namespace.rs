@@ -30,7 +30,11 @@ pub fn filter(batch: &Batch, allow: &[String], strip: Option<&str>) -> Option<(B
             outside += 1;
         }
     }
-    Some((Batch::from_plaintext(kept, None).0, outside))
+    let mut kept = Batch::from_plaintext(kept, None).0;
+    if let Some(ip) = batch.source() {
+        kept = kept.with_source(ip);
+    }
+    Some((kept, outside))
 }
 
 #[cfg(test)]

@@ -27,6 +27,7 @@ mod relay;
 mod replay;
 mod ring_fixtures;
 mod rules_conformance;
+mod rules_ops;
 mod rules_pipeline;
 mod side_ports;
 mod systemd;

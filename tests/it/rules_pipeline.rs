@@ -10,7 +10,7 @@ use crate::support::*;
 
 const RELAY: &str = env!("CARGO_BIN_EXE_polymur");
 
-fn write_config(dir: &tempfile::TempDir, name: &str, text: &str) -> String {
+pub(crate) fn write_config(dir: &tempfile::TempDir, name: &str, text: &str) -> String {
     let path = dir.path().join(name);
     std::fs::write(&path, text).unwrap();
     path.to_str().unwrap().to_string()
@@ -18,6 +18,20 @@ fn write_config(dir: &tempfile::TempDir, name: &str, text: &str) -> String {
 
 /// A relay on `-config`, started or failed: its listen and api addresses.
 fn relay(config: &str) -> (Proc, String, String) {
+    let r = relay_on(config);
+    (r.proc, r.listen, r.api)
+}
+
+/// A started relay on `-config` and its addresses.
+pub(crate) struct Relay {
+    pub proc: Proc,
+    pub listen: String,
+    pub api: String,
+    pub admin: String,
+}
+
+/// Starts a relay on `-config` (and waits until its admin endpoint is up).
+pub(crate) fn relay_on(config: &str) -> Relay {
     let (listen, api, stat, admin) = (
         format!("127.0.0.1:{}", free_port()),
         format!("127.0.0.1:{}", free_port()),
@@ -45,7 +59,12 @@ fn relay(config: &str) -> (Proc, String, String) {
         "relay did not start: {}",
         p.all_output()
     );
-    (p, listen, api)
+    Relay {
+        proc: p,
+        listen,
+        api,
+        admin,
+    }
 }
 
 /// The members (`host:port`) each name goes to and the names it goes under, by the
