@@ -900,14 +900,19 @@ mod tests {
         Pending::new()
     }
 
+    /// Queues `s` as a chunk taken from the memory queue, not yet written.
+    fn queue(p: &mut Pending, s: &str) {
+        p.items.push_back(Item {
+            chunk: chunk(s),
+            origin: Origin::Memory,
+        });
+    }
+
     #[test]
     fn a_break_resends_recent_chunks_then_the_cut_one_from_its_start() {
         let mut p = pending();
         p.remember(chunk("a 1 1\nb 1 1\n"));
-        p.items.push_back(Item {
-            chunk: chunk("c 1 1\nd 1 1\n"),
-            origin: Origin::Memory,
-        });
+        queue(&mut p, "c 1 1\nd 1 1\n");
         p.front_off = 8; // "c 1 1\nd " written
         p.pos = 20;
         assert_eq!(p.requeue_after_break(None), 3);
@@ -938,10 +943,7 @@ mod tests {
     fn a_break_inside_the_front_chunk_restarts_it_at_the_line_at_risk() {
         let mut p = pending();
         p.remember(chunk("old 1 1\n"));
-        p.items.push_back(Item {
-            chunk: chunk("a 1 1\nb 1 1\nc 1 1\n"),
-            origin: Origin::Memory,
-        });
+        queue(&mut p, "a 1 1\nb 1 1\nc 1 1\n");
         p.front_off = 15; // up to "c 1" written
         p.pos = 23;
         assert_eq!(
