@@ -2,14 +2,14 @@
 //! section with each tenant's and each destination's 15-minute rate history.
 
 use std::fmt::Write as _;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::admin::http::AdminExtra;
 use crate::pipeline::Pipeline;
 use crate::shutdown::Shutdown;
 use crate::tenants::history::{sparkline, History, STEP};
-use crate::tenants::Tenants;
+use crate::tenants::{TenantCounters, TenantState, Tenants};
 
 /// What the admin endpoint shows about tenants.
 pub struct TenantsAdmin {
@@ -63,15 +63,32 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str, rows: &[(String,
     }
 }
 
+/// Rows `key="…",reason="…"` of a counter family split by reason: `reasons` picks each
+/// tenant's counters with their reason labels.
+fn by_reason<const N: usize>(
+    all: &[Arc<TenantState>],
+    reasons: impl Fn(&TenantCounters) -> [(&'static str, &AtomicU64); N],
+) -> Vec<(String, String)> {
+    all.iter()
+        .flat_map(|t| {
+            let k = label(&t.name);
+            reasons(&t.counters).map(|(r, c)| {
+                let v = c.load(Ordering::Relaxed).to_string();
+                (format!("key=\"{k}\",reason=\"{r}\""), v)
+            })
+        })
+        .collect()
+}
+
 impl AdminExtra for TenantsAdmin {
     fn metrics(&self, out: &mut String) {
         let all = self.tenants.all();
-        let rows = |f: &dyn Fn(&crate::tenants::TenantState) -> String| -> Vec<(String, String)> {
+        let rows = |f: &dyn Fn(&TenantState) -> String| -> Vec<(String, String)> {
             all.iter()
                 .map(|t| (format!("key=\"{}\"", label(&t.name)), f(t)))
                 .collect()
         };
-        let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed).to_string();
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed).to_string();
         family(
             out,
             "polymur_tenant_accepted_points_total",
@@ -84,33 +101,25 @@ impl AdminExtra for TenantsAdmin {
             "polymur_tenant_refused_batches_total",
             "counter",
             "Batches refused per key name: quota (429), fair_share and queue_full (503).",
-            &all.iter()
-                .flat_map(|t| {
-                    let k = label(&t.name);
-                    [
-                        ("quota", &t.counters.refused_quota),
-                        ("fair_share", &t.counters.refused_fair),
-                        ("queue_full", &t.counters.refused_full),
-                    ]
-                    .map(|(r, c)| (format!("key=\"{k}\",reason=\"{r}\""), load(c)))
-                })
-                .collect::<Vec<_>>(),
+            &by_reason(&all, |c| {
+                [
+                    ("quota", &c.refused_quota),
+                    ("fair_share", &c.refused_fair),
+                    ("queue_full", &c.refused_full),
+                ]
+            }),
         );
         family(
             out,
             "polymur_tenant_dropped_lines_total",
             "counter",
             "Lines dropped per key name: outside_namespace, invalid.",
-            &all.iter()
-                .flat_map(|t| {
-                    let k = label(&t.name);
-                    [
-                        ("outside_namespace", &t.counters.dropped_namespace),
-                        ("invalid", &t.counters.dropped_invalid),
-                    ]
-                    .map(|(r, c)| (format!("key=\"{k}\",reason=\"{r}\""), load(c)))
-                })
-                .collect::<Vec<_>>(),
+            &by_reason(&all, |c| {
+                [
+                    ("outside_namespace", &c.dropped_namespace),
+                    ("invalid", &c.dropped_invalid),
+                ]
+            }),
         );
         family(
             out,
@@ -148,7 +157,7 @@ impl AdminExtra for TenantsAdmin {
 <th>refused: quota (429)</th><th>fair share (503)</th><th>queue full (503)</th><th>outside namespace</th><th>invalid</th><th>last 15 minutes</th></tr>");
         for t in self.tenants.all() {
             let c = &t.counters;
-            let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+            let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
             let limit = t.limits().points_per_second;
             let _ = write!(
                 page,
