@@ -15,8 +15,9 @@
 //!   as long as what it sends during it fits in its share;
 //! - a tenant at or over its share is admitted only while the queue keeps, after its batch,
 //!   the room the other active tenants are still entitled to (their shares less what they
-//!   hold). A tenant alone, or with quiet company, may still use the whole queue; once the
-//!   others send, it is cut back to its share and its excess gets the 503s.
+//!   hold); when they hold their shares already, room is left to the queue itself. A tenant
+//!   alone, or with quiet company, may still use the whole queue; once the others send, it
+//!   is cut back to its share and its excess gets the 503s.
 //!
 //! # What a tenant holds
 //! The queue is a FIFO and the writer reports only how many points are left in it, so a
@@ -170,8 +171,9 @@ impl Book {
             .filter(|(name, _)| *name != me)
             .map(|(name, (_, w))| (share_of(*w) - ledger.held_by(name) as f64).max(0.0))
             .sum();
+        // Nobody else is entitled to more: room is the queue's (or the spool's) business.
         let used = q.queued + ledger.on_the_way;
-        if (used + q.points) as f64 + reserve <= q.cap as f64 {
+        if reserve <= 0.0 || (used + q.points) as f64 + reserve <= q.cap as f64 {
             return Ok(());
         }
         Err(FairRefusal {
@@ -310,6 +312,14 @@ mod tests {
         q.queued -= 500; // the writer sent A's oldest 500
         assert!(!q.offer(&t, &a, 100), "A holds 500 of 1100: its share");
         assert!(q.offer(&t, &b, 100), "the room freed is B's");
+        q.queued = 1000; // spilling: reported full
+        for _ in 0..3 {
+            assert!(q.offer(&t, &b, 100), "B within its share (held 200..400)");
+        }
+        assert!(
+            q.offer(&t, &a, 100) && q.offer(&t, &b, 100),
+            "both hold their shares: fairness leaves it to the queue (or the spool)"
+        );
         // Weights: with c at weight 3, c's share is three quarters.
         let t = Tenants::new();
         let cfg = "c weight=3\n";

@@ -254,7 +254,10 @@ fn every_acknowledged_line(
         .flat_map(|n| (0..per_batch).map(move |i| format!("{}.m{i} {i}", fair_prefix(tag, *n))))
         .filter(|l| !names.contains(l))
         .count();
-    assert_eq!(missing, 0, "{tag}: {missing} acknowledged lines never arrived");
+    assert_eq!(
+        missing, 0,
+        "{tag}: {missing} acknowledged lines never arrived"
+    );
     let kept = |n: &usize| names.contains(&format!("{}.m0 0", fair_prefix(tag, *n)));
     answers.unknown.iter().filter(|n| kept(n)).count()
 }
@@ -291,7 +294,8 @@ fn a_flooding_tenant_gets_the_503s_the_steady_one_its_200s() {
     );
     let metrics = http_get(&gw.admin, "/metrics", &[]).unwrap().body;
     let refused = |key: &str, reason: &str| -> u64 {
-        let want = format!(r#"polymur_tenant_refused_batches_total{{key="{key}",reason="{reason}"}} "#);
+        let want =
+            format!(r#"polymur_tenant_refused_batches_total{{key="{key}",reason="{reason}"}} "#);
         metrics
             .lines()
             .find_map(|l| l.strip_prefix(want.as_str()))
@@ -309,7 +313,10 @@ fn a_flooding_tenant_gets_the_503s_the_steady_one_its_200s() {
         "B: {} of {b_sent} answered 200",
         b.ok.len()
     );
-    assert!(a_no > 0 && a_fair > 0, "A was refused for being over its share");
+    assert!(
+        a_no > 0 && a_fair > 0,
+        "A was refused for being over its share"
+    );
     assert!(
         a_ok * 50 >= b.ok.len() * 10,
         "A still got its share through: {a_ok} batches of 50 vs B's {} of 10",
