@@ -45,6 +45,7 @@ impl Pipeline {
                     dest: d.name(),
                     queued: if spilling { d.cap() } else { d.queued() },
                     cap: d.cap(),
+                    sent: d.stats.sent.load(Ordering::Relaxed),
                     points: part.points,
                 }
             })

@@ -5,10 +5,11 @@
 //! path ([`crate::pipeline::Pipeline::admit_tenant`]):
 //! - **quotas** — token buckets for points/s (with a burst) and batches/s, and a distinct
 //!   series per minute guard ([`cardinality`]); over quota is `429` with `Retry-After`;
-//! - **fair share** — each sending tenant is entitled to a weighted share of every
-//!   destination queue; one holding its share is refused (`503`) unless the queue keeps
-//!   the room the others are still entitled to, so one flooding tenant cannot push the
-//!   others into 503s, even while a slow destination stalls ([`fair`]);
+//! - **fair share** — a tenant offering more than its weighted max-min share of what a
+//!   destination drains (over a minute) is refused (`503`) once that destination's queue
+//!   is 10 % full, so the rest of the queue is kept for the tenants within their shares
+//!   and one flooding tenant cannot push them into 503s, even while a slow destination
+//!   stalls ([`fair`]);
 //! - **namespaces** — `allow=` prefixes; lines outside are dropped and counted.
 //!
 //! Limits come from `-tenants-file` and from the key store (`polymur/gateway/tenants/<name>`,

@@ -265,12 +265,13 @@ fn every_acknowledged_line(
 /// Issue 14's fairness target with real processes: tenant A floods at 10x its share
 /// (2 x 500 lines/s) while tenant B sends 100 lines/s, to a slow destination that reads
 /// 4 KiB every 50 ms (about 80 KB/s, 330 of these lines/s) with a small receive buffer.
-/// The gateway's kernel send buffer in front of it autotunes to megabytes and, once full,
-/// turns writable only when a third is free, so the writer stalls for seconds and then
-/// empties its whole queue at once. B must get at least 99 % of its batches answered 200
-/// (B holds less than its half of the queue through a stall), A gets the 503s, and A
-/// still gets at least as many points through as B. Afterwards the sink reads at full
-/// speed and every acknowledged line must have arrived; nothing refused was kept.
+/// The gateway's kernel send buffer in front of it autotunes to some 4 MB (full after
+/// about 22 s) and then turns writable only when a third is free: the writer stalls for
+/// about 15 s, empties its whole queue at once, passes traffic through for about 5 s,
+/// stalls again. 80 s cover three stalls. B must get at least 99 % of its batches
+/// answered 200 (during a stall B needs 1500 of the 2000-point queue), A gets the 503s,
+/// and A still gets at least as many points through as B. Afterwards the sink reads at
+/// full speed and every acknowledged line must have arrived; nothing refused was kept.
 #[test]
 fn a_flooding_tenant_gets_the_503s_the_steady_one_its_200s() {
     let dir = tempfile::tempdir().unwrap();
@@ -280,7 +281,7 @@ fn a_flooding_tenant_gets_the_503s_the_steady_one_its_200s() {
     let b = sender(&gw.http, "bbb", "b", 10, millis(100), stop.clone());
     let a1 = sender(&gw.http, "aaa", "a1", 50, millis(100), stop.clone());
     let a2 = sender(&gw.http, "aaa", "a2", 50, millis(100), stop.clone());
-    std::thread::sleep(secs(30));
+    std::thread::sleep(secs(80));
     stop.store(true, Ordering::Relaxed);
     let b = b.join().unwrap();
     let (a1, a2) = (a1.join().unwrap(), a2.join().unwrap());
@@ -307,7 +308,7 @@ fn a_flooding_tenant_gets_the_503s_the_steady_one_its_200s() {
         refused("b", "queue_full"),
     );
     println!("fair share: A {a_fair} refused over its share; B {b_fair} over its share, {b_full} queue full");
-    assert!(b_sent > 200, "B kept sending: {b_sent}");
+    assert!(b_sent > 600, "B kept sending: {b_sent}");
     assert!(
         b.ok.len() * 100 >= b_sent * 99,
         "B: {} of {b_sent} answered 200",
