@@ -63,17 +63,44 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str, rows: &[(String,
     }
 }
 
-/// Rows `key="…",reason="…"` of a counter family split by reason: `reasons` picks each
-/// tenant's counters with their reason labels.
-fn by_reason<const N: usize>(
-    all: &[Arc<TenantState>],
-    reasons: impl Fn(&TenantCounters) -> [(&'static str, &AtomicU64); N],
-) -> Vec<(String, String)> {
+/// Reads one of a tenant's counters.
+type Counter = fn(&TenantCounters) -> &AtomicU64;
+
+/// A counter family split by reason: name, help, and each reason's counter.
+type ReasonFamily = (
+    &'static str,
+    &'static str,
+    &'static [(&'static str, Counter)],
+);
+
+/// The counter families split by reason.
+const BY_REASON: [ReasonFamily; 2] = [
+    (
+        "polymur_tenant_refused_batches_total",
+        "Batches refused per key name: quota (429), fair_share and queue_full (503).",
+        &[
+            ("quota", |c| &c.refused_quota),
+            ("fair_share", |c| &c.refused_fair),
+            ("queue_full", |c| &c.refused_full),
+        ],
+    ),
+    (
+        "polymur_tenant_dropped_lines_total",
+        "Lines dropped per key name: outside_namespace, invalid.",
+        &[
+            ("outside_namespace", |c| &c.dropped_namespace),
+            ("invalid", |c| &c.dropped_invalid),
+        ],
+    ),
+];
+
+/// Rows `key="…",reason="…"` of a family of [`BY_REASON`].
+fn by_reason(all: &[Arc<TenantState>], reasons: &[(&str, Counter)]) -> Vec<(String, String)> {
     all.iter()
         .flat_map(|t| {
             let k = label(&t.name);
-            reasons(&t.counters).map(|(r, c)| {
-                let v = c.load(Ordering::Relaxed).to_string();
+            reasons.iter().map(move |(r, counter)| {
+                let v = counter(&t.counters).load(Ordering::Relaxed).to_string();
                 (format!("key=\"{k}\",reason=\"{r}\""), v)
             })
         })
@@ -96,31 +123,9 @@ impl AdminExtra for TenantsAdmin {
             "Points accepted per key name (held for every destination).",
             &rows(&|t| load(&t.counters.accepted)),
         );
-        family(
-            out,
-            "polymur_tenant_refused_batches_total",
-            "counter",
-            "Batches refused per key name: quota (429), fair_share and queue_full (503).",
-            &by_reason(&all, |c| {
-                [
-                    ("quota", &c.refused_quota),
-                    ("fair_share", &c.refused_fair),
-                    ("queue_full", &c.refused_full),
-                ]
-            }),
-        );
-        family(
-            out,
-            "polymur_tenant_dropped_lines_total",
-            "counter",
-            "Lines dropped per key name: outside_namespace, invalid.",
-            &by_reason(&all, |c| {
-                [
-                    ("outside_namespace", &c.dropped_namespace),
-                    ("invalid", &c.dropped_invalid),
-                ]
-            }),
-        );
+        for (name, help, reasons) in BY_REASON {
+            family(out, name, "counter", help, &by_reason(&all, reasons));
+        }
         family(
             out,
             "polymur_tenant_rate_points_per_second",
