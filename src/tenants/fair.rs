@@ -13,18 +13,19 @@
 //!    (refused batches included) against the points the destination *drained*, split by
 //!    weighted max-min fairness (water-filling): a tenant offering less than its weighted
 //!    part gets all it offers, the rest is shared by weight among the others; over means
-//!    over by more than a slack (see [`Shares`]).
+//!    over by more than a slack (see `Shares`).
 //! 2. A tenant **within its rate share is never refused for fairness**: it may use the
 //!    whole queue, so a stall eats into the queue for the steady tenants only.
-//! 3. A tenant **over its rate share** is admitted only while the queue, with its batch, is
-//!    below [`CONGESTED`] of its cap: it still gets everything the destination takes while
-//!    it drains (the queue stays near empty then), nothing that piles up during a stall.
+//! 3. A tenant **over its rate share** is admitted only while the queue is below
+//!    [`CONGESTED`] of its cap (its batch may cross the mark): it still gets everything the
+//!    destination takes while it drains (the queue stays near empty then), nothing that
+//!    piles up during a stall.
 //!    Several tenants over their shares split that low part of the queue by weight: one
 //!    holding its part is admitted only while the others' unused parts stay free.
 //!
 //! # What a tenant holds
 //! The queue is a FIFO and the writer reports only how many points are left in it, so a
-//! [`Ledger`] per destination records who was admitted, in order, and is trimmed from the
+//! `Ledger` per destination records who was admitted, in order, and is trimmed from the
 //! front to the newest `queued` points: what is left is who the queue's content belongs to.
 //! Points that reach a queue without a tenant (self-metrics) are not in the ledger; they
 //! only make the ledger keep entries a little longer (tenants look fuller than they are,

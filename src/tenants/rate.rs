@@ -61,7 +61,7 @@ impl SlidingRate {
 /// Slots of [`WindowSum`].
 const SLOTS: usize = 12;
 
-/// Points counted over the last [`WindowSum::LENGTH`], in [`SLOTS`] slots: fair shares
+/// Points counted over the last [`WindowSum::LENGTH`], in `SLOTS` slots: fair shares
 /// compare what tenants offer with what a destination drained over the same window, long
 /// enough to span several of a slow destination's stall-and-burst cycles.
 #[derive(Debug, Clone)]
