@@ -2,14 +2,14 @@
 //! section with each tenant's and each destination's 15-minute rate history.
 
 use std::fmt::Write as _;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::admin::http::AdminExtra;
 use crate::pipeline::Pipeline;
 use crate::shutdown::Shutdown;
 use crate::tenants::history::{sparkline, History, STEP};
-use crate::tenants::Tenants;
+use crate::tenants::{TenantCounters, TenantState, Tenants};
 
 /// What the admin endpoint shows about tenants.
 pub struct TenantsAdmin {
@@ -63,15 +63,59 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str, rows: &[(String,
     }
 }
 
+/// Reads one of a tenant's counters.
+type Counter = fn(&TenantCounters) -> &AtomicU64;
+
+/// A counter family split by reason: name, help, and each reason's counter.
+type ReasonFamily = (
+    &'static str,
+    &'static str,
+    &'static [(&'static str, Counter)],
+);
+
+/// The counter families split by reason.
+const BY_REASON: [ReasonFamily; 2] = [
+    (
+        "polymur_tenant_refused_batches_total",
+        "Batches refused per key name: quota (429), fair_share and queue_full (503).",
+        &[
+            ("quota", |c| &c.refused_quota),
+            ("fair_share", |c| &c.refused_fair),
+            ("queue_full", |c| &c.refused_full),
+        ],
+    ),
+    (
+        "polymur_tenant_dropped_lines_total",
+        "Lines dropped per key name: outside_namespace, invalid.",
+        &[
+            ("outside_namespace", |c| &c.dropped_namespace),
+            ("invalid", |c| &c.dropped_invalid),
+        ],
+    ),
+];
+
+/// Rows `key="…",reason="…"` of a family of [`BY_REASON`].
+fn by_reason(all: &[Arc<TenantState>], reasons: &[(&str, Counter)]) -> Vec<(String, String)> {
+    all.iter()
+        .flat_map(|t| {
+            let k = label(&t.name);
+            reasons.iter().map(move |(r, counter)| {
+                let v = counter(&t.counters).load(Ordering::Relaxed).to_string();
+                (format!("key=\"{k}\",reason=\"{r}\""), v)
+            })
+        })
+        .collect()
+}
+
 impl AdminExtra for TenantsAdmin {
     fn metrics(&self, out: &mut String) {
         let all = self.tenants.all();
-        let rows = |f: &dyn Fn(&crate::tenants::TenantState) -> String| -> Vec<(String, String)> {
+        let rows = |f: &dyn Fn(&TenantState) -> String| -> Vec<(String, String)> {
             all.iter()
                 .map(|t| (format!("key=\"{}\"", label(&t.name)), f(t)))
                 .collect()
         };
-        let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed).to_string();
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed).to_string();
         family(
             out,
             "polymur_tenant_accepted_points_total",
@@ -79,39 +123,9 @@ impl AdminExtra for TenantsAdmin {
             "Points accepted per key name (held for every destination).",
             &rows(&|t| load(&t.counters.accepted)),
         );
-        family(
-            out,
-            "polymur_tenant_refused_batches_total",
-            "counter",
-            "Batches refused per key name: quota (429), fair_share and queue_full (503).",
-            &all.iter()
-                .flat_map(|t| {
-                    let k = label(&t.name);
-                    [
-                        ("quota", &t.counters.refused_quota),
-                        ("fair_share", &t.counters.refused_fair),
-                        ("queue_full", &t.counters.refused_full),
-                    ]
-                    .map(|(r, c)| (format!("key=\"{k}\",reason=\"{r}\""), load(c)))
-                })
-                .collect::<Vec<_>>(),
-        );
-        family(
-            out,
-            "polymur_tenant_dropped_lines_total",
-            "counter",
-            "Lines dropped per key name: outside_namespace, invalid.",
-            &all.iter()
-                .flat_map(|t| {
-                    let k = label(&t.name);
-                    [
-                        ("outside_namespace", &t.counters.dropped_namespace),
-                        ("invalid", &t.counters.dropped_invalid),
-                    ]
-                    .map(|(r, c)| (format!("key=\"{k}\",reason=\"{r}\""), load(c)))
-                })
-                .collect::<Vec<_>>(),
-        );
+        for (name, help, reasons) in BY_REASON {
+            family(out, name, "counter", help, &by_reason(&all, reasons));
+        }
         family(
             out,
             "polymur_tenant_rate_points_per_second",
@@ -148,7 +162,7 @@ impl AdminExtra for TenantsAdmin {
 <th>refused: quota (429)</th><th>fair share (503)</th><th>queue full (503)</th><th>outside namespace</th><th>invalid</th><th>last 15 minutes</th></tr>");
         for t in self.tenants.all() {
             let c = &t.counters;
-            let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+            let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
             let limit = t.limits().points_per_second;
             let _ = write!(
                 page,

@@ -151,6 +151,9 @@ async fn ingest(
     // before spending the CPU to decompress it.
     let admit_by = tokio::time::Instant::now() + crate::pipeline::ADMIT_WAIT;
     if let Err(refused) = state.pipeline.room_by(admit_by).await {
+        // Counted per tenant too: "queue full" is the refusal fair shares are to spare it.
+        let counters = &state.tenants.get(name).counters;
+        counters.refused_full.fetch_add(1, Ordering::Relaxed);
         return refuse(&state, client, name, &refused);
     }
     let big = body.len() >= BLOCKING_THRESHOLD;

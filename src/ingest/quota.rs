@@ -33,7 +33,7 @@ pub fn over_quota(client: &str, name: &str, q: &QuotaExceeded) -> Response<Full<
     answer(StatusCode::TOO_MANY_REQUESTS, body, q.retry_after_secs())
 }
 
-/// `503` for a tenant over its fair share of nearly full destination queues.
+/// `503` for a tenant holding its fair share of a destination queue already.
 pub fn over_share(client: &str, name: &str, f: &FairRefusal) -> Response<Full<Bytes>> {
     tracing::warn!("Batch from {client} (key {name}) refused: {f}");
     let body = format!("Batch Refused: key {name} {f}, retry later\n");

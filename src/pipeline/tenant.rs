@@ -1,9 +1,9 @@
 //! The admission path with a tenant: namespace, quota, fair share, then [`Pipeline::admit`].
 //!
 //! Order matters: lines outside the namespace are dropped first (they cost nothing
-//! later), the quota is charged for what remains (a `429` keeps nothing), the fair share
-//! is checked against how full the destinations are, and only then is the batch offered
-//! to the destinations. A batch refused at the last step gets its tokens back, so a `503`
+//! later), the quota is charged for what remains (a `429` keeps nothing), the batch is
+//! routed and its parts checked against the tenant's fair share of each destination queue
+//! they go to, and only then is it offered to the destinations. A batch refused at the last step gets its tokens back, so a `503`
 //! never also eats into the tenant's quota.
 
 use std::borrow::Cow;
@@ -11,9 +11,10 @@ use std::sync::atomic::Ordering;
 
 use tokio::time::Instant;
 
-use super::{Held, Pipeline, Refused};
+use super::{Held, Pipeline, Refused, Routed};
 use crate::batch::Batch;
-use crate::tenants::{fair::FairRefusal, namespace, QuotaExceeded, TenantState, Tenants};
+use crate::tenants::fair::{FairRefusal, QueueView};
+use crate::tenants::{namespace, QuotaExceeded, TenantState, Tenants};
 
 /// Why a tenant's batch was not held.
 #[derive(Debug, thiserror::Error)]
@@ -21,7 +22,7 @@ pub enum TenantRefused {
     /// Over one of the tenant's limits: `429` with `Retry-After`.
     #[error(transparent)]
     Quota(QuotaExceeded),
-    /// Over its fair share of nearly full queues: `503`, retry later.
+    /// Holding its fair share of a destination queue already: `503`, retry later.
     #[error(transparent)]
     Fair(FairRefusal),
     /// A destination has no room: `503`, retry later.
@@ -30,20 +31,25 @@ pub enum TenantRefused {
 }
 
 impl Pipeline {
-    /// How full the fullest destination's memory queue is (0..1): what fair shares
-    /// react to. A destination with a spool that is spilling counts as full.
-    pub fn fill(&self) -> f64 {
-        self.topology
-            .load()
-            .dests
+    /// What fair shares see of the destinations `routed` has parts for: each one's queue
+    /// and the part's points. A destination spilling to its spool counts as full, so only
+    /// the tenants within their shares are let into the spool.
+    fn queue_views<'r>(routed: &'r Routed) -> Vec<QueueView<'r>> {
+        routed
+            .parts
             .iter()
-            .map(|d| {
-                if d.spool().is_some_and(|s| s.is_spilling()) {
-                    return 1.0;
+            .map(|part| {
+                let d = &routed.topo.dests[part.dest];
+                let spilling = d.spool().is_some_and(|s| s.is_spilling());
+                QueueView {
+                    dest: d.name(),
+                    queued: if spilling { d.cap() } else { d.queued() },
+                    cap: d.cap(),
+                    sent: d.stats.sent.load(Ordering::Relaxed),
+                    points: part.points,
                 }
-                d.queued() as f64 / d.cap().max(1) as f64
             })
-            .fold(0.0, f64::max)
+            .collect()
     }
 
     /// [`admit`](Self::admit) for a batch sent by `tenant`; see the [module
@@ -75,20 +81,24 @@ impl Pipeline {
             c.refused_quota.fetch_add(1, Ordering::Relaxed);
             TenantRefused::Quota(e)
         })?;
-        let points = batch.len() as f64;
-        if let Err(e) = tenants.fair_admit(tenant, points, self.fill()) {
-            tenant.refund(charge);
-            c.refused_fair.fetch_add(1, Ordering::Relaxed);
-            return Err(TenantRefused::Fair(e));
-        }
-        match self.admit(&batch, deadline).await {
+        let mut routed = self.route(&batch);
+        let ticket = match tenants.fair_admit(tenant, &Self::queue_views(&routed)) {
+            Ok(ticket) => ticket,
+            Err(e) => {
+                tenant.refund(charge);
+                c.refused_fair.fetch_add(1, Ordering::Relaxed);
+                return Err(TenantRefused::Fair(e));
+            }
+        };
+        match self.admit_routed(&mut routed, &batch, deadline).await {
             Ok(held) => {
                 tenant.commit(charge);
+                tenants.fair_held(ticket);
                 Ok((held, batch.len() as u64))
             }
             Err(refused) => {
                 tenant.refund(charge);
-                tenants.fair_undo(tenant, points);
+                tenants.fair_undo(ticket);
                 c.refused_full.fetch_add(1, Ordering::Relaxed);
                 Err(TenantRefused::Full(refused))
             }

@@ -5,9 +5,11 @@
 //! path ([`crate::pipeline::Pipeline::admit_tenant`]):
 //! - **quotas** — token buckets for points/s (with a burst) and batches/s, and a distinct
 //!   series per minute guard ([`cardinality`]); over quota is `429` with `Retry-After`;
-//! - **fair share** — when destination queues are nearly full, a tenant that offers more
-//!   than its weighted share of what everyone offers is refused (`503`) once it has had
-//!   its share, so one flooding tenant cannot push the others into 503s ([`fair`]);
+//! - **fair share** — a tenant offering more than its weighted max-min share of what a
+//!   destination drains (over a minute) is refused (`503`) once that destination's queue
+//!   is 10 % full, so the rest of the queue is kept for the tenants within their shares
+//!   and one flooding tenant cannot push them into 503s, even while a slow destination
+//!   stalls ([`fair`]);
 //! - **namespaces** — `allow=` prefixes; lines outside are dropped and counted.
 //!
 //! Limits come from `-tenants-file` and from the key store (`polymur/gateway/tenants/<name>`,
@@ -83,11 +85,10 @@ struct Meter {
     series: SeriesCounter,
 }
 
-/// Offered and admitted points per second, compared between tenants by [`fair`].
+/// Accepted points per second, for the rate-vs-limit figures.
 #[derive(Debug)]
-pub(crate) struct Rates {
-    pub(crate) offered: SlidingRate,
-    pub(crate) admitted: SlidingRate,
+struct Rates {
+    admitted: SlidingRate,
 }
 
 /// One key name's limits, meters and counters; kept across reloads.
@@ -97,7 +98,7 @@ pub struct TenantState {
     pub name: Arc<str>,
     limits: ArcSwap<Limits>,
     meter: Mutex<Meter>,
-    pub(crate) rates: Mutex<Rates>,
+    rates: Mutex<Rates>,
     /// What it sent and what happened to it.
     pub counters: TenantCounters,
 }
@@ -137,7 +138,6 @@ impl TenantState {
                 series: SeriesCounter::default(),
             }),
             rates: Mutex::new(Rates {
-                offered: SlidingRate::new(epoch),
                 admitted: SlidingRate::new(epoch),
             }),
             counters: TenantCounters::default(),
@@ -246,12 +246,16 @@ impl TenantState {
             .accepted
             .fetch_add(charge.points as u64, Ordering::Relaxed);
         self.counters.batches.fetch_add(1, Ordering::Relaxed);
+        self.rates_mut().admitted.add(charge.points, Instant::now());
     }
 
     /// Accepted points per second over the last second (for the rate-vs-limit figures).
     pub fn admitted_rate(&self) -> f64 {
-        let mut r = self.rates.lock().unwrap_or_else(|e| e.into_inner());
-        r.admitted.per_second(Instant::now())
+        self.rates_mut().admitted.per_second(Instant::now())
+    }
+
+    fn rates_mut(&self) -> std::sync::MutexGuard<'_, Rates> {
+        self.rates.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Distinct series seen this minute (estimate; 0 without a series limit).
@@ -287,6 +291,8 @@ pub struct Tenants {
     merged: ArcSwap<TenantsConfig>,
     states: ArcSwap<HashMap<Arc<str>, Arc<TenantState>>>,
     adding: Mutex<()>,
+    /// Who is sending and who holds each destination queue, for fair shares.
+    fair: Mutex<fair::Book>,
     /// Origin of the rate clocks.
     epoch: Instant,
 }
@@ -299,6 +305,7 @@ impl Default for Tenants {
             merged: ArcSwap::default(),
             states: ArcSwap::default(),
             adding: Mutex::new(()),
+            fair: Mutex::default(),
             epoch: Instant::now(),
         }
     }

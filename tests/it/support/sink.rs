@@ -25,6 +25,8 @@ struct Shared {
     read_size: usize,
     /// Pause after each read: a slow destination (zero: read as fast as possible).
     read_delay: Duration,
+    /// Set by [`LineSink::catch_up`]: read as fast as possible from now on.
+    caught_up: AtomicBool,
 }
 
 /// Open connections: a handle to shut each down, and its reader thread.
@@ -82,6 +84,7 @@ impl LineSink {
                 poisoned: AtomicUsize::new(0),
                 read_size,
                 read_delay: Duration::ZERO,
+                caught_up: AtomicBool::new(false),
             }),
             running: None,
         };
@@ -103,11 +106,18 @@ impl LineSink {
                 poisoned: AtomicUsize::new(0),
                 read_size,
                 read_delay: delay,
+                caught_up: AtomicBool::new(false),
             }),
             running: None,
         };
         sink.listen();
         sink
+    }
+
+    /// A slow sink reads at full speed from now on, so that a test counting every line
+    /// does not wait minutes for the backlog in the kernel buffers.
+    pub fn catch_up(&self) {
+        self.shared.caught_up.store(true, Ordering::Relaxed);
     }
 
     /// Alias of `start_on`, reads better when the port was reserved earlier.
@@ -315,7 +325,7 @@ fn read_loop(mut stream: TcpStream, stop: Arc<AtomicBool>, shared: Arc<Shared>) 
         while shared.paused.load(Ordering::SeqCst) && !stop.load(Ordering::SeqCst) {
             std::thread::sleep(Duration::from_millis(10));
         }
-        if !shared.read_delay.is_zero() {
+        if !shared.read_delay.is_zero() && !shared.caught_up.load(Ordering::Relaxed) {
             std::thread::sleep(shared.read_delay);
         }
         let n = match stream.read(&mut buf) {
