@@ -65,34 +65,34 @@ pub struct BenchArgs {
     #[arg(long, default_value = "gateway", value_parser = ["gateway", "tcp"])]
     pub target: String,
     /// Command that starts target A (run with `sh -c`, see placeholders below)
-    #[arg(long)]
+    #[arg(long, value_name = "CMD")]
     pub spawn: Option<String>,
     /// Target A's listen address (loopback only); with -spawn, the port to give {port}
-    #[arg(long)]
+    #[arg(long, value_name = "HOST:PORT")]
     pub addr: Option<String>,
     /// Target A's process id (for CPU and RSS) when it is not spawned
-    #[arg(long)]
+    #[arg(long, value_name = "PID")]
     pub pid: Option<u32>,
     /// Target A's name in the report
-    #[arg(long, default_value = "A")]
+    #[arg(long, value_name = "NAME", default_value = "A")]
     pub label: String,
     /// Where target A's counting sink listens (port 0: any free port)
-    #[arg(long, default_value = "127.0.0.1:0")]
+    #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:0")]
     pub sink: SocketAddr,
     /// Compare mode: command that starts target B
-    #[arg(long)]
+    #[arg(long, value_name = "CMD")]
     pub spawn_b: Option<String>,
     /// Compare mode: target B's listen address
-    #[arg(long)]
+    #[arg(long, value_name = "HOST:PORT")]
     pub addr_b: Option<String>,
     /// Compare mode: target B's process id
-    #[arg(long)]
+    #[arg(long, value_name = "PID")]
     pub pid_b: Option<u32>,
     /// Target B's name in the report
-    #[arg(long, default_value = "B")]
+    #[arg(long, value_name = "NAME", default_value = "B")]
     pub label_b: String,
     /// Where target B's counting sink listens
-    #[arg(long, default_value = "127.0.0.1:0")]
+    #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:0")]
     pub sink_b: SocketAddr,
     /// Counting sinks per target ({sinks}); for broadcast or hash-route set-ups
     #[arg(long, default_value_t = 1)]
