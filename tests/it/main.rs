@@ -17,6 +17,7 @@ mod harness_selftest;
 mod hash_route;
 mod keys_consul;
 mod keys_etcd;
+mod keys_file;
 mod line_rules;
 mod no_data_loss;
 mod operations;
