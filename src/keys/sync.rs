@@ -32,6 +32,7 @@ fn apply(
     match loaded {
         Ok(Some(set)) => {
             let (new, removed) = cache.replace(set);
+            release_freed_memory();
             tracing::info!("API keys refreshed: {new} new, {removed} removed");
             cache.note_sync(true);
             true
@@ -101,5 +102,18 @@ pub async fn follow<F, Fut>(
         if sync().await {
             backoff = Duration::from_secs(1);
         }
+    }
+}
+
+/// Hands the memory of the previous key set and of the parse back to the system. A
+/// reload of 100 000 keys frees some 20 MB in whichever thread's malloc arena it ran
+/// on; glibc keeps it, so each reload on another worker thread raised RSS
+/// (docs/BENCHMARKS.md, section 10). One trim per applied change costs about a
+/// millisecond, next to the 150 ms of the reload.
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free heap pages to the kernel.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }

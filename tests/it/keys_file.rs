@@ -123,7 +123,7 @@ fn gateway_applies_the_key_file_only_when_it_changed() {
     write_settled(&path, "customer-a key-aaa\ncustomer-b key-bbb\n");
     assert!(
         gw.proc
-            .wait_log("API keys refreshed: 1 new, 0 removed", secs(5)),
+            .wait_log_count("API keys refreshed: 1 new, 0 removed", 2, secs(5)),
         "{}",
         gw.proc.all_output()
     );
