@@ -183,12 +183,24 @@ fn gzip_bomb_gets_413_with_bounded_memory_and_the_gateway_stays_up() {
         bomb.extend_from_slice(&member);
     }
     // Three at once: the decode budget (-incoming-queue-cap) lets one decode to the
-    // cap at a time, so memory stays bounded however many clients send bombs.
+    // cap at a time, so memory stays bounded however many clients send bombs. One that
+    // waits for the budget past the admission deadline is answered 503 and retries, as
+    // the proxy does.
     let bomb = std::sync::Arc::new(bomb);
     let senders: Vec<_> = (0..3)
         .map(|_| {
             let (http, bomb) = (gw.http.clone(), bomb.clone());
-            std::thread::spawn(move || http_post(&http, "/ingest", &[KEY], bomb.to_vec()))
+            std::thread::spawn(move || {
+                let mut r = http_post(&http, "/ingest", &[KEY], bomb.to_vec());
+                for _ in 0..50 {
+                    if r.status != 503 {
+                        break;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                    r = http_post(&http, "/ingest", &[KEY], bomb.to_vec());
+                }
+                r
+            })
         })
         .collect();
     for s in senders {

@@ -15,6 +15,7 @@ mod gateway_http;
 mod gateway_keys;
 mod harness_selftest;
 mod hash_route;
+mod keepalive;
 mod keys_consul;
 mod keys_etcd;
 mod keys_file;
