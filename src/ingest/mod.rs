@@ -244,7 +244,7 @@ pub async fn serve(
             peer,
             closing: Default::default(),
         };
-        let (builder, open, mut shutdown) = (builder.clone(), open_tx.clone(), shutdown.clone());
+        let (builder, open, shutdown) = (builder.clone(), open_tx.clone(), shutdown.clone());
         let tls: Option<TlsAcceptor> = tls.as_ref().map(|slot| (**slot.load()).clone());
         let task = async move {
             let _open = open;

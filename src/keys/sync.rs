@@ -108,7 +108,7 @@ pub async fn follow<F, Fut>(
 /// Hands the memory of the previous key set and of the parse back to the system. A
 /// reload of 100 000 keys frees some 20 MB in whichever thread's malloc arena it ran
 /// on; glibc keeps it, so each reload on another worker thread raised RSS
-/// (docs/BENCHMARKS.md, section 10). One trim per applied change costs about a
+/// (docs/BENCHMARKS.md, "Memory, churn, keys and threads"). One trim per applied change costs about a
 /// millisecond, next to the 150 ms of the reload.
 fn release_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]

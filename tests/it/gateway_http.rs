@@ -190,17 +190,7 @@ fn gzip_bomb_gets_413_with_bounded_memory_and_the_gateway_stays_up() {
     let senders: Vec<_> = (0..3)
         .map(|_| {
             let (http, bomb) = (gw.http.clone(), bomb.clone());
-            std::thread::spawn(move || {
-                let mut r = http_post(&http, "/ingest", &[KEY], bomb.to_vec());
-                for _ in 0..50 {
-                    if r.status != 503 {
-                        break;
-                    }
-                    std::thread::sleep(std::time::Duration::from_millis(100));
-                    r = http_post(&http, "/ingest", &[KEY], bomb.to_vec());
-                }
-                r
-            })
+            std::thread::spawn(move || http_post_retrying(&http, "/ingest", &[KEY], &bomb))
         })
         .collect();
     for s in senders {
