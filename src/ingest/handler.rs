@@ -20,7 +20,12 @@ use super::Ingest;
 use crate::batch::Batch;
 use crate::keys::cache::Tenant;
 use crate::keys::fingerprint;
-use crate::pipeline::TenantRefused;
+use crate::pipeline::{TenantRefused, ADMIT_WAIT};
+
+/// How long a request waits for the decode budget, in arrival order, before its 503:
+/// the `Retry-After` of that 503, so a client that waits is never later than one that
+/// was refused and came back. While it waits it holds only its compressed body.
+const BUDGET_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Bodies at least this large are decompressed on the blocking pool so a big
 /// batch never stalls other connections on the same runtime thread.
@@ -102,8 +107,9 @@ pub async fn handle(
     Ok(ingest(state, req, &client, &tenant).await)
 }
 
-/// `POST /ingest` with a valid key: body, admission check, decode within the decode
-/// budget, then admission to the destinations. Each step answers its own refusal.
+/// `POST /ingest` with a valid key: body, a place in the decode budget's line, a check
+/// for destination room, decode, then admission to the destinations. Each step answers
+/// its own refusal.
 async fn ingest(state: Arc<Ingest>, req: Request<Incoming>, client: &str, tenant: &Tenant) -> Resp {
     let name: &str = &tenant.name;
     let coding = req.headers().get(CONTENT_ENCODING).cloned();
@@ -111,14 +117,7 @@ async fn ingest(state: Arc<Ingest>, req: Request<Incoming>, client: &str, tenant
         Ok(body) => body,
         Err(resp) => return resp,
     };
-    // A full queue usually drains within a write or two: admission waits briefly for room
-    // before the answer is 503, so a busy destination slows clients down instead of bouncing
-    // them. A batch every destination must take, while one of them takes nothing, is refused
-    // before spending the CPU to decompress it.
-    let admit_by = tokio::time::Instant::now() + crate::pipeline::ADMIT_WAIT;
-    if let Err(refused) = state.pipeline.room_by(admit_by).await {
-        return refuse(&state, client, name, &refused);
-    }
+    let arrived = tokio::time::Instant::now();
     let enc = match Encoding::of(coding.as_ref().map(|v| v.as_bytes()), &body) {
         Ok(enc) => enc,
         Err(unsupported) => {
@@ -131,10 +130,13 @@ async fn ingest(state: Arc<Ingest>, req: Request<Incoming>, client: &str, tenant
         }
     };
     let (batch, rejects, _reservation) =
-        match decode_reserved(&state, enc, body, client, name, admit_by).await {
+        match decode_reserved(&state, enc, body, client, name, arrived + BUDGET_WAIT).await {
             Ok(decoded) => decoded,
             Err(resp) => return resp,
         };
+    // The wait for the budget was this batch's turn in line; the destinations get
+    // their own admission wait from now.
+    let admit_by = tokio::time::Instant::now() + ADMIT_WAIT;
     admit(&state, client, tenant, &batch, &rejects, admit_by).await
 }
 
@@ -160,8 +162,11 @@ async fn read_body(
         return Err(too_large());
     }
     let body = Limited::new(req.into_body(), limits.max_body_bytes);
-    match tokio::time::timeout(limits.read_timeout, body.collect()).await {
-        Ok(Ok(b)) => Ok(b.to_bytes()),
+    // Reserved up front up to 1 MiB: a client declaring more grows the buffer by
+    // sending it, not by saying so.
+    let expected = declared.unwrap_or(0).min(1 << 20) as usize;
+    match tokio::time::timeout(limits.read_timeout, collect(body, expected)).await {
+        Ok(Ok(b)) => Ok(b),
         Ok(Err(e))
             if e.downcast_ref::<http_body_util::LengthLimitError>()
                 .is_some() =>
@@ -184,10 +189,26 @@ async fn read_body(
     }
 }
 
+/// The body in one buffer of its declared length: hyper's chunks are views of its
+/// read buffer, and collecting them as a list kept every one of those buffers alive
+/// until the final copy (about 100 KiB more per client reading a 66 KB body).
+async fn collect(
+    mut body: Limited<Incoming>,
+    expected: usize,
+) -> Result<Bytes, Box<dyn std::error::Error + Send + Sync>> {
+    let mut buf = Vec::with_capacity(expected);
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame?.into_data() {
+            buf.extend_from_slice(&data);
+        }
+    }
+    Ok(Bytes::from(buf))
+}
+
 /// A decoded batch, its rejected lines, and the decode budget it holds until admitted.
 type Decoded<'a> = (Batch, crate::batch::Rejects, super::BudgetPermit<'a>);
 
-/// Decodes within a decode-budget reservation taken in arrival order by `admit_by`
+/// Decodes within a decode-budget reservation taken in arrival order by `budget_by`
 /// (a client waiting for the budget holds only its compressed body). A body whose
 /// size claim is only a hint (several gzip members) reserves up to the cap and
 /// decodes again, so the budget bounds memory whatever the body says.
@@ -197,7 +218,7 @@ async fn decode_reserved<'a>(
     body: Bytes,
     client: &str,
     name: &str,
-    admit_by: tokio::time::Instant,
+    budget_by: tokio::time::Instant,
 ) -> Result<Decoded<'a>, Resp> {
     let limits = &state.config;
     let (max, rules) = (limits.max_batch_bytes, limits.rules);
@@ -207,16 +228,25 @@ async fn decode_reserved<'a>(
     let busy = || budget_spent(state, client, name);
     let mut reservation = state
         .decode_budget
-        .reserve_by(claim.bytes, admit_by)
+        .reserve_by(claim.bytes, budget_by)
         .await
         .ok_or_else(busy)?;
+    // A full queue usually drains within a write or two: admission waits briefly for room
+    // before the answer is 503, so a busy destination slows clients down instead of bouncing
+    // them. A batch every destination must take, while one of them takes nothing, is refused
+    // before spending the CPU to decompress it. Only budget holders wait here, so the
+    // clients behind them keep their order in the budget's line.
+    let room_by = tokio::time::Instant::now() + ADMIT_WAIT;
+    if let Err(refused) = state.pipeline.room_by(room_by).await {
+        return Err(refuse(state, client, name, &refused));
+    }
     let mut decoded = decode(enc, body.clone(), claim.bytes, prefix.clone(), big, rules).await;
     if matches!(decoded, Some(Err(InflateError::TooLarge(_)))) && !claim.exact && claim.bytes < max
     {
         drop(reservation);
         reservation = state
             .decode_budget
-            .reserve_by(max, admit_by)
+            .reserve_by(max, budget_by)
             .await
             .ok_or_else(busy)?;
         decoded = decode(enc, body, max, prefix, big, rules).await;
@@ -277,9 +307,9 @@ async fn admit(
     }
 }
 
-/// `503` + `Retry-After` when the decode budget stayed spent until the admission
-/// deadline: every byte of it is held by batches ahead of this one (decoding, or
-/// waiting for destination room), so the gateway is saturated and the proxy retries.
+/// `503` + `Retry-After` when the decode budget stayed spent for [`BUDGET_WAIT`]: every
+/// byte of it is held by batches ahead of this one (decoding, or waiting for
+/// destination room), so the gateway is saturated and the proxy retries.
 fn budget_spent(state: &Ingest, client: &str, name: &str) -> Resp {
     state.http.budget_spent.fetch_add(1, Ordering::Relaxed);
     state
@@ -288,7 +318,7 @@ fn budget_spent(state: &Ingest, client: &str, name: &str) -> Resp {
         .refused
         .fetch_add(1, Ordering::Relaxed);
     tracing::warn!(
-        "Batch from {client} (key {name}) refused: decode budget spent until the admission deadline"
+        "Batch from {client} (key {name}) refused: decode budget spent for {BUDGET_WAIT:?}"
     );
     busy_reply()
 }
