@@ -250,9 +250,12 @@ pub async fn serve(
         let (builder, open, shutdown) = (builder.clone(), open_tx.clone(), shutdown.clone());
         let tls: Option<TlsAcceptor> = tls.as_ref().map(|slot| (**slot.load()).clone());
         let task = async move {
-            let _open = open;
+            let _open = &open;
             match tls {
-                None => park::serve_plain(&builder, stream, service, read_timeout, shutdown).await,
+                None => {
+                    let limits = (read_timeout, &open);
+                    park::serve_plain(&builder, stream, service, limits, shutdown).await
+                }
                 // Boxed: the TLS state is large, and the task of a parked plain
                 // connection should hold little more than its socket.
                 Some(acceptor) => {

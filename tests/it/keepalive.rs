@@ -77,7 +77,8 @@ fn parked_and_pipelined_requests_are_all_answered_in_order() {
             .unwrap();
         let a = read_answers(&mut s, 1);
         assert!(a[0].starts_with("HTTP/1.1 200"), "{a:?}");
-        std::thread::sleep(Duration::from_millis(200));
+        // Longer than the gateway's 500 ms before it parks an idle connection.
+        std::thread::sleep(Duration::from_millis(800));
     }
     // Three in one write: hyper reads them together; each gets its answer.
     let mut burst = Vec::new();
