@@ -75,6 +75,10 @@ pub struct CommonFlags {
     /// Log format: text or json
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// Worker threads of the runtime (0: one per core); large bodies are decompressed
+    /// on the blocking pool, outside this count
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
 }
 
 /// Flags of the daemons that route into Graphite destinations (gateway, relay):
@@ -376,9 +380,11 @@ mod tests {
                 "-hash=jump_fnv1a_ch",
                 "-overflow=drop",
                 "-log-format=json",
+                "-threads=1",
             ]
             .map(OsString::from),
         );
+        assert_eq!(d.common.threads, 1);
         assert_eq!(d.pipeline.distribution, Distribution::HashRoute);
         assert_eq!(d.pipeline.hash, HashKind::JumpFnv1aCh);
         assert_eq!(d.pipeline.overflow, OverflowMode::Drop);
@@ -393,6 +399,7 @@ mod tests {
         assert_eq!(d.pipeline.overflow, OverflowMode::Refuse);
         assert_eq!(d.common.log_format, LogFormat::Text);
         assert_eq!(d.common.stat_addr, "localhost:2020");
+        assert_eq!(d.common.threads, 0, "default: one worker per core");
     }
 
     fn norm(v: &[&str]) -> Vec<String> {

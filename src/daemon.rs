@@ -455,7 +455,7 @@ fn route_test_rules(program: &str, path: &std::path::Path) -> std::process::Exit
 /// runs to completion ([`block_on`]).
 pub fn main<F>(
     program: &str,
-    log_format: crate::config::LogFormat,
+    common: &crate::config::CommonFlags,
     dry_run: Option<&PipelineFlags>,
     run: impl FnOnce() -> F,
 ) -> std::process::ExitCode
@@ -465,17 +465,24 @@ where
     if let Some(flags) = dry_run.filter(|f| f.route_test) {
         return route_test(program, flags);
     }
-    crate::logging::init(log_format);
-    block_on(program, run())
+    crate::logging::init(common.log_format);
+    block_on(program, common.threads, run())
 }
 
-/// Runs a daemon's `run` future on a multi-threaded runtime; an error is logged
-/// and printed (`<program>: <error>`) and becomes exit code 1.
+/// Runs a daemon's `run` future on a multi-threaded runtime of `threads` workers
+/// (`-threads`; 0: one per core); an error is logged and printed
+/// (`<program>: <error>`) and becomes exit code 1.
 pub fn block_on(
     program: &str,
+    threads: usize,
     run: impl Future<Output = Result<(), DaemonError>>,
 ) -> std::process::ExitCode {
-    let rt = match tokio::runtime::Runtime::new() {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    if threads > 0 {
+        builder.worker_threads(threads);
+    }
+    let rt = match builder.build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("{program}: cannot start runtime: {e}");

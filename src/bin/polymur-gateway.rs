@@ -7,8 +7,8 @@ fn main() -> std::process::ExitCode {
         .after_help("Flags may be written Go-style with one dash (-dev-mode, -destinations=a:1,b:2).");
     let config: polymur::gateway::GatewayConfig =
         polymur::config::parse(command, "POLYMUR_GW_", std::env::args_os());
-    let (log_format, flags) = (config.common.log_format, config.pipeline.clone());
-    polymur::daemon::main("polymur-gateway", log_format, Some(&flags), || {
+    let (common, flags) = (config.common.clone(), config.pipeline.clone());
+    polymur::daemon::main("polymur-gateway", &common, Some(&flags), || {
         polymur::gateway::run(config)
     })
 }

@@ -10,8 +10,8 @@ fn main() -> std::process::ExitCode {
         .after_help("Flags may be written Go-style with one dash (-gateway=https://gw.example.com, -verbose).");
     let config: polymur::proxy::ProxyConfig =
         polymur::config::parse(command, "POLYMUR_PROXY_", std::env::args_os());
-    let log_format = config.common.log_format;
-    polymur::daemon::main("polymur-proxy", log_format, None, || {
+    let common = config.common.clone();
+    polymur::daemon::main("polymur-proxy", &common, None, || {
         polymur::proxy::run(config)
     })
 }

@@ -7,9 +7,8 @@ fn main() -> std::process::ExitCode {
         .after_help("Flags may be written Go-style with one dash (-listen-addr=0.0.0.0:2003, -console-out).");
     let config: polymur::relay::RelayConfig =
         polymur::config::parse(command, "POLYMUR_", std::env::args_os());
-    let log_format = config.common.log_format;
-    let flags = config.pipeline.clone();
-    polymur::daemon::main("polymur", log_format, Some(&flags), || {
+    let (common, flags) = (config.common.clone(), config.pipeline.clone());
+    polymur::daemon::main("polymur", &common, Some(&flags), || {
         polymur::relay::run(config)
     })
 }

@@ -3,15 +3,19 @@
 pub mod encoding;
 pub mod handler;
 pub mod inflate;
+mod park;
 pub mod quota;
 pub mod stats;
 pub mod tls;
 pub mod zstd;
 
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
@@ -53,6 +57,16 @@ pub struct Ingest {
     pub tenants: Arc<crate::tenants::Tenants>,
 }
 
+/// The most decoded bytes in flight at once. The default `-incoming-queue-cap` (32768)
+/// alone would allow 200 MiB, so 256 clients each held a decoded batch (161 MiB peak
+/// RSS measured, docs/BENCHMARKS.md). 8 MiB is twenty 5000-line batches decoding or
+/// waiting for destination room, which keeps two cores and the destinations busy; the
+/// other clients wait in arrival order holding only their compressed bodies. At 256
+/// clients 8 MiB measured 4 answers 503 and a p99 of 484 ms where 32 MiB had 757 and
+/// 908 ms: fewer holders compete for a full destination queue. A batch larger than the
+/// whole budget still passes, alone.
+pub const DECODE_CEILING: u64 = 8 << 20;
+
 /// Memory for batches between "body received" and "held by the destinations".
 /// A request reserves its decompressed size (from the gzip trailer, or the batch
 /// cap when the trailer cannot be trusted) before inflating, and waits when the
@@ -73,19 +87,27 @@ impl DecodeBudget {
     }
 
     /// `-incoming-queue-cap` counts batches of 100 points, as the Go original did;
-    /// at a generous 64 bytes per decompressed point that is the byte budget.
+    /// at a generous 64 bytes per decompressed point that is the byte budget, up to
+    /// [`DECODE_CEILING`].
     pub fn from_incoming_queue_cap(cap: u64) -> Self {
-        Self::new(cap.saturating_mul(100 * 64))
+        Self::new(cap.saturating_mul(100 * 64).min(DECODE_CEILING))
     }
 
     /// Reserves room for a batch of about `bytes` decompressed bytes (capped at the
-    /// whole budget, so one huge batch can still pass alone).
-    pub async fn reserve(&self, bytes: usize) -> tokio::sync::SemaphorePermit<'_> {
+    /// whole budget, so one huge batch can still pass alone), or `None` when the
+    /// budget stays spent until `deadline`. Waiters are served in arrival order
+    /// (tokio's semaphore is FIFO, also for `acquire_many`), so no client waits
+    /// through several rounds of others, and a waiting client holds no decoded batch.
+    pub async fn reserve_by(
+        &self,
+        bytes: usize,
+        deadline: tokio::time::Instant,
+    ) -> Option<BudgetPermit<'_>> {
         let kib = ((bytes / 1024) as u32 + 1).min(self.total_kib);
-        self.kib
-            .acquire_many(kib)
-            .await
-            .expect("the decode budget semaphore is never closed")
+        match tokio::time::timeout_at(deadline, self.kib.acquire_many(kib)).await {
+            Ok(permit) => Some(permit.expect("the decode budget semaphore is never closed")),
+            Err(_) => None,
+        }
     }
 
     /// KiB currently reserved.
@@ -99,12 +121,103 @@ impl DecodeBudget {
     }
 }
 
+/// A reservation of the decode budget, returned when dropped.
+pub type BudgetPermit<'a> = tokio::sync::SemaphorePermit<'a>;
+
+/// hyper's read buffer grows by doubling while reads fill it, up to about 400 KiB by
+/// default: a 66 KB body grew it to 128 KiB on every connection reading one, which at
+/// 256 clients was 32 MiB. Bodies are collected into their own buffer anyway, so a
+/// larger read buffer only saves a few read calls per body.
+const READ_BUFFER_MAX: usize = 32 * 1024;
+
 /// How long shutdown waits for in-flight requests.
 const GRACE: Duration = Duration::from_secs(10);
 
 /// The current TLS acceptor; SIGHUP swaps in a new one (certificate rotation)
 /// while existing connections keep the one they were accepted with.
 pub type TlsSlot = Arc<arc_swap::ArcSwap<TlsAcceptor>>;
+
+/// One connection's service: the routes, timed and counted, and whether an answer
+/// ended the connection (then it is not parked, see [`park`]).
+#[derive(Clone)]
+struct ConnService {
+    state: Arc<Ingest>,
+    peer: SocketAddr,
+    closing: Arc<AtomicBool>,
+}
+
+impl park::Closing for ConnService {
+    fn closing(&self) -> &AtomicBool {
+        &self.closing
+    }
+}
+
+type Answer = Result<handler::Resp, std::convert::Infallible>;
+
+impl hyper::service::Service<hyper::Request<hyper::body::Incoming>> for ConnService {
+    type Response = handler::Resp;
+    type Error = std::convert::Infallible;
+    type Future = Pin<Box<dyn Future<Output = Answer> + Send>>;
+
+    fn call(&self, req: hyper::Request<hyper::body::Incoming>) -> Self::Future {
+        let (state, peer, closing) = (self.state.clone(), self.peer, self.closing.clone());
+        Box::pin(async move {
+            if asks_close(req.version(), req.headers()) {
+                closing.store(true, Ordering::Relaxed);
+            }
+            let path = match req.uri().path() {
+                "/ping" => "/ping",
+                "/ingest" => "/ingest",
+                _ => "other",
+            };
+            let started = std::time::Instant::now();
+            let answer = handler::handle(state.clone(), peer, req).await;
+            if let Ok(resp) = &answer {
+                if asks_close(hyper::Version::HTTP_11, resp.headers()) {
+                    closing.store(true, Ordering::Relaxed);
+                }
+                let stats = &state.http;
+                stats.count_http(path, resp.status().as_u16());
+                if path == "/ingest" {
+                    stats.batch_latency.observe(started.elapsed());
+                }
+            }
+            answer
+        })
+    }
+}
+
+/// Serves one HTTPS connection: the handshake within `read_timeout`, then hyper
+/// until the client leaves or shutdown (such connections are not parked, see [`park`]).
+async fn serve_tls(
+    builder: &hyper::server::conn::http1::Builder,
+    acceptor: TlsAcceptor,
+    stream: tokio::net::TcpStream,
+    service: ConnService,
+    read_timeout: Duration,
+    mut shutdown: Shutdown,
+) {
+    let peer = service.peer;
+    let stream = match tokio::time::timeout(read_timeout, acceptor.accept(stream)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tracing::debug!("TLS handshake with {peer} failed: {e}");
+            return;
+        }
+        Err(_) => return,
+    };
+    let conn = builder.serve_connection(TokioIo::new(stream), service);
+    let _ = park::drive(conn, None, &mut shutdown).await;
+}
+
+/// True when a message in `version` with `headers` ends its connection.
+fn asks_close(version: hyper::Version, headers: &hyper::HeaderMap) -> bool {
+    let close = headers
+        .get_all(hyper::header::CONNECTION)
+        .iter()
+        .any(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
+    close || version < hyper::Version::HTTP_11
+}
 
 /// Accepts connections on `listener` until shutdown, then lets in-flight
 /// requests finish (up to a grace period) before returning.
@@ -114,69 +227,49 @@ pub async fn serve(
     state: Arc<Ingest>,
     mut shutdown: Shutdown,
 ) {
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    // Every connection task holds a sender; all of them gone means all finished.
+    let (open_tx, mut open_rx) = tokio::sync::mpsc::channel::<()>(1);
     let read_timeout = state.config.read_timeout;
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(read_timeout)
+        .max_buf_size(READ_BUFFER_MAX)
+        .keep_alive(true);
+    let builder = Arc::new(builder);
     loop {
         let Some((stream, peer)) = crate::net::accept(&listener, &mut shutdown).await else {
             break;
         };
         let _ = stream.set_nodelay(true);
-        let state = state.clone();
-        let watcher = graceful.watcher();
+        let service = ConnService {
+            state: state.clone(),
+            peer,
+            closing: Default::default(),
+        };
+        let (builder, open, shutdown) = (builder.clone(), open_tx.clone(), shutdown.clone());
         let tls: Option<TlsAcceptor> = tls.as_ref().map(|slot| (**slot.load()).clone());
-        tokio::spawn(async move {
-            let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                let state = state.clone();
-                async move {
-                    let path = match req.uri().path() {
-                        "/ping" => "/ping",
-                        "/ingest" => "/ingest",
-                        _ => "other",
-                    };
-                    let started = std::time::Instant::now();
-                    let answer = handler::handle(state.clone(), peer, req).await;
-                    if let Ok(resp) = &answer {
-                        let stats = &state.http;
-                        stats.count_http(path, resp.status().as_u16());
-                        if path == "/ingest" {
-                            stats.batch_latency.observe(started.elapsed());
-                        }
-                    }
-                    answer
-                }
-            });
-            let mut builder = hyper::server::conn::http1::Builder::new();
-            builder
-                .timer(TokioTimer::new())
-                .header_read_timeout(read_timeout)
-                .keep_alive(true);
+        let task = async move {
+            let _open = &open;
             match tls {
                 None => {
-                    let conn = builder.serve_connection(TokioIo::new(stream), service);
-                    let _ = watcher.watch(conn).await;
+                    let limits = (read_timeout, &open);
+                    park::serve_plain(&builder, stream, service, limits, shutdown).await
                 }
+                // Boxed: the TLS state is large, and the task of a parked plain
+                // connection should hold little more than its socket.
                 Some(acceptor) => {
-                    let handshake =
-                        tokio::time::timeout(read_timeout, acceptor.accept(stream)).await;
-                    let stream = match handshake {
-                        Ok(Ok(s)) => s,
-                        Ok(Err(e)) => {
-                            tracing::debug!("TLS handshake with {peer} failed: {e}");
-                            return;
-                        }
-                        Err(_) => return,
-                    };
-                    let conn = builder.serve_connection(TokioIo::new(stream), service);
-                    let _ = watcher.watch(conn).await;
+                    let tls =
+                        serve_tls(&builder, acceptor, stream, service, read_timeout, shutdown);
+                    Box::pin(tls).await
                 }
             }
-        });
+        };
+        tokio::spawn(task);
     }
     drop(listener);
-    if tokio::time::timeout(GRACE, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    drop(open_tx);
+    if tokio::time::timeout(GRACE, open_rx.recv()).await.is_err() {
         tracing::warn!("in-flight requests still open after {GRACE:?}; closing them");
     }
 }

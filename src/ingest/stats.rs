@@ -14,6 +14,9 @@ pub struct HttpStats {
     pub too_large: AtomicU64,
     /// Requests with an unknown key (401).
     pub unauthorized: AtomicU64,
+    /// Batches answered 503 because the decode budget stayed spent for as long as a
+    /// batch waits for it (also counted with the pipeline's refusals).
+    pub budget_spent: AtomicU64,
     /// HTTP answers by route and status ([`HTTP_PATHS`] × [`HTTP_CODES`]).
     http: [[AtomicU64; HTTP_CODES.len()]; HTTP_PATHS.len()],
     /// Time from request to answer for `/ingest` batches.

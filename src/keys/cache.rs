@@ -44,8 +44,9 @@ pub struct Tenant {
 #[derive(Default)]
 pub struct KeyCache {
     by_digest: ArcSwap<HashMap<KeyDigest, Arc<Tenant>>>,
-    /// The plain set last applied, kept only by the sync side to compute diffs.
-    current: std::sync::Mutex<KeySet>,
+    /// Serialises `replace` (a SIGHUP sync against the periodic one). The diff is
+    /// computed from the map's tenants, so no second copy of the key set is kept.
+    replacing: std::sync::Mutex<()>,
     /// Unix time of the last successful sync (0: never).
     pub last_sync_ok: std::sync::atomic::AtomicU64,
     /// Unix time of the last failed sync (0: never).
@@ -104,29 +105,26 @@ impl KeyCache {
     /// `API keys refreshed: N new, M removed` log line. A name whose key changed
     /// counts as neither: the name stays registered.
     pub fn replace(&self, set: KeySet) -> (usize, usize) {
-        let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
-        let new = set.keys().filter(|n| !current.contains_key(*n)).count();
-        let removed = current.keys().filter(|n| !set.contains_key(*n)).count();
+        let _one_at_a_time = self.replacing.lock().unwrap_or_else(|e| e.into_inner());
         let old: HashMap<Arc<str>, Arc<Tenant>> = self
             .by_digest
             .load()
             .values()
             .map(|t| (t.name.clone(), t.clone()))
             .collect();
-        let map = set
-            .iter()
-            .map(|(name, key)| {
-                let tenant = old.get(name.as_str()).cloned().unwrap_or_else(|| {
-                    Arc::new(Tenant {
-                        name: Arc::from(name.as_str()),
-                        received: Default::default(),
-                    })
-                });
-                (key_digest(key.as_bytes()), tenant)
-            })
-            .collect();
+        let new = set.keys().filter(|n| !old.contains_key(n.as_str())).count();
+        let removed = old.keys().filter(|n| !set.contains_key(&***n)).count();
+        let mut map = HashMap::with_capacity(set.len());
+        for (name, key) in set {
+            let tenant = old.get(name.as_str()).cloned().unwrap_or_else(|| {
+                Arc::new(Tenant {
+                    name: Arc::from(name),
+                    received: Default::default(),
+                })
+            });
+            map.insert(key_digest(key.as_bytes()), tenant);
+        }
         self.by_digest.store(Arc::new(map));
-        *current = set;
         (new, removed)
     }
 }

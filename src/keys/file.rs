@@ -1,5 +1,6 @@
 //! Key file store: `name key` per line, `#` comments, reloaded when the file changes.
 
+use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -9,26 +10,86 @@ use super::{BoxFuture, KeySet, KeyStore, KeyStoreError};
 /// short enough that a revoked key stops working within about a second.
 const POLL: Duration = Duration::from_millis(500);
 
+/// A file modified this shortly before it was read may be modified again within the
+/// same timestamp tick without its stamp changing (git's "racy" files); such a read
+/// is not trusted to stand for the file, and the next sync reads it again.
+const RACY: Duration = Duration::from_secs(2);
+
+/// What `stat` says about the file: a rename (pgw-key, most editors) changes the
+/// inode, an edit in place the length or the modification time, a `chmod` or
+/// `touch` the change time. Equal stamps mean the file was not rewritten.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Stamp {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl Stamp {
+    fn of(meta: &std::fs::Metadata) -> Self {
+        Stamp {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            len: meta.len(),
+            mtime: (meta.mtime(), meta.mtime_nsec()),
+            ctime: (meta.ctime(), meta.ctime_nsec()),
+        }
+    }
+
+    /// True when the content was modified (by the file system's clock) within
+    /// [`RACY`] of `read_at`, so a later write in the same tick could keep the stamp.
+    fn racy(&self, read_at: SystemTime) -> bool {
+        let (secs, nanos) = self.mtime;
+        let modified = SystemTime::UNIX_EPOCH
+            + Duration::new(secs.max(0) as u64, nanos.clamp(0, 999_999_999) as u32);
+        modified + RACY > read_at
+    }
+}
+
+/// The outcome of the last `load`: the stamp read before the content, and whether
+/// the content was applied (a good file) and can be skipped while the stamp stays.
+#[derive(Clone, Copy, Debug)]
+struct Seen {
+    stamp: Option<Stamp>,
+    /// The content parsed and the stamp was not racy: an equal stamp means the
+    /// cache already holds exactly this file.
+    settled: bool,
+}
+
 /// Keys kept in a plain text file an operator edits or manages with `pgw-key`.
 pub struct FileStore {
     path: PathBuf,
-    /// Modification time and length seen at the last `load`; a change of either
-    /// means the file was rewritten.
-    seen: std::sync::Mutex<Option<(SystemTime, u64)>>,
+    /// The stamp seen at the last `load`; a change means the file was rewritten.
+    seen: std::sync::Mutex<Option<Seen>>,
+    /// Reads of the file by `load` (for tests and the bench: an unchanged file is
+    /// not read again).
+    reads: std::sync::atomic::AtomicU64,
 }
 
 impl FileStore {
-    /// A store over `path`; the file is read on each `load`.
+    /// A store over `path`; the file is read on `load`, and on
+    /// [`KeyStore::load_if_changed`] only when its stamp changed.
     pub fn new(path: PathBuf) -> Self {
         FileStore {
             path,
             seen: std::sync::Mutex::new(None),
+            reads: Default::default(),
         }
     }
 
-    fn stamp(&self) -> Option<(SystemTime, u64)> {
-        let meta = std::fs::metadata(&self.path).ok()?;
-        Some((meta.modified().ok()?, meta.len()))
+    /// How many times `load` has read the file.
+    pub fn reads(&self) -> u64 {
+        self.reads.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn stamp(&self) -> Option<Stamp> {
+        std::fs::metadata(&self.path).ok().map(|m| Stamp::of(&m))
+    }
+
+    fn seen(&self) -> Option<Seen> {
+        *self.seen.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn err(&self, message: String) -> KeyStoreError {
@@ -96,12 +157,25 @@ impl KeyStore for FileStore {
 
     fn load(&self) -> BoxFuture<'_, Result<KeySet, KeyStoreError>> {
         Box::pin(async move {
+            let read_at = SystemTime::now();
             let stamp = self.stamp();
+            self.reads
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let set = self.read();
             // Remember the stamp even when the content is bad: we retry only once
             // the operator changes the file again, instead of logging every poll.
-            *self.seen.lock().unwrap_or_else(|e| e.into_inner()) = stamp;
+            let settled = set.is_ok() && stamp.is_some_and(|s| !s.racy(read_at));
+            *self.seen.lock().unwrap_or_else(|e| e.into_inner()) = Some(Seen { stamp, settled });
             set
+        })
+    }
+
+    fn load_if_changed(&self) -> BoxFuture<'_, Result<Option<KeySet>, KeyStoreError>> {
+        Box::pin(async move {
+            match self.seen() {
+                Some(seen) if seen.settled && seen.stamp == self.stamp() => Ok(None),
+                _ => self.load().await.map(Some),
+            }
         })
     }
 
@@ -109,7 +183,7 @@ impl KeyStore for FileStore {
         Box::pin(async move {
             let deadline = Instant::now() + max_wait;
             loop {
-                let seen = *self.seen.lock().unwrap_or_else(|e| e.into_inner());
+                let seen = self.seen().and_then(|s| s.stamp);
                 if self.stamp() != seen || Instant::now() >= deadline {
                     return Ok(());
                 }

@@ -143,6 +143,14 @@ pub trait KeyStore: Send + Sync + 'static {
     /// Reads every registered key. An error must leave callers' caches untouched.
     fn load(&self) -> BoxFuture<'_, Result<KeySet, KeyStoreError>>;
 
+    /// Like [`KeyStore::load`], but `Ok(None)` when the store knows that nothing
+    /// changed since the last successful `load` (the file store's `stat`), so the
+    /// periodic sync neither reads nor rebuilds anything. Stores that cannot tell
+    /// read every time.
+    fn load_if_changed(&self) -> BoxFuture<'_, Result<Option<KeySet>, KeyStoreError>> {
+        Box::pin(async move { self.load().await.map(Some) })
+    }
+
     /// Returns when the store has (or may have) changed since the last `load`, and at
     /// the latest after `max_wait`. Stores with change notification (Consul blocking
     /// queries, etcd watches) return early so that a revoked key stops working within

@@ -183,12 +183,14 @@ fn gzip_bomb_gets_413_with_bounded_memory_and_the_gateway_stays_up() {
         bomb.extend_from_slice(&member);
     }
     // Three at once: the decode budget (-incoming-queue-cap) lets one decode to the
-    // cap at a time, so memory stays bounded however many clients send bombs.
+    // cap at a time, so memory stays bounded however many clients send bombs. One that
+    // waits for the budget past the admission deadline is answered 503 and retries, as
+    // the proxy does.
     let bomb = std::sync::Arc::new(bomb);
     let senders: Vec<_> = (0..3)
         .map(|_| {
             let (http, bomb) = (gw.http.clone(), bomb.clone());
-            std::thread::spawn(move || http_post(&http, "/ingest", &[KEY], bomb.to_vec()))
+            std::thread::spawn(move || http_post_retrying(&http, "/ingest", &[KEY], &bomb))
         })
         .collect();
     for s in senders {

@@ -138,18 +138,15 @@ fn zstd_bomb_gets_413_with_bounded_memory_and_the_gateway_stays_up() {
         .map(|frame| frame.repeat(2048))
         .collect();
     for bomb in bombs {
-        // Three at once: the decode budget lets one decode to the cap at a time.
+        // Three at once: the decode budget lets one decode to the cap at a time (one
+        // that waits past the admission deadline is answered 503 and retries).
         let bomb = Arc::new(bomb);
         let senders: Vec<_> = (0..3)
             .map(|_| {
                 let (http, bomb) = (gw.http.clone(), bomb.clone());
                 std::thread::spawn(move || {
-                    http_post(
-                        &http,
-                        "/ingest",
-                        &[KEY, ("Content-Encoding", "zstd")],
-                        bomb.to_vec(),
-                    )
+                    let zstd = [KEY, ("Content-Encoding", "zstd")];
+                    http_post_retrying(&http, "/ingest", &zstd, &bomb)
                 })
             })
             .collect();

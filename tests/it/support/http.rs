@@ -482,6 +482,25 @@ pub fn http_post(addr: &str, path: &str, headers: &[(&str, &str)], body: Vec<u8>
         .unwrap_or_else(|e| panic!("POST http://{addr}{path}: {e}"))
 }
 
+/// `http_post`, sent again (at most 50 times, 100 ms apart) while the answer is 503,
+/// as the proxy retries a batch the gateway could not take yet.
+pub fn http_post_retrying(
+    addr: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> HttpResponse {
+    let mut r = http_post(addr, path, headers, body.to_vec());
+    for _ in 0..50 {
+        if r.status != 503 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        r = http_post(addr, path, headers, body.to_vec());
+    }
+    r
+}
+
 /// `GET` on a fresh plain connection; I/O errors are returned.
 pub fn http_get(addr: &str, path: &str, headers: &[(&str, &str)]) -> io::Result<HttpResponse> {
     try_http_request("GET", addr, path, headers, &[])

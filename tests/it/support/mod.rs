@@ -24,8 +24,8 @@ pub use carbon::CarbonCache;
 pub use etcd::Etcd;
 pub use gateway::{Gateway, GATEWAY_BIN};
 pub use http::{
-    gunzip, gzip, http_get, http_post, https_post, tls_client_config, tls_client_config_strict,
-    try_http_request, HttpConn, HttpResponse,
+    gunzip, gzip, http_get, http_post, http_post_retrying, https_post, tls_client_config,
+    tls_client_config_strict, try_http_request, HttpConn, HttpResponse,
 };
 pub use net::{free_port, send_lines, tcp_request, wait_port, wait_port_closed};
 pub use process::{Proc, RunOutput};
