@@ -450,6 +450,69 @@ fn route_test_rules(program: &str, path: &std::path::Path) -> std::process::Exit
     }
 }
 
+/// The three daemon binaries, for what each says about itself in its `-h` and the
+/// prefix of its environment variables (one table, so the binaries stay one line).
+#[derive(Debug, Clone, Copy)]
+pub enum Daemon {
+    Gateway,
+    Relay,
+    Proxy,
+}
+
+impl Daemon {
+    /// Name, one-line description, two flags written Go-style, environment prefix.
+    fn describe(self) -> (&'static str, &'static str, &'static str, &'static str) {
+        match self {
+            Daemon::Gateway => (
+                "polymur-gateway",
+                "Receives gzip'ed Graphite batches over HTTP(S) from polymur-proxy and forwards them to Graphite",
+                "-dev-mode, -destinations=a:1,b:2",
+                "POLYMUR_GW_",
+            ),
+            Daemon::Relay => (
+                "polymur",
+                "Relays Graphite plaintext metrics from TCP clients to Graphite destinations",
+                "-listen-addr=0.0.0.0:2003, -console-out",
+                "POLYMUR_",
+            ),
+            Daemon::Proxy => (
+                "polymur-proxy",
+                "Receives Graphite plaintext metrics over TCP and forwards them in gzip'ed batches to a polymur-gateway over HTTPS",
+                "-gateway=https://gw.example.com, -verbose",
+                "POLYMUR_PROXY_",
+            ),
+        }
+    }
+}
+
+/// A daemon's parsed flags: the shared ones, and the pipeline's where it routes (its
+/// `-route-test`; the proxy routes nothing).
+pub trait DaemonFlags: clap::Args + clap::FromArgMatches {
+    fn flags(&self) -> (&CommonFlags, Option<&PipelineFlags>);
+}
+
+/// The whole `main` of a daemon binary: parses its flags (command line, then the
+/// environment) and hands them to [`main`] with `run`.
+pub fn run_cli<C: DaemonFlags, F>(
+    daemon: Daemon,
+    run: impl FnOnce(C) -> F,
+) -> std::process::ExitCode
+where
+    F: Future<Output = Result<(), DaemonError>>,
+{
+    let (name, about, example, env_prefix) = daemon.describe();
+    let command = clap::Command::new(name)
+        .version(env!("CARGO_PKG_VERSION"))
+        .about(about)
+        .after_help(format!(
+            "Flags may be written Go-style with one dash ({example})."
+        ));
+    let config: C = crate::config::parse(command, env_prefix, std::env::args_os());
+    let (common, flags) = config.flags();
+    let (common, flags) = (common.clone(), flags.cloned());
+    main(name, &common, flags.as_ref(), || run(config))
+}
+
 /// The `main` of a daemon binary once its flags are parsed: `-route-test` (when the
 /// daemon routes, `dry_run`) answers and exits; otherwise logging starts and `run`
 /// runs to completion ([`block_on`]).

@@ -93,6 +93,12 @@ pub struct GatewayConfig {
     pub admin_addr: String,
 }
 
+impl crate::daemon::DaemonFlags for GatewayConfig {
+    fn flags(&self) -> (&CommonFlags, Option<&crate::config::PipelineFlags>) {
+        (&self.common, Some(&self.pipeline))
+    }
+}
+
 impl GatewayConfig {
     /// Which key store the flags select.
     pub fn key_store_config(&self) -> Result<KeyStoreConfig, DaemonError> {
@@ -200,7 +206,7 @@ async fn open_tenants(
             tenants::store::sync_store_once(store.as_ref(), &tenants),
         )
         .await;
-        tokio::spawn(tenants::store::follow_store(
+        tokio::spawn(keys::sync::run(
             store,
             tenants.clone(),
             config.key_sync_interval,

@@ -35,6 +35,12 @@ pub struct RelayConfig {
     pub tls: ListenTlsFlags,
 }
 
+impl crate::daemon::DaemonFlags for RelayConfig {
+    fn flags(&self) -> (&CommonFlags, Option<&crate::config::PipelineFlags>) {
+        (&self.common, Some(&self.pipeline))
+    }
+}
+
 /// Runs the relay until SIGINT/SIGTERM, then drains and returns.
 pub async fn run(config: RelayConfig) -> Result<(), DaemonError> {
     tracing::info!("::: Polymur :::");

@@ -53,35 +53,26 @@ fn apply(
     }
 }
 
-/// Runs until shutdown: a full sync every `interval`, and sooner whenever the
-/// store reports a change. Store errors back off from 1 s up to `interval`.
-pub async fn run(
-    store: Arc<dyn KeyStore>,
-    cache: Arc<KeyCache>,
-    interval: Duration,
-    shutdown: Shutdown,
-) {
-    let reader = store.clone();
-    follow(store, interval, shutdown, move || {
-        let (store, cache) = (reader.clone(), cache.clone());
-        async move { sync_if_changed(store.as_ref(), &cache).await }
-    })
-    .await
+/// Something that follows a store: reads it and applies what it read (the key cache,
+/// the tenants' limits), answering true on success.
+pub trait StoreReader: Send + Sync + 'static {
+    fn sync(&self, store: &dyn KeyStore) -> impl std::future::Future<Output = bool> + Send;
 }
 
-/// The loop of [`run`] for any reader of a store (the keys, the tenants' limits): waits
-/// for [`KeyStore::changed`] (or `interval`), then calls `sync`, which reads the store and
-/// applies what it read, answering true on success. Watch errors back off from 1 s up
-/// to `interval`.
-pub async fn follow<F, Fut>(
+impl StoreReader for KeyCache {
+    fn sync(&self, store: &dyn KeyStore) -> impl std::future::Future<Output = bool> + Send {
+        sync_if_changed(store, self)
+    }
+}
+
+/// Runs until shutdown: waits for [`KeyStore::changed`] (a change the store reports, or
+/// `interval`), then has `reader` sync. Watch errors back off from 1 s up to `interval`.
+pub async fn run<R: StoreReader>(
     store: Arc<dyn KeyStore>,
+    reader: Arc<R>,
     interval: Duration,
     mut shutdown: Shutdown,
-    mut sync: F,
-) where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
+) {
     let mut backoff = Duration::from_secs(1);
     loop {
         let waited = tokio::select! {
@@ -99,7 +90,7 @@ pub async fn follow<F, Fut>(
             }
             backoff = (backoff * 2).min(interval.max(Duration::from_secs(1)));
         }
-        if sync().await {
+        if reader.sync(store.as_ref()).await {
             backoff = Duration::from_secs(1);
         }
     }

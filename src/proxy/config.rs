@@ -117,6 +117,12 @@ pub struct ProxyConfig {
     pub max_line_bytes: usize,
 }
 
+impl crate::daemon::DaemonFlags for ProxyConfig {
+    fn flags(&self) -> (&CommonFlags, Option<&crate::config::PipelineFlags>) {
+        (&self.common, None)
+    }
+}
+
 impl ProxyConfig {
     /// The gateway's base URL: `-gateway` with `https://` added when it has no
     /// scheme, and without a trailing `/`.

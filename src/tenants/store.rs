@@ -1,6 +1,6 @@
 //! Where limits come from: `-tenants-file` (reloaded when it changes and on SIGHUP) and
 //! the key store's `polymur/gateway/tenants/<name>` JSON documents, watched by the keys'
-//! own machinery ([`crate::keys::sync::follow`] over a store opened with [`LAYOUT`]).
+//! own machinery ([`crate::keys::sync::run`] over a store opened with [`LAYOUT`]).
 //! Whatever fails to load leaves the limits in force as they were, like the keys.
 
 use std::path::{Path, PathBuf};
@@ -78,18 +78,10 @@ pub async fn sync_store_once(store: &dyn KeyStore, tenants: &Tenants) -> bool {
     }
 }
 
-/// Follows the store's tenant documents until shutdown (changes apply within about a
+/// Followed by [`crate::keys::sync::run`] until shutdown (changes apply within about a
 /// second where the store notifies: Consul blocking queries, etcd watches).
-pub async fn follow_store(
-    store: Arc<dyn KeyStore>,
-    tenants: Arc<Tenants>,
-    interval: Duration,
-    shutdown: Shutdown,
-) {
-    let reader = store.clone();
-    crate::keys::sync::follow(store, interval, shutdown, move || {
-        let (store, tenants) = (reader.clone(), tenants.clone());
-        async move { sync_store_once(store.as_ref(), &tenants).await }
-    })
-    .await
+impl crate::keys::sync::StoreReader for Tenants {
+    fn sync(&self, store: &dyn KeyStore) -> impl std::future::Future<Output = bool> + Send {
+        sync_store_once(store, self)
+    }
 }
