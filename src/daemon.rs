@@ -187,9 +187,6 @@ impl RoutingDaemon {
             flags.replication_factor.into(),
             flags.hash_failover,
         )?;
-        if destinations.is_empty() && !flags.console_out {
-            tracing::warn!("No -destinations and no -console-out: received points are discarded");
-        }
         let tls = flags
             .destination_tls
             .client()
@@ -214,7 +211,10 @@ impl RoutingDaemon {
                 || (flags.hash_failover && flags.distribution == Distribution::HashRoute),
             workers.1.clone(),
         );
-        rules_config::start_files(&registry, &rules);
+        let files = rules_config::start_files(&registry, &rules);
+        if destinations.is_empty() && files == 0 && !flags.console_out {
+            tracing::warn!("No destinations and no -console-out: received points are discarded");
+        }
         if flags.config.is_some() {
             registry.fix_membership(
                 "with -config the destinations are the file's clusters: change the file and send SIGHUP",

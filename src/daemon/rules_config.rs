@@ -67,6 +67,32 @@ pub fn load(path: &Path) -> Result<Rules, String> {
     Ok(rules)
 }
 
+/// Opens (creating when missing) every path of a `file` cluster for appending, so a
+/// path that cannot be written — a missing directory, no permission — is refused like a
+/// syntax error (exit 1 at start, the running rules kept on SIGHUP) instead of dropping
+/// every line it is sent from the first one. A file that fails later (a full disk) is
+/// the writer's to count and log.
+fn check_files(rules: &Rules) -> Result<(), String> {
+    for c in &rules.clusters {
+        for m in &c.members {
+            if let Member::File(p) = m {
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(p)
+                    .map_err(|e| {
+                        format!(
+                            "cluster {}: cannot open {} for appending: {e}",
+                            c.name,
+                            p.display()
+                        )
+                    })?;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The routing at start: the file's rules, or `-destinations` as the default cluster.
 /// Returns the destinations to start and the router factory over them. `all_dynamic`
 /// (`-hash-failover` with `-config`) makes every hash cluster `dynamic`.
@@ -103,7 +129,9 @@ pub fn start(
             "-config: the destinations are the clusters of the file; drop -destinations and -destinations-file",
         ));
     }
-    let rules = load(path).map_err(|e| DaemonError::config(format!("-config {e}")))?;
+    let rules = load(path)
+        .and_then(|r| check_files(&r).map(|()| r))
+        .map_err(|e| DaemonError::config(format!("-config {e}")))?;
     let dests = rules.tcp_members();
     let current: Current = Arc::new(ArcSwap::from_pointee(Loaded::new(rules)));
     let cur = current.clone();
@@ -135,14 +163,16 @@ fn file_writers(rules: &Rules) -> Vec<Arc<dyn Writer>> {
 }
 
 /// Starts the file destinations of the rules in force (none without `-config`); call
-/// once the registry exists, before the listeners open.
-pub fn start_files(registry: &Registry, current: &Current) {
+/// once the registry exists, before the listeners open. Returns how many there are.
+pub fn start_files(registry: &Registry, current: &Current) -> usize {
     let loaded = current.load();
     let writers = file_writers(&loaded.rules);
-    if !writers.is_empty() {
+    let n = writers.len();
+    if n > 0 {
         registry.set_sinks(writers);
         registry.reinstall();
     }
+    n
 }
 
 /// SIGHUP with `-config`: the new file replaces the running rules and destinations in
@@ -151,7 +181,7 @@ pub fn start_files(registry: &Registry, current: &Current) {
 pub fn reload(registry: &Registry, current: &Current, path: &Path) {
     // Whether or not the file loads: logrotate moved the files away and sent SIGHUP.
     crate::dest::file::reopen_all();
-    match load(path) {
+    match load(path).and_then(|r| check_files(&r).map(|()| r)) {
         Ok(rules) => {
             let dests = rules.tcp_members();
             registry.set_sinks(file_writers(&rules));

@@ -83,14 +83,14 @@ fn file_clusters_append_lines_as_carbon_c_relay_writes_them_and_reopen_on_sighup
     assert_eq!(old.lines().count(), 100, "the rotated file got nothing new");
 }
 
-/// A file cluster whose directory does not exist: the TCP cluster still gets every
-/// line, the failed lines are counted on /metrics, and the failure is logged once for
-/// the whole burst, not per line or per batch.
+/// A file cluster on a full disk (`/dev/full`: every write fails with ENOSPC): the TCP
+/// cluster still gets every line, the failed lines are counted on /metrics, and the
+/// failure is logged once for the whole burst, not per line or per batch.
 #[test]
 fn a_file_that_cannot_be_written_is_counted_logged_once_and_blocks_no_other_cluster() {
     let sink = LineSink::start();
     let dir = tempfile::tempdir().unwrap();
-    let missing = dir.path().join("no-such-dir").join("archive.log");
+    let missing = std::path::PathBuf::from("/dev/full");
     let config = format!(
         "cluster archive file {};\ncluster tcp forward {};\nmatch * send to archive tcp;\n",
         missing.display(),
@@ -123,6 +123,76 @@ fn a_file_that_cannot_be_written_is_counted_logged_once_and_blocks_no_other_clus
         r.proc.all_output()
     );
     assert_eq!(sink.wait_idle(millis(300), secs(5)), 1000);
+}
+
+/// A file cluster whose path cannot be opened (its directory is missing) is a
+/// configuration error like a syntax error: at start the daemon exits 1 naming the
+/// cluster and the path; on SIGHUP it keeps the running rules. A daemon whose only
+/// cluster is a file does not warn that it discards what it receives.
+#[test]
+fn a_file_cluster_that_cannot_be_opened_is_refused_at_start_and_on_sighup() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no-such-dir").join("archive.log");
+    let bad = format!(
+        "cluster archive file {};\nmatch * send to archive;\n",
+        missing.display()
+    );
+    let path = write_config(&dir, "bad.conf", &bad);
+    let out = Proc::run(
+        RELAY,
+        &[
+            "-config",
+            &path,
+            "-listen-addr",
+            "127.0.0.1:0",
+            "-api-addr=",
+            "-stat-addr=",
+            "-admin-addr=",
+        ],
+        &[],
+        secs(20),
+    );
+    assert_eq!(out.status.and_then(|s| s.code()), Some(1), "{}", out.stderr);
+    let name = missing.display().to_string();
+    assert!(
+        out.stderr.lines().any(|l| l.starts_with("polymur: ")
+            && l.contains("cluster archive")
+            && l.contains(&name)
+            && l.contains("No such file or directory")),
+        "{}",
+        out.stderr
+    );
+    assert!(!missing.exists());
+
+    let good = dir.path().join("good.log");
+    let path = write_config(
+        &dir,
+        "good.conf",
+        &format!(
+            "cluster archive file {};\nmatch * send to archive;\n",
+            good.display()
+        ),
+    );
+    let r = relay_on(&path);
+    assert!(!r.proc.has_log("discarded"), "{}", r.proc.all_output());
+    let ts = now_ts();
+    send_lines(&r.listen, &format!("a.1 1 {ts}\n")).unwrap();
+    assert_eq!(wait_file_lines(&good, 1), vec![format!("a.1 1 {ts}")]);
+    std::fs::write(&path, &bad).unwrap();
+    r.proc.signal("HUP");
+    assert!(
+        r.proc
+            .wait_log("keeping the running configuration", secs(10)),
+        "{}",
+        r.proc.all_output()
+    );
+    assert!(r.proc.has_log(&name), "{}", r.proc.all_output());
+    send_lines(&r.listen, &format!("a.2 2 {ts}\n")).unwrap();
+    assert_eq!(
+        wait_file_lines(&good, 2),
+        vec![format!("a.1 1 {ts}"), format!("a.2 2 {ts}")],
+        "the running rules still write"
+    );
 }
 
 /// `-route-test -config` with file clusters: the paths are printed as members, in the
