@@ -75,9 +75,10 @@ pub struct CommonFlags {
     /// Log format: text or json
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
-    /// Worker threads of the runtime (0: one per core); large bodies are decompressed
-    /// on the blocking pool, outside this count
-    #[arg(long, default_value_t = 0)]
+    /// Worker threads of the runtime (0: one per core, at most 1024); large bodies are
+    /// decompressed on the blocking pool, outside this count
+    #[arg(long, default_value_t = 0,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(0..=1024))]
     pub threads: usize,
 }
 

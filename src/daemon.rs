@@ -211,6 +211,9 @@ impl RoutingDaemon {
                 || (flags.hash_failover && flags.distribution == Distribution::HashRoute),
             workers.1.clone(),
         );
+        if let Some(e) = registry.spool_error() {
+            return Err(DaemonError::config(format!("-spool-dir: {e}")));
+        }
         let files = rules_config::start_files(&registry, &rules);
         if destinations.is_empty() && files == 0 && !flags.console_out {
             tracing::warn!("No destinations and no -console-out: received points are discarded");

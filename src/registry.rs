@@ -99,6 +99,16 @@ impl Registry {
         reg
     }
 
+    /// The first destination whose spool could not be opened, with why (see
+    /// [`DestShared::spool_error`](crate::dest::DestShared::spool_error)).
+    pub fn spool_error(&self) -> Option<String> {
+        self.lock_entries().iter().find_map(|e| {
+            e.dest
+                .spool_error()
+                .map(|err| format!("destination {}: {err}", e.addr))
+        })
+    }
+
     fn lock_entries(&self) -> std::sync::MutexGuard<'_, Vec<Entry>> {
         self.entries.lock().unwrap_or_else(|e| e.into_inner())
     }

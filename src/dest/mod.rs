@@ -145,6 +145,8 @@ pub struct DestShared {
     queued: AtomicU64,
     /// The disk spool, with `-spool-dir` (TCP destinations only).
     spool: Option<Arc<Spool>>,
+    /// Why `-spool-dir` was given and the spool could not be opened.
+    spool_error: Option<String>,
     /// `-overflow`.
     overflow: Overflow,
     /// Unix second of the last drop log line, and drops since then (`-overflow drop`).
@@ -184,6 +186,13 @@ impl DestShared {
     /// The spool, when `-spool-dir` is set.
     pub fn spool(&self) -> Option<&Arc<Spool>> {
         self.spool.as_ref()
+    }
+
+    /// Why its spool could not be opened, when `-spool-dir` asked for one. A daemon
+    /// starting with such a destination exits instead: an operator who set `-spool-dir`
+    /// (and maybe `-durable`) counts on the disk behind every acknowledgement.
+    pub fn spool_error(&self) -> Option<&str> {
+        self.spool_error.as_deref()
     }
 
     /// Called by the writer once `points` have left the queue.
@@ -250,29 +259,31 @@ impl Destination {
             SinkKind::Console => false,
             SinkKind::Writer(w) => w.spools(),
         };
-        let spool = match (spools, &config.spool_dir) {
+        let (spool, spool_error) = match (spools, &config.spool_dir) {
             (true, Some(dir)) => {
                 match Spool::open(dir, &name, config.spool_max_bytes, config.durable) {
-                    Ok(s) => Some(s),
+                    Ok(s) => (Some(s), None),
                     Err(e) => {
-                        // Without its spool the destination still works from memory; a batch
-                        // it cannot hold is refused, never acknowledged and lost.
+                        // A daemon refuses to start this way (see `spool_error`); a
+                        // destination added at run time still works from memory, and a
+                        // batch it cannot hold is refused, never acknowledged and lost.
                         tracing::error!(
                             "Destination {name}: cannot open its spool under {}: {e}; \
                              running without a spool (check -spool-dir permissions and space)",
                             dir.display()
                         );
-                        None
+                        (None, Some(format!("{}: {e}", dir.display())))
                     }
                 }
             }
-            _ => None,
+            _ => (None, None),
         };
         let shared = Arc::new(DestShared {
             name,
             cap: config.queue_cap,
             queued: AtomicU64::new(0),
             spool,
+            spool_error,
             overflow: config.overflow,
             drop_log: (AtomicU64::new(0), AtomicU64::new(0)),
             stats: DestStats::default(),

@@ -48,6 +48,9 @@ pub async fn run(config: ProxyConfig) -> Result<(), DaemonError> {
     let (dest_trigger, dest_shutdown) = Shutdown::new();
     let (stop_trigger, stop) = Shutdown::new();
     let (dest, dest_task) = open_destination(&config, &gateway, dest_shutdown);
+    if let Some(e) = dest.spool_error() {
+        return Err(DaemonError::config(format!("-spool-dir: {e}")));
+    }
     let stats = Arc::new(Stats::default());
     let batcher = Arc::new(Batcher::new(
         config.flush_size as usize,

@@ -377,6 +377,16 @@ fn help_lists_flags_with_env_names_and_bad_flags_fail_clearly() {
     );
     assert!(!out.success());
     assert!(out.stderr.contains("nohostport"), "{}", out.stderr);
+    // More worker threads than the OS gives used to panic inside the runtime.
+    let out = Proc::run(GW, &["-dev-mode", "-threads", "100000"], &[], secs(20));
+    assert_eq!(out.status.and_then(|s| s.code()), Some(2), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("-threads")
+            && out.stderr.contains("1024")
+            && !out.stderr.contains("panicked"),
+        "{}",
+        out.stderr
+    );
 }
 
 #[test]

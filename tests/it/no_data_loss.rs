@@ -522,18 +522,106 @@ fn a_spool_directory_is_never_shared_by_two_processes() {
     let spool = dir.path().to_str().unwrap().to_string();
     let dest = format!("127.0.0.1:{}", free_port());
     let first = gateway(&["-destinations", &dest, "-spool-dir", &spool]);
-    let second = gateway(&["-destinations", &dest, "-spool-dir", &spool]);
+    let port = free_port().to_string();
+    let args = [
+        "-dev-mode",
+        "-destinations",
+        &dest,
+        "-spool-dir",
+        &spool,
+        "-listen-addr",
+        "127.0.0.1",
+        "-listen-http-port",
+        &port,
+        "-api-addr=",
+        "-stat-addr=",
+        "-admin-addr=",
+    ];
+    let second = Proc::run(GATEWAY_BIN, &args, &[], secs(20));
+    assert_eq!(
+        second.status.and_then(|s| s.code()),
+        Some(1),
+        "{}",
+        second.stderr
+    );
     assert!(
         second
-            .proc
-            .wait_log("is in use by another process", secs(5)),
+            .stderr
+            .lines()
+            .any(|l| l.starts_with("polymur-gateway: -spool-dir: ")
+                && l.contains("is in use by another process")),
         "{}",
-        second.proc.all_output()
+        second.stderr
     );
     assert!(!first.proc.has_log("in use by another process"));
     // The first keeps spooling: a batch beyond its queue is still acknowledged.
     for i in 0..3 {
         let body = lines(&format!("shared{i}"), 5000).join("\n") + "\n";
         assert_eq!(first.ingest("123", &body).status, 200);
+    }
+}
+
+/// A `-spool-dir` that cannot hold a spool (a file, not a directory) stops every daemon
+/// at start with the reason, for the gateway, the relay and the proxy: running on with
+/// memory only would quietly break what the operator set it for.
+#[test]
+fn an_unusable_spool_dir_stops_the_daemon_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("not-a-dir");
+    std::fs::write(&file, b"x").unwrap();
+    let spool = file.to_str().unwrap();
+    let dest = format!("127.0.0.1:{}", free_port());
+    let (p1, p2) = (
+        free_port().to_string(),
+        format!("127.0.0.1:{}", free_port()),
+    );
+    let quiet = ["-api-addr=", "-stat-addr=", "-admin-addr="];
+    let gw: Vec<&str> = [
+        "-dev-mode",
+        "-listen-addr",
+        "127.0.0.1",
+        "-listen-http-port",
+        &p1,
+    ]
+    .into_iter()
+    .chain(["-destinations", &dest, "-spool-dir", spool])
+    .chain(quiet)
+    .collect();
+    let relay: Vec<&str> = [
+        "-listen-addr",
+        &p2,
+        "-destinations",
+        &dest,
+        "-spool-dir",
+        spool,
+    ]
+    .into_iter()
+    .chain(quiet)
+    .collect();
+    let gw_url = format!("http://{dest}");
+    let proxy: Vec<&str> = ["-listen-addr", &p2, "-gateway", &gw_url, "-api-key", "k"]
+        .into_iter()
+        .chain(["-spool-dir", spool, "-stat-addr=", "-admin-addr="])
+        .collect();
+    for (bin, args, program) in [
+        (GATEWAY_BIN, gw, "polymur-gateway"),
+        (env!("CARGO_BIN_EXE_polymur"), relay, "polymur"),
+        (env!("CARGO_BIN_EXE_polymur-proxy"), proxy, "polymur-proxy"),
+    ] {
+        let out = Proc::run(bin, &args, &[], secs(20));
+        assert_eq!(
+            out.status.and_then(|s| s.code()),
+            Some(1),
+            "{program}: {}",
+            out.stderr
+        );
+        assert!(
+            out.stderr
+                .lines()
+                .any(|l| l.starts_with(&format!("{program}: -spool-dir: "))
+                    && l.contains("Not a directory")),
+            "{program}: {}",
+            out.stderr
+        );
     }
 }
