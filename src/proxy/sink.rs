@@ -5,7 +5,10 @@
 //! at every site. Here a batch leaves its destination ([`super::writer`]) only when the
 //! gateway answered 200 (which our gateway sends once the batch is held for every
 //! destination), or when it
-//! answered 400/413 (that batch can never succeed: dropped, counted and logged):
+//! answered 400/413 (that batch can never succeed: dropped, counted and logged). A 413
+//! (the batch is over the gateway's `-max-body-bytes` or `-max-batch-bytes`) is first
+//! answered by sending the batch again as two halves, down to a single line, so a
+//! `-flush-size` larger than the gateway takes costs requests, not data:
 //! - network errors, 5xx (503 when the gateway's queues are full) and other answers are
 //!   retried with exponential backoff and jitter, waiting at least `Retry-After`;
 //! - 401 (key revoked or mistyped) pauses every worker, keeps the data, logs loudly and
@@ -35,8 +38,10 @@ const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
 pub enum Outcome {
     /// 2xx: the gateway holds the batch.
     Delivered,
-    /// 400 or 413: this batch will never be accepted.
+    /// 400 or 415: this batch will never be accepted.
     Rejected(String),
+    /// 413: this batch is too large for the gateway; smaller ones may be accepted.
+    TooLarge(String),
     /// 401: the key is not (or no longer) valid.
     Unauthorized(String),
     /// Anything else: try again later, not before `after` when given.
@@ -223,7 +228,8 @@ impl Gateway {
                     after: None,
                 }
             }
-            400 | 413 | 415 => Outcome::Rejected(format!("{status} {text}")),
+            413 => Outcome::TooLarge(format!("{status} {text}")),
+            400 | 415 => Outcome::Rejected(format!("{status} {text}")),
             401 => Outcome::Unauthorized(format!("{status} {text}")),
             _ => Outcome::Retry {
                 why: format!("{status} {text}"),
@@ -304,7 +310,8 @@ impl Gateway {
         mut drain: Shutdown,
     ) -> Settled {
         let compressor = self.compressor.clone();
-        let body = match tokio::task::spawn_blocking(move || compressor.compress(&lines)).await {
+        let raw = lines.clone();
+        let body = match tokio::task::spawn_blocking(move || compressor.compress(&raw)).await {
             Ok(b) => Bytes::from(b),
             Err(e) => {
                 tracing::error!("Compressing a batch of {points} points failed: {e}");
@@ -319,7 +326,12 @@ impl Gateway {
                     self.note_delivered(points, attempt);
                     return Settled::Delivered;
                 }
-                Outcome::Rejected(why) => {
+                Outcome::TooLarge(why) if points > 1 => {
+                    return self
+                        .deliver_halves(lines, points, why, max_delay, spool, drain)
+                        .await;
+                }
+                Outcome::Rejected(why) | Outcome::TooLarge(why) => {
                     self.stats.rejected.fetch_add(points, Ordering::Relaxed);
                     tracing::error!(
                         "Gateway {} rejected a batch of {points} points ({why}); it can never be accepted, so it is dropped",
@@ -357,6 +369,46 @@ impl Gateway {
         }
     }
 
+    /// After a 413: the batch as two halves (split at the line boundary nearest its
+    /// middle), each delivered on its own, halved again while too large. Settles as the
+    /// worse of the two: handed back when either is (the writer keeps the whole batch,
+    /// so a half already taken is sent again: at least once), else rejected when either
+    /// half was a single line too large, else delivered.
+    async fn deliver_halves(
+        &self,
+        lines: Bytes,
+        points: u64,
+        why: String,
+        max_delay: Duration,
+        spool: bool,
+        drain: Shutdown,
+    ) -> Settled {
+        let Some((first, second)) = split_lines(&lines) else {
+            self.stats.rejected.fetch_add(points, Ordering::Relaxed);
+            tracing::error!(
+                "Gateway {} rejected a batch of {points} points ({why}) that cannot be split; it is dropped",
+                self.base
+            );
+            return Settled::Rejected;
+        };
+        let count = |b: &Bytes| bytecount(b);
+        let (p1, p2) = (count(&first), count(&second));
+        tracing::warn!(
+            "Gateway {} refused a batch of {points} points as too large ({why}); sending it as {p1} + {p2} (lower -flush-size to avoid this)",
+            self.base
+        );
+        let a = Box::pin(self.deliver(first, p1, max_delay, spool, drain.clone())).await;
+        if a == Settled::GaveBack {
+            return a;
+        }
+        let b = Box::pin(self.deliver(second, p2, max_delay, spool, drain)).await;
+        match (a, b) {
+            (_, Settled::GaveBack) => Settled::GaveBack,
+            (Settled::Rejected, _) | (_, Settled::Rejected) => Settled::Rejected,
+            _ => Settled::Delivered,
+        }
+    }
+
     /// Counters and log lines of a batch the gateway took.
     fn note_delivered(&self, points: u64, attempt: u32) {
         self.stats.failing.store(false, Ordering::Relaxed);
@@ -388,6 +440,38 @@ pub enum Settled {
     GaveBack,
 }
 
+/// `lines` (newline-terminated) cut at the line boundary nearest its middle; `None` for
+/// a single line.
+fn split_lines(lines: &Bytes) -> Option<(Bytes, Bytes)> {
+    let mid = lines.len() / 2;
+    let after = lines[mid..]
+        .iter()
+        .position(|&b| b == b'\n')
+        .map(|i| mid + i + 1)
+        .filter(|&i| i < lines.len());
+    let before = lines[..mid]
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map(|i| i + 1);
+    let cut = match (before, after) {
+        (Some(b), Some(a)) => {
+            if mid - b <= a - mid {
+                b
+            } else {
+                a
+            }
+        }
+        (Some(c), None) | (None, Some(c)) => c,
+        (None, None) => return None,
+    };
+    (cut > 0).then(|| (lines.slice(..cut), lines.slice(cut..)))
+}
+
+/// Lines in a newline-terminated chunk.
+fn bytecount(b: &[u8]) -> u64 {
+    b.iter().filter(|&&c| c == b'\n').count() as u64
+}
+
 /// One line: the TLS cause when there is one, else the error with its causes.
 fn error_chain(e: &reqwest::Error) -> String {
     crate::http_client::describe(e)
@@ -396,6 +480,17 @@ fn error_chain(e: &reqwest::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn split_lines_cuts_at_the_line_boundary_nearest_the_middle() {
+        let b = Bytes::from_static(b"a 1 1\nbb 2 2\nc 3 3\n");
+        let (x, y) = split_lines(&b).unwrap();
+        assert_eq!((&x[..], &y[..]), (&b"a 1 1\n"[..], &b"bb 2 2\nc 3 3\n"[..]));
+        let (x, y) = split_lines(&Bytes::from_static(b"a\nb\n")).unwrap();
+        assert_eq!((&x[..], &y[..]), (&b"a\n"[..], &b"b\n"[..]));
+        assert_eq!(split_lines(&Bytes::from_static(b"only one line\n")), None);
+        assert_eq!(split_lines(&Bytes::from_static(b"")), None);
+    }
 
     #[test]
     fn retry_delay_grows_is_capped_and_honours_retry_after() {

@@ -595,6 +595,38 @@ fn retry_after_503_is_honoured_and_400_drops_only_that_batch() {
     );
 }
 
+/// A `-flush-size` larger than the gateway's `-max-batch-bytes` used to cost every
+/// batch (413 was "rejected for good"): now a 413 splits the batch in halves until the
+/// gateway takes them, so every line arrives once, through our real gateway.
+#[test]
+fn a_batch_the_gateway_finds_too_large_is_split_not_dropped() {
+    let sink = LineSink::start();
+    let http = free_port();
+    let _gw = gateway_on(http, &sink.addr(), &["-max-batch-bytes", "20K"]);
+    let p = proxy(
+        &format!("http://127.0.0.1:{http}"),
+        &["-api-key", "123", "-flush-size", "5000"],
+    );
+    // 5 000 lines of about 28 bytes: 140 KB per batch, seven times the limit.
+    let sent = lines("split.series", 12_000);
+    send_lines(&p.listen, &body(&sent)).unwrap();
+    assert_all_arrive(&sink, &sent, secs(60), &p.proc);
+    assert!(p.proc.has_log("as too large"), "{}", p.proc.all_output());
+    assert_eq!(
+        p.proc.log_count("rejected a batch"),
+        0,
+        "{}",
+        p.proc.all_output()
+    );
+    assert_eq!(
+        metric(
+            &p.admin,
+            "polymur_dropped_points_total{destination=\"gateway\",reason=\"rejected\"}"
+        ),
+        0
+    );
+}
+
 /// 401 mid-stream pauses sending without losing data; once the key is valid again
 /// (the proxy re-pings), the kept batches are delivered.
 #[test]
