@@ -366,6 +366,14 @@ impl Registry {
             return Err(format!("Destination already registered: {addr}"));
         }
         let entry = self.spawn_entry(addr);
+        if let Some(e) = entry.dest.spool_error() {
+            // Refused, as at start: behind `-spool-dir` (and `-durable`) an acknowledged
+            // batch must be on disk for every destination. Its writer ends with the entry.
+            return Err(format!(
+                "Destination {} not added: its spool cannot be opened: {e}",
+                entry.addr
+            ));
+        }
         entries.push(entry);
         self.install(&entries);
         Ok(())

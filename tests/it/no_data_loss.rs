@@ -561,6 +561,35 @@ fn a_spool_directory_is_never_shared_by_two_processes() {
     }
 }
 
+/// `putdest` of a destination whose spool cannot be opened (here its directory name is
+/// taken by a file) is refused with the reason, and the running destination keeps working.
+#[test]
+fn putdest_is_refused_when_the_new_destinations_spool_cannot_be_opened() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().to_str().unwrap().to_string();
+    let sink = LineSink::start();
+    let gw = gateway(&[
+        "-destinations",
+        &sink.addr(),
+        "-spool-dir",
+        &spool,
+        "-durable",
+    ]);
+    let port = free_port();
+    std::fs::write(dir.path().join(format!("127.0.0.1_{port}")), b"in the way").unwrap();
+    let reply = tcp_request(&gw.api, &format!("putdest 127.0.0.1:{port}\n")).unwrap();
+    assert!(
+        reply.contains("not added") && reply.contains("File exists"),
+        "{reply}"
+    );
+    let doc: serde_json::Value =
+        serde_json::from_str(tcp_request(&gw.api, "getdest\n").unwrap().trim()).unwrap();
+    assert_eq!(doc["active"], serde_json::json!([sink.addr()]), "{doc}");
+    let l = lines("after.refused.putdest", 100);
+    assert_eq!(post(&gw.http, &l), Some(200));
+    assert!(wait_all(&sink, &l, secs(10)).is_empty());
+}
+
 /// A `-spool-dir` that cannot hold a spool (a file, not a directory) stops every daemon
 /// at start with the reason, for the gateway, the relay and the proxy: running on with
 /// memory only would quietly break what the operator set it for.
