@@ -113,6 +113,15 @@ impl KeyCache {
             .map(|t| (t.name.clone(), t.clone()))
             .collect();
         let new = set.keys().filter(|n| !old.contains_key(n.as_str())).count();
+        for name in set.keys().filter(|n| !old.contains_key(n.as_str())) {
+            if let Some(why) = name_problem(name) {
+                tracing::warn!(
+                    "API key name {name:?} {why}: with -key-prefix its lines would be sent as \
+                     {name}.<metric>, which carbon stores as another series than intended; \
+                     rename the key"
+                );
+            }
+        }
         let removed = old.keys().filter(|n| !set.contains_key(&***n)).count();
         let mut map = HashMap::with_capacity(set.len());
         for (name, key) in set {
@@ -129,9 +138,37 @@ impl KeyCache {
     }
 }
 
+/// Why a key name cannot stand in front of a metric name as a path segment, if it
+/// cannot: `-key-prefix` sends `<name>.<metric>`, and carbon reads `;` as the start of
+/// Graphite 1.1 tags, `/` as a directory of its whisper tree, and blanks as the end of
+/// the name (the key stores accept such names; the original gateway prefixed them all).
+pub fn name_problem(name: &str) -> Option<&'static str> {
+    if name.is_empty() {
+        Some("is empty")
+    } else if name.contains(';') {
+        Some("contains ';' (carbon reads what follows as tags)")
+    } else if name.contains('/') {
+        Some("contains '/' (a directory in carbon's whisper tree)")
+    } else if name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        Some("contains blanks or control characters (the end of a Graphite name)")
+    } else {
+        None
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_that_break_a_prefixed_metric_are_named() {
+        for ok in ["site-paris", "dev", "a.b", "tenant_1", "Zürich"] {
+            assert_eq!(name_problem(ok), None, "{ok}");
+        }
+        for bad in ["", "evil;tenant=other", "a/b", "a b", "a\tb", "a\u{7}"] {
+            assert!(name_problem(bad).is_some(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn lookup_and_diff() {

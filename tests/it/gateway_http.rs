@@ -389,6 +389,51 @@ fn help_lists_flags_with_env_names_and_bad_flags_fail_clearly() {
     );
 }
 
+/// A key name that cannot stand in front of a metric (`;` starts Graphite tags, `/` is a
+/// whisper directory) is named in a warning when the keys are loaded, once; the key
+/// still works (the original accepted such names, and refusing would cut a site off).
+#[test]
+fn key_names_that_break_prefixed_metrics_are_warned_about_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("keys");
+    std::fs::write(&path, "fine k0\nevil;tenant=other k1\nsite/x k2\n").unwrap();
+    let sink = LineSink::start();
+    let gw = gateway(&[
+        "-keys-file",
+        path.to_str().unwrap(),
+        "-key-prefix",
+        "-key-sync-interval",
+        "1s",
+        "-destinations",
+        &sink.addr(),
+    ]);
+    assert!(
+        gw.proc
+            .wait_log("API key name \"evil;tenant=other\" contains ';'", secs(10)),
+        "{}",
+        gw.proc.all_output()
+    );
+    assert!(gw.proc.has_log("API key name \"site/x\" contains '/'"));
+    assert!(!gw.proc.has_log("API key name \"fine\""));
+    // A later change to the file warns about new names only.
+    std::fs::write(
+        &path,
+        "fine k0\nevil;tenant=other k1\nsite/x k2\nother k3\n",
+    )
+    .unwrap();
+    assert!(
+        gw.proc.wait_log("API keys refreshed: 1 new", secs(10)),
+        "{}",
+        gw.proc.all_output()
+    );
+    assert_eq!(
+        gw.proc.log_count("API key name \"evil;tenant=other\""),
+        1,
+        "{}",
+        gw.proc.all_output()
+    );
+}
+
 #[test]
 fn key_file_is_reloaded_and_a_broken_file_keeps_the_last_good_set() {
     let dir = tempfile::tempdir().unwrap();
