@@ -45,7 +45,12 @@ static IN_USE: AtomicU64 = AtomicU64::new(0);
 
 /// Name → ring position, shared by the routers of one hash kind.
 pub struct PosCache {
+    /// The sets, from index `base` (what comes before is never touched: slack that
+    /// lets the table start on a huge-page boundary).
     sets: Box<[Set]>,
+    base: usize,
+    /// Number of sets in use.
+    len: usize,
     /// `64 - log2(sets)`: the set is `hash >> shift`.
     shift: u32,
     seed: foldhash::quality::RandomState,
@@ -92,8 +97,11 @@ impl PosCache {
     pub fn new(slots: usize) -> PosCache {
         let slots = slots.max(2 * WAYS).next_power_of_two();
         let sets = slots / WAYS;
+        let (table, base) = zeroed_sets(sets);
         PosCache {
-            sets: zeroed_sets(sets),
+            sets: table,
+            base,
+            len: sets,
             shift: 64 - sets.trailing_zeros(),
             seed: foldhash::quality::RandomState::default(),
             bypass: AtomicU64::new(0),
@@ -109,7 +117,7 @@ impl PosCache {
     pub fn locate(&self, metric: &[u8]) -> Probe {
         let hash = self.seed.hash_one(metric);
         // `shift` is 1 to 63, so `hash >> shift` < sets.
-        let set = (hash >> self.shift) as usize;
+        let set = self.base + (hash >> self.shift) as usize;
         prefetch(&self.sets[set]);
         Probe { hash, set }
     }
@@ -190,7 +198,7 @@ impl PosCache {
 
     /// Number of slots.
     pub fn slots(&self) -> usize {
-        self.sets.len() * WAYS
+        self.len * WAYS
     }
 }
 
@@ -238,9 +246,17 @@ fn prefetch(slot: &Set) {
 }
 
 /// `n` zeroed sets from `alloc_zeroed`, so the pages come from the kernel as
-/// they are touched: a small series set costs only the pages it uses.
-fn zeroed_sets(n: usize) -> Box<[Set]> {
-    let layout = Layout::array::<Set>(n).expect("cache size fits the address space");
+/// they are touched: a small series set costs only the pages it uses. A table of a
+/// huge page or more gets a huge page of slack in front and starts at the first
+/// 2 MiB boundary in it (the returned index), so all of it can be huge pages: an
+/// allocation as it comes is only page-aligned, and its aligned interior left the
+/// default 4 MiB table with one huge page of two (`AnonHugePages: 2048 kB`).
+fn zeroed_sets(n: usize) -> (Box<[Set]>, usize) {
+    const HUGE: usize = 2 << 20;
+    let size = std::mem::size_of::<Set>();
+    let slack = if n * size >= HUGE { HUGE / size } else { 0 };
+    let total = n + slack;
+    let layout = Layout::array::<Set>(total).expect("cache size fits the address space");
     // SAFETY: the layout is non-empty (n >= 2) and describes `n` Sets (64-byte
     // aligned); all-zero bytes are a valid Set (AtomicU64s with the representation of
     // u64), and the pointer is handed to a Box with this very layout, which the
@@ -250,8 +266,19 @@ fn zeroed_sets(n: usize) -> Box<[Set]> {
         if ptr.is_null() {
             std::alloc::handle_alloc_error(layout);
         }
-        huge_pages(ptr as *mut u8, layout.size());
-        Box::from_raw(std::ptr::slice_from_raw_parts_mut(ptr, n))
+        let addr = ptr as usize;
+        // `addr` is 64-byte aligned, so the distance to the boundary is whole sets,
+        // fewer than `slack`: the `n` sets from `base` lie inside the allocation.
+        let base = if slack > 0 {
+            (addr.next_multiple_of(HUGE) - addr) / size
+        } else {
+            0
+        };
+        huge_pages(ptr.add(base) as *mut u8, n * size);
+        (
+            Box::from_raw(std::ptr::slice_from_raw_parts_mut(ptr, total)),
+            base,
+        )
     }
 }
 
@@ -330,6 +357,21 @@ mod tests {
         }
         assert!(hits > 290, "300 names in 128 sets of eight: {hits} hits");
         assert_eq!(c.slots(), 1024);
+    }
+
+    #[test]
+    fn a_large_table_starts_on_a_huge_page_and_stays_in_its_allocation() {
+        let c = PosCache::new(DEFAULT_SLOTS);
+        let start = &c.sets[c.base] as *const Set as usize;
+        assert_eq!(start % (2 << 20), 0, "table starts on a 2 MiB boundary");
+        assert!(c.base + c.len <= c.sets.len());
+        assert_eq!(c.slots(), DEFAULT_SLOTS);
+        for i in 0..100_000u32 {
+            let p = c.locate(format!("x.{i}").as_bytes());
+            assert!(p.set >= c.base && p.set < c.base + c.len);
+        }
+        let small = PosCache::new(1 << 10);
+        assert_eq!((small.base, small.sets.len()), (0, (1 << 10) / WAYS));
     }
 
     #[test]
