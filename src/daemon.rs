@@ -187,9 +187,10 @@ impl RoutingDaemon {
             flags.replication_factor.into(),
             flags.hash_failover,
         )?;
+        // With -config, a member may say `transport plain ssl` now or after a SIGHUP.
         let tls = flags
             .destination_tls
-            .client()
+            .client(flags.config.is_some())
             .map_err(DaemonError::Config)?;
         let workers = Shutdown::new();
         let (stats, pipeline, registry) = routing_core(
@@ -205,6 +206,7 @@ impl RoutingDaemon {
                 durable,
                 replay_rate: flags.replay_rate.filter(|&r| r > 0),
                 tls,
+                tls_all: flags.destination_tls.destination_tls,
             },
             flags.config.is_some(),
             flags.config.is_some()

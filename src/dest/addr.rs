@@ -14,6 +14,9 @@ pub struct DestAddr {
     pub port: u16,
     /// The carbon-cache instance name; graphite-carbon puts it in the ring node key.
     pub instance: Option<String>,
+    /// Reached over TLS whatever `-destination-tls` says: a `-config` member written
+    /// `transport plain ssl`. Not part of the name (`Display`), nor of the ring's node key.
+    pub tls: bool,
 }
 
 /// Why a destination string was refused.
@@ -75,6 +78,7 @@ impl FromStr for DestAddr {
             host: host.to_string(),
             port,
             instance,
+            tls: false,
         })
     }
 }

@@ -107,8 +107,12 @@ pub struct DestConfig {
     pub durable: bool,
     /// `-replay-rate`: points/s out of the spool (`None`: unlimited); see [`replay`].
     pub replay_rate: Option<u64>,
-    /// `-destination-tls`: TCP destinations are reached over TLS; see [`tls`].
+    /// How TLS destinations are reached ([`tls`]): every TCP destination with
+    /// `tls_all` (`-destination-tls`), else those marked `transport plain ssl` in
+    /// `-config` ([`DestAddr::tls`](crate::dest::DestAddr)).
     pub tls: Option<tls::DestTls>,
+    /// `-destination-tls`.
+    pub tls_all: bool,
 }
 
 /// What happens to a batch that neither the memory queue nor the spool can hold.
@@ -132,6 +136,7 @@ impl DestConfig {
             durable: false,
             replay_rate: None,
             tls: None,
+            tls_all: false,
         }
     }
 }

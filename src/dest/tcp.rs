@@ -284,7 +284,7 @@ pub async fn run(
         connect_log: Throttle::default(),
         resend_log: Throttle::default(),
         pace: config.replay_rate.map(super::replay::ReplayPace::new),
-        tls: config.tls,
+        tls: config.tls.filter(|_| config.tls_all || addr.tls),
     };
     w.run(addr).await;
     w.dest.stats.connected.store(false, Ordering::Relaxed);

@@ -1,8 +1,9 @@
 //! TLS to destinations (`-destination-tls`), so two relays can talk across a WAN.
 //!
-//! carbon-c-relay marks a server `transport plain ssl`; our destinations are `host:port`
-//! as Graphite writes them, so one flag switches every destination of the process to TLS
-//! (a relay that needs both kinds runs one instance per kind), and its certificate is
+//! carbon-c-relay marks a server `transport plain ssl`, which a `-config` member may say
+//! too ([`DestAddr::tls`](super::DestAddr)); `-destinations` are `host:port` as Graphite
+//! writes them, so for them one flag switches every destination of the process to TLS.
+//! Either way the certificate is
 //! verified by default: the system CAs plus `-destination-ca`, with the same pinning as the
 //! proxy's `-cert` (a destination presenting exactly a certificate of that file is trusted
 //! whatever names it holds). `-destination-client-cert`/`-key` answer a relay that requires
@@ -47,16 +48,17 @@ pub struct DestTlsFlags {
 }
 
 impl DestTlsFlags {
-    /// The client configuration, when `-destination-tls` is on; an unreadable file or a
-    /// flag without `-destination-tls` is refused at start, naming the flag.
-    pub fn client(&self) -> Result<Option<DestTls>, String> {
+    /// The client configuration, when `-destination-tls` is on or `members` (a `-config`
+    /// whose members may say `transport plain ssl`); an unreadable file, or a file flag
+    /// with neither, is refused at start, naming the flag.
+    pub fn client(&self, members: bool) -> Result<Option<DestTls>, String> {
         let files = self.destination_ca.is_some()
             || self.destination_client_cert.is_some()
             || self.destination_client_key.is_some();
-        if !self.destination_tls {
+        if !self.destination_tls && !members {
             return match files {
                 true => Err(
-                    "-destination-ca and -destination-client-cert/-key need -destination-tls"
+                    "-destination-ca and -destination-client-cert/-key need -destination-tls (or -config members with transport plain ssl)"
                         .into(),
                 ),
                 false => Ok(None),
@@ -267,9 +269,10 @@ mod tests {
                 destination_client_cert: cert.map(PathBuf::from),
                 destination_client_key: None,
             };
-            flags.client().err()
+            flags.client(false).err()
         };
-        assert!(DestTlsFlags::default().client().unwrap().is_none());
+        assert!(DestTlsFlags::default().client(false).unwrap().is_none());
+        assert!(DestTlsFlags::default().client(true).unwrap().is_some());
         let ca_only = refusal(false, Some("ca.pem"), None).unwrap();
         assert!(ca_only.contains("need -destination-tls"));
         let half = refusal(true, None, Some("c.pem")).unwrap();

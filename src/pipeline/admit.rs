@@ -244,6 +244,7 @@ mod tests {
             durable: true,
             replay_rate: None,
             tls: None,
+            tls_all: false,
         };
         let addr = format!("127.0.0.1:{port}").parse().unwrap();
         Destination::spawn(SinkKind::Tcp(addr), &config, shutdown).0

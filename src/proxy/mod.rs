@@ -238,6 +238,7 @@ fn open_destination(
         durable: false,
         replay_rate: None,
         tls: None,
+        tls_all: false,
     };
     Destination::spawn(kind, &dest_config, shutdown)
 }

@@ -331,7 +331,7 @@ impl Parser {
         Ok(c)
     }
 
-    /// `host[:port][=instance] [proto tcp] [type linemode] [transport plain]`.
+    /// `host[:port][=instance] [proto tcp] [type linemode] [transport plain [ssl]]`.
     fn member(&mut self) -> Result<Member, RuleError> {
         let addr = self.word("a member address (host[:port])")?;
         let instance = if matches!(self.peek().map(|t| &t.tok), Some(Tok::Eq)) {
@@ -364,15 +364,20 @@ impl Parser {
                 }
             } else if self.eat("transport") {
                 let t = self.word("a transport after 'transport'")?.text;
-                if t != "plain"
-                    || self
-                        .peek()
-                        .is_some_and(|t| t.is_kw("ssl") || t.is_kw("mtls"))
-                {
+                if t != "plain" {
                     return Err(opos.error(&format!(
-                        "transport '{t}' (compressed or TLS) to members is not supported yet: use \
-                         transport plain"
+                        "transport '{t}' (compressed) to members is not supported yet: use \
+                         transport plain [ssl]"
                     )));
+                }
+                if self.eat("ssl") {
+                    dest.tls = true;
+                } else if self.peek().is_some_and(|t| t.is_kw("mtls")) {
+                    return Err(opos.error(
+                        "transport plain mtls CERT KEY is not supported: write transport plain \
+                         ssl and give the client certificate with -destination-client-cert and \
+                         -destination-client-key",
+                    ));
                 }
             } else {
                 break;
@@ -560,12 +565,30 @@ fn member_addr(e: &Expr) -> Result<DestAddr, RuleError> {
         host,
         port,
         instance: None,
+        tls: false,
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn transport_plain_ssl_marks_a_member_tls_and_mtls_is_refused_with_the_flags_to_use() {
+        let c = |text: &str| crate::rules::Rules::from_str("t.conf", text);
+        let r = c("cluster a forward 10.0.0.1:2003 transport plain ssl 10.0.0.2 proto tcp transport plain;\nmatch * send to a;\n").unwrap();
+        let tls: Vec<bool> = r.tcp_members().iter().map(|d| d.tls).collect();
+        assert_eq!(tls, vec![true, false]);
+        let e = c("cluster a forward 10.0.0.1:2003 transport plain mtls c.pem k.pem;\nmatch * send to a;\n").unwrap_err().to_string();
+        assert!(
+            e.contains("t.conf:1:") && e.contains("-destination-client-cert"),
+            "{e}"
+        );
+        let e = c("cluster a forward 10.0.0.1:2003 transport gzip;\nmatch * send to a;\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("transport 'gzip'"), "{e}");
+    }
 
     #[test]
     fn parses_every_construct() {

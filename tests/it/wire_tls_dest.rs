@@ -184,6 +184,66 @@ fn serve_one(
     // Dropped with unread data: the kernel answers with a reset, as for a killed process.
 }
 
+/// carbon-c-relay's per-member `transport plain ssl` under `-config`: that member is
+/// reached over TLS (verified against `-destination-ca`, no `-destination-tls` needed),
+/// the member beside it stays plaintext, and each gets every line.
+#[test]
+fn a_config_member_with_transport_plain_ssl_is_reached_over_tls_beside_a_plain_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path(), "ca");
+    let (cert, key) = pki.server();
+    let (far_sink, near_sink) = (LineSink::start(), LineSink::start());
+    let far = format!("127.0.0.1:{}", free_port());
+    let _b = relay(
+        &far,
+        &[
+            "-destinations",
+            &far_sink.addr(),
+            "-listen-tls-cert",
+            &cert,
+            "-listen-tls-key",
+            &key,
+        ],
+    );
+    let conf = dir.path().join("ssl.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "cluster secure forward {far} transport plain ssl;\n\
+             cluster clear forward {} proto tcp transport plain;\n\
+             match * send to secure clear;\n",
+            near_sink.addr()
+        ),
+    )
+    .unwrap();
+    let near = format!("127.0.0.1:{}", free_port());
+    let ca = pki.ca();
+    let a = relay(
+        &near,
+        &["-config", conf.to_str().unwrap(), "-destination-ca", &ca],
+    );
+    let sent = lines("member.ssl", 1000);
+    feed(&near, &sent).join().unwrap();
+    for sink in [&far_sink, &near_sink] {
+        assert!(sink.wait_count(sent.len(), secs(20)), "{}", a.all_output());
+        assert_eq!(missing(&sent, &sink.lines()), 0);
+    }
+    assert!(
+        a.has_log(&format!("Connected to destination {far} over TLS")),
+        "{}",
+        a.all_output()
+    );
+    assert!(
+        a.has_log(&format!("Connected to destination {}", near_sink.addr()))
+            && !a.has_log(&format!(
+                "Connected to destination {} over TLS",
+                near_sink.addr()
+            )),
+        "{}",
+        a.all_output()
+    );
+}
+
 #[test]
 fn a_tls_destination_dying_mid_stream_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
