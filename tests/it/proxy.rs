@@ -595,6 +595,50 @@ fn retry_after_503_is_honoured_and_400_drops_only_that_batch() {
     );
 }
 
+/// The proxy's spool on a full disk (a 2 MiB tmpfs) while the gateway is down: it keeps
+/// what it took, slows its TCP client down instead of dropping (the spool refuses, the
+/// batch waits), and once the gateway is up every line the client wrote arrives.
+#[test]
+fn a_full_spool_disk_slows_the_client_and_loses_nothing() {
+    let Some(disk) = crate::disk_full::Tmpfs::mount("2m") else {
+        return;
+    };
+    let sink = LineSink::start();
+    let http = free_port();
+    let spool = disk.path().to_str().unwrap().to_string();
+    let p = proxy(
+        &format!("http://127.0.0.1:{http}"),
+        &["-api-key", "123", "-spool-dir", &spool, "-queue-cap", "100"],
+    );
+    // About 28 MB of lines: far more than the disk, the memory queue and both sockets'
+    // buffers (a few MB each on loopback) hold, so the client must be held back.
+    let sent = lines("fullspool", 1_000_000);
+    let feeder = {
+        let (addr, text) = (p.listen.clone(), body(&sent));
+        std::thread::spawn(move || send_lines(&addr, &text))
+    };
+    assert!(
+        p.proc.wait_log("No space left on device", secs(60)),
+        "{}",
+        p.proc.all_output()
+    );
+    assert!(
+        !feeder.is_finished(),
+        "the client is held back, not dropped"
+    );
+    let _gw = gateway_on(http, &sink.addr(), &[]);
+    feeder.join().unwrap().unwrap();
+    assert!(
+        sink.wait_count(sent.len(), secs(90)),
+        "got {} of {}\n{}",
+        sink.count(),
+        sent.len(),
+        p.proc.all_output()
+    );
+    let got: std::collections::HashSet<String> = sink.lines().into_iter().collect();
+    assert_eq!(sent.iter().filter(|l| !got.contains(*l)).count(), 0);
+}
+
 /// A `-flush-size` larger than the gateway's `-max-batch-bytes` used to cost every
 /// batch (413 was "rejected for good"): now a 413 splits the batch in halves until the
 /// gateway takes them, so every line arrives once, through our real gateway.
