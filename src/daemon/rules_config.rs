@@ -93,6 +93,14 @@ fn check_files(rules: &Rules) -> Result<(), String> {
     Ok(())
 }
 
+/// [`load`], and its `file` clusters' paths opened ([`check_files`]): what a daemon runs
+/// (`-route-test` only loads, and creates no file).
+fn load_to_run(path: &Path) -> Result<Rules, String> {
+    let rules = load(path)?;
+    check_files(&rules)?;
+    Ok(rules)
+}
+
 /// The routing at start: the file's rules, or `-destinations` as the default cluster.
 /// Returns the destinations to start and the router factory over them. `all_dynamic`
 /// (`-hash-failover` with `-config`) makes every hash cluster `dynamic`.
@@ -129,9 +137,7 @@ pub fn start(
             "-config: the destinations are the clusters of the file; drop -destinations and -destinations-file",
         ));
     }
-    let rules = load(path)
-        .and_then(|r| check_files(&r).map(|()| r))
-        .map_err(|e| DaemonError::config(format!("-config {e}")))?;
+    let rules = load_to_run(path).map_err(|e| DaemonError::config(format!("-config {e}")))?;
     let dests = rules.tcp_members();
     let current: Current = Arc::new(ArcSwap::from_pointee(Loaded::new(rules)));
     let cur = current.clone();
@@ -181,7 +187,7 @@ pub fn start_files(registry: &Registry, current: &Current) -> usize {
 pub fn reload(registry: &Registry, current: &Current, path: &Path) {
     // Whether or not the file loads: logrotate moved the files away and sent SIGHUP.
     crate::dest::file::reopen_all();
-    match load(path).and_then(|r| check_files(&r).map(|()| r)) {
+    match load_to_run(path) {
         Ok(rules) => {
             let dests = rules.tcp_members();
             registry.set_sinks(file_writers(&rules));

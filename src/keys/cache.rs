@@ -112,8 +112,12 @@ impl KeyCache {
             .values()
             .map(|t| (t.name.clone(), t.clone()))
             .collect();
-        let new = set.keys().filter(|n| !old.contains_key(n.as_str())).count();
-        for name in set.keys().filter(|n| !old.contains_key(n.as_str())) {
+        let added: Vec<&String> = set
+            .keys()
+            .filter(|n| !old.contains_key(n.as_str()))
+            .collect();
+        let new = added.len();
+        for name in added {
             if let Some(why) = name_problem(name) {
                 tracing::warn!(
                     "API key name {name:?} {why}: with -key-prefix its lines would be sent as \

@@ -369,7 +369,7 @@ impl Gateway {
         }
     }
 
-    /// After a 413: the batch as two halves (split at the line boundary nearest its
+    /// After a 413: the batch as two halves (split at a line boundary near its
     /// middle), each delivered on its own, halved again while too large. Settles as the
     /// worse of the two: handed back when either is (the writer keeps the whole batch,
     /// so a half already taken is sent again: at least once), else rejected when either
@@ -391,8 +391,7 @@ impl Gateway {
             );
             return Settled::Rejected;
         };
-        let count = |b: &Bytes| bytecount(b);
-        let (p1, p2) = (count(&first), count(&second));
+        let (p1, p2) = (line_count(&first), line_count(&second));
         tracing::warn!(
             "Gateway {} refused a batch of {points} points as too large ({why}); sending it as {p1} + {p2} (lower -flush-size to avoid this)",
             self.base
@@ -440,36 +439,20 @@ pub enum Settled {
     GaveBack,
 }
 
-/// `lines` (newline-terminated) cut at the line boundary nearest its middle; `None` for
-/// a single line.
+/// `lines` (newline-terminated) cut after the first line that ends past its middle, or
+/// else after the last one that ends before it; `None` for a single line.
 fn split_lines(lines: &Bytes) -> Option<(Bytes, Bytes)> {
     let mid = lines.len() / 2;
-    let after = lines[mid..]
-        .iter()
-        .position(|&b| b == b'\n')
+    let cut = memchr::memchr(b'\n', &lines[mid..])
         .map(|i| mid + i + 1)
-        .filter(|&i| i < lines.len());
-    let before = lines[..mid]
-        .iter()
-        .rposition(|&b| b == b'\n')
-        .map(|i| i + 1);
-    let cut = match (before, after) {
-        (Some(b), Some(a)) => {
-            if mid - b <= a - mid {
-                b
-            } else {
-                a
-            }
-        }
-        (Some(c), None) | (None, Some(c)) => c,
-        (None, None) => return None,
-    };
-    (cut > 0).then(|| (lines.slice(..cut), lines.slice(cut..)))
+        .filter(|&cut| cut < lines.len())
+        .or_else(|| memchr::memrchr(b'\n', &lines[..mid]).map(|i| i + 1))?;
+    Some((lines.slice(..cut), lines.slice(cut..)))
 }
 
 /// Lines in a newline-terminated chunk.
-fn bytecount(b: &[u8]) -> u64 {
-    b.iter().filter(|&&c| c == b'\n').count() as u64
+fn line_count(b: &[u8]) -> u64 {
+    memchr::memchr_iter(b'\n', b).count() as u64
 }
 
 /// One line: the TLS cause when there is one, else the error with its causes.
@@ -482,10 +465,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn split_lines_cuts_at_the_line_boundary_nearest_the_middle() {
+    fn split_lines_cuts_at_a_line_boundary_near_the_middle() {
         let b = Bytes::from_static(b"a 1 1\nbb 2 2\nc 3 3\n");
         let (x, y) = split_lines(&b).unwrap();
-        assert_eq!((&x[..], &y[..]), (&b"a 1 1\n"[..], &b"bb 2 2\nc 3 3\n"[..]));
+        assert_eq!((&x[..], &y[..]), (&b"a 1 1\nbb 2 2\n"[..], &b"c 3 3\n"[..]));
+        assert_eq!(line_count(&b), 3);
         let (x, y) = split_lines(&Bytes::from_static(b"a\nb\n")).unwrap();
         assert_eq!((&x[..], &y[..]), (&b"a\n"[..], &b"b\n"[..]));
         assert_eq!(split_lines(&Bytes::from_static(b"only one line\n")), None);

@@ -523,42 +523,50 @@ fn a_spool_directory_is_never_shared_by_two_processes() {
     let dest = format!("127.0.0.1:{}", free_port());
     let first = gateway(&["-destinations", &dest, "-spool-dir", &spool]);
     let port = free_port().to_string();
-    let args = [
-        "-dev-mode",
-        "-destinations",
-        &dest,
-        "-spool-dir",
-        &spool,
-        "-listen-addr",
-        "127.0.0.1",
-        "-listen-http-port",
-        &port,
-        "-api-addr=",
-        "-stat-addr=",
-        "-admin-addr=",
-    ];
-    let second = Proc::run(GATEWAY_BIN, &args, &[], secs(20));
-    assert_eq!(
-        second.status.and_then(|s| s.code()),
-        Some(1),
-        "{}",
-        second.stderr
+    let second = Proc::run(
+        GATEWAY_BIN,
+        &[
+            "-dev-mode",
+            "-destinations",
+            &dest,
+            "-spool-dir",
+            &spool,
+            "-listen-addr",
+            "127.0.0.1",
+            "-listen-http-port",
+            &port,
+            "-api-addr=",
+            "-stat-addr=",
+            "-admin-addr=",
+        ],
+        &[],
+        secs(20),
     );
-    assert!(
-        second
-            .stderr
-            .lines()
-            .any(|l| l.starts_with("polymur-gateway: -spool-dir: ")
-                && l.contains("is in use by another process")),
-        "{}",
-        second.stderr
-    );
+    assert_refused_spool(&second, "polymur-gateway", "is in use by another process");
     assert!(!first.proc.has_log("in use by another process"));
     // The first keeps spooling: a batch beyond its queue is still acknowledged.
     for i in 0..3 {
         let body = lines(&format!("shared{i}"), 5000).join("\n") + "\n";
         assert_eq!(first.ingest("123", &body).status, 200);
     }
+}
+
+/// `program` exited 1 at start, its one-line error naming `-spool-dir` and `why`.
+fn assert_refused_spool(out: &RunOutput, program: &str, why: &str) {
+    assert_eq!(
+        out.status.and_then(|s| s.code()),
+        Some(1),
+        "{program}: {}",
+        out.stderr
+    );
+    let head = format!("{program}: -spool-dir: ");
+    assert!(
+        out.stderr
+            .lines()
+            .any(|l| l.starts_with(&head) && l.contains(why)),
+        "{program}: {}",
+        out.stderr
+    );
 }
 
 /// `putdest` of a destination whose spool cannot be opened (here its directory name is
@@ -600,57 +608,59 @@ fn an_unusable_spool_dir_stops_the_daemon_at_start() {
     std::fs::write(&file, b"x").unwrap();
     let spool = file.to_str().unwrap();
     let dest = format!("127.0.0.1:{}", free_port());
-    let (p1, p2) = (
+    let gw_url = format!("http://{dest}");
+    let (port, listen) = (
         free_port().to_string(),
         format!("127.0.0.1:{}", free_port()),
     );
-    let quiet = ["-api-addr=", "-stat-addr=", "-admin-addr="];
-    let gw: Vec<&str> = [
-        "-dev-mode",
-        "-listen-addr",
-        "127.0.0.1",
-        "-listen-http-port",
-        &p1,
-    ]
-    .into_iter()
-    .chain(["-destinations", &dest, "-spool-dir", spool])
-    .chain(quiet)
-    .collect();
-    let relay: Vec<&str> = [
-        "-listen-addr",
-        &p2,
-        "-destinations",
-        &dest,
-        "-spool-dir",
-        spool,
-    ]
-    .into_iter()
-    .chain(quiet)
-    .collect();
-    let gw_url = format!("http://{dest}");
-    let proxy: Vec<&str> = ["-listen-addr", &p2, "-gateway", &gw_url, "-api-key", "k"]
-        .into_iter()
-        .chain(["-spool-dir", spool, "-stat-addr=", "-admin-addr="])
-        .collect();
-    for (bin, args, program) in [
-        (GATEWAY_BIN, gw, "polymur-gateway"),
-        (env!("CARGO_BIN_EXE_polymur"), relay, "polymur"),
-        (env!("CARGO_BIN_EXE_polymur-proxy"), proxy, "polymur-proxy"),
-    ] {
+    let runs: [(&str, &str, Vec<&str>); 3] = [
+        (
+            GATEWAY_BIN,
+            "polymur-gateway",
+            vec![
+                "-dev-mode",
+                "-listen-addr",
+                "127.0.0.1",
+                "-listen-http-port",
+                &port,
+                "-destinations",
+                &dest,
+                "-api-addr=",
+                "-stat-addr=",
+                "-admin-addr=",
+            ],
+        ),
+        (
+            env!("CARGO_BIN_EXE_polymur"),
+            "polymur",
+            vec![
+                "-listen-addr",
+                &listen,
+                "-destinations",
+                &dest,
+                "-api-addr=",
+                "-stat-addr=",
+                "-admin-addr=",
+            ],
+        ),
+        (
+            env!("CARGO_BIN_EXE_polymur-proxy"),
+            "polymur-proxy",
+            vec![
+                "-listen-addr",
+                &listen,
+                "-gateway",
+                &gw_url,
+                "-api-key",
+                "k",
+                "-stat-addr=",
+                "-admin-addr=",
+            ],
+        ),
+    ];
+    for (bin, program, mut args) in runs {
+        args.extend(["-spool-dir", spool]);
         let out = Proc::run(bin, &args, &[], secs(20));
-        assert_eq!(
-            out.status.and_then(|s| s.code()),
-            Some(1),
-            "{program}: {}",
-            out.stderr
-        );
-        assert!(
-            out.stderr
-                .lines()
-                .any(|l| l.starts_with(&format!("{program}: -spool-dir: "))
-                    && l.contains("Not a directory")),
-            "{program}: {}",
-            out.stderr
-        );
+        assert_refused_spool(&out, program, "Not a directory");
     }
 }
