@@ -12,8 +12,18 @@
 
 use std::hint::black_box;
 
+use std::sync::Arc;
+
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use polymur::batch::Batch;
+use polymur::route::counters::RouteCounters;
+use polymur::route::Router;
+use polymur::rules::router::RulesRouter;
 use polymur::rules::{Action, Decision, Rules};
+/// The load generator's workload (it lives in the `polymur-bench` binary, outside the library).
+#[allow(dead_code)]
+#[path = "../src/bin/polymur-bench/workload.rs"]
+mod workload;
 
 const NAMES: usize = 4096;
 
@@ -132,12 +142,49 @@ fn bench(c: &mut Criterion) {
     group.finish();
 }
 
+/// The whole router on the load generator's own batches (100 000 series, 5000-line
+/// batches, 20 distinct batches so every series is seen): `benches/rules-50.conf`, what
+/// `benches/rules-50.sh` runs end to end, against the default cluster the relay without
+/// rules routes by (one `forward` destination, the batch's buffer shared). The difference
+/// is the rules' own cost per line, without the sockets and validation both pay.
+fn router(c: &mut Criterion) {
+    let w = workload::Workload::default();
+    let batches: Vec<Batch> = (0..20)
+        .map(|k| Batch::from_plaintext(w.batch(k), None).0)
+        .collect();
+    let conf = include_str!("rules-50.conf").replace("SINK", "127.0.0.1:2003");
+    let rules = Arc::new(Rules::from_str("rules-50.conf", &conf).unwrap());
+    let dests = rules.tcp_members();
+    let counters = |r: &Rules| {
+        Arc::new(
+            RouteCounters::new(r.clusters.iter().map(|c| c.name.as_str()))
+                .with_rules(r.match_labels()),
+        )
+    };
+    let fifty = RulesRouter::new(rules.clone(), &dests, counters(&rules));
+    let plain = RulesRouter::for_flags(&dests, None, 1, Arc::new(RouteCounters::new(["default"])));
+    let mut group = c.benchmark_group("router_5000_lines");
+    group.throughput(Throughput::Elements(w.batch_lines as u64));
+    for (label, router) in [("no_rules", &plain), ("rules_50", &fifty)] {
+        let (mut k, mut out) = (0usize, Vec::new());
+        group.bench_function(label, |b| {
+            b.iter(|| {
+                k = (k + 1) % batches.len();
+                out.clear();
+                router.route(black_box(&batches[k]), &mut out);
+                black_box(out.len())
+            })
+        });
+    }
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .warm_up_time(std::time::Duration::from_millis(500))
         .measurement_time(std::time::Duration::from_secs(2))
         .sample_size(20);
-    targets = bench
+    targets = bench, router
 }
 criterion_main!(benches);

@@ -429,22 +429,9 @@ impl Rules {
     fn replay(&self, p: &plan::Plan, metric: &[u8], d: &mut Decision) {
         d.reset(metric);
         for &i in &p.rewrites {
-            let Some(Step::Rewrite {
-                pat,
-                repl,
-                idx,
-                head,
-            }) = self.steps.get(i as usize)
-            else {
-                continue;
-            };
             let (ns, ne) = *d.names.last().unwrap_or(&(0, 0));
             d.scratch.clear();
-            if d.locs.len() <= *idx {
-                d.locs.resize_with(idx + 1, || None);
-            }
-            let how = (pat, repl, head.as_deref());
-            rewrite_name(how, &d.arena[ns..ne], &mut d.locs[*idx], &mut d.scratch);
+            self.rewrite_step(i, &d.arena[ns..ne], &mut d.locs, &mut d.scratch);
             let start = d.arena.len();
             d.arena.extend_from_slice(&d.scratch);
             d.names.push((start, d.arena.len()));
@@ -453,6 +440,32 @@ impl Rules {
             .extend(p.actions.iter().map(|&(n, a)| (n as usize, a)));
         d.matched
             .extend(p.matched.iter().map(|&(r, o)| (r as usize, o)));
+    }
+
+    /// Appends to `out` what rewrite step `step` (a [`plan::Plan`]'s `rewrites` entry)
+    /// makes of `name`, which its pattern matched when the plan was made; `locs` holds
+    /// the reused capture buffers (one per rewrite of the configuration). A step that is
+    /// not a rewrite appends nothing.
+    pub fn rewrite_step(
+        &self,
+        step: u32,
+        name: &[u8],
+        locs: &mut Vec<Option<::regex::bytes::CaptureLocations>>,
+        out: &mut Vec<u8>,
+    ) {
+        let Some(Step::Rewrite {
+            pat,
+            repl,
+            idx,
+            head,
+        }) = self.steps.get(step as usize)
+        else {
+            return;
+        };
+        if locs.len() <= *idx {
+            locs.resize_with(idx + 1, || None);
+        }
+        rewrite_name((pat, repl, head.as_deref()), name, &mut locs[*idx], out);
     }
 
     /// [`Rules::route`] into a reused [`Decision`].

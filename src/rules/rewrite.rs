@@ -72,7 +72,11 @@ impl Replacement {
             match p {
                 Piece::Lit(l) => out.extend_from_slice(l),
                 Piece::Group { n, case, dots } => {
-                    if let Some((s, e)) = group(*n) {
+                    let Some((s, e)) = group(*n) else { continue };
+                    if *case == Case::Keep && !*dots {
+                        // The common `\1`: one copy, not a byte-by-byte map.
+                        out.extend_from_slice(&name[s..e]);
+                    } else {
                         out.extend(name[s..e].iter().map(|&b| {
                             let b = if *dots && b == b'.' { b'_' } else { b };
                             match case {

@@ -55,6 +55,10 @@ pub struct RulesRouter {
     counters: Arc<RouteCounters>,
     /// `ip_prefix[c]`: cluster `c` is `file ip` (each line starts with the sender's address).
     ip_prefix: Vec<bool>,
+    /// `fixed[c]`: the destinations every line to cluster `c` goes to, when that does
+    /// not depend on the name (`forward`, `file`, a `failover` with no member down), so
+    /// a line skips the placement.
+    fixed: Vec<Option<Vec<usize>>>,
 }
 
 impl RulesRouter {
@@ -126,7 +130,22 @@ impl RulesRouter {
             .iter()
             .map(|c| c.kind == ClusterKind::File { ip: true })
             .collect();
+        let fixed = rules
+            .clusters
+            .iter()
+            .enumerate()
+            .map(|(c, cluster)| {
+                let dests = |m: &[Option<usize>]| m.iter().flatten().copied().collect();
+                match cluster.kind {
+                    _ if moving[c] || cluster.members.is_empty() => None,
+                    ClusterKind::Forward | ClusterKind::File { .. } => Some(dests(&member_dest[c])),
+                    ClusterKind::Failover => Some(dests(&member_dest[c][..1])),
+                    _ => None,
+                }
+            })
+            .collect();
         RulesRouter {
+            fixed,
             ip_prefix,
             rules,
             down: down_of,
@@ -209,7 +228,8 @@ impl Parts {
     /// after `prefix` (a `file ip` cluster's `<sender address> `).
     fn push(&mut self, d: usize, prefix: &[u8], line: &[u8], metric: &[u8], name: &[u8]) {
         self.counts[d] += 1;
-        if prefix.is_empty() && name == metric {
+        let unchanged = unchanged(name, metric);
+        if prefix.is_empty() && unchanged {
             if let Some(at) = self.offset(line) {
                 let run = &mut self.runs[d];
                 if run.0 != run.1 && run.1 == at {
@@ -227,7 +247,7 @@ impl Parts {
             buf.reserve(self.room);
         }
         buf.extend_from_slice(prefix);
-        if name == metric {
+        if unchanged {
             buf.extend_from_slice(line);
         } else {
             buf.extend_from_slice(name);
@@ -271,6 +291,13 @@ impl Parts {
             out.push(RoutedPart { dest, data, points });
         }
     }
+}
+
+/// True when `name` is `metric`: most often the very same slice (no rewrite applied),
+/// which is decided without comparing the bytes.
+#[inline]
+fn unchanged(name: &[u8], metric: &[u8]) -> bool {
+    std::ptr::eq(name, metric) || name == metric
 }
 
 impl RulesRouter {
@@ -361,6 +388,7 @@ impl RulesRouter {
             return self.add(t);
         };
         let (mut hits, mut evictions) = (0u64, 0u64);
+        let mut rw = Rewritten::default();
         let mut lines = batch.lines();
         let mut run = Vec::with_capacity(RUN);
         loop {
@@ -375,12 +403,19 @@ impl RulesRouter {
                 break;
             }
             for &(line, metric, probe) in &run {
-                // A plan without rewrites needs no Decision: every action is on `metric`.
-                if let Some(p) = cache.find(&probe).filter(|p| p.rewrites.is_empty()) {
+                // A remembered plan needs no Decision: its rewrites make the names
+                // (none: every action is on `metric`), its actions and outcomes follow.
+                if let Some(p) = cache.find(&probe) {
                     hits += 1;
                     let matched = p.matched.iter().map(|&(r, o)| (r as usize, o));
-                    let actions = p.actions.iter().map(|&(_, a)| (metric, a));
-                    self.emit(matched, actions, (line, metric), &src, parts, &mut t);
+                    if p.rewrites.is_empty() {
+                        let actions = p.actions.iter().map(|&(_, a)| (metric, a));
+                        self.emit(matched, actions, (line, metric), &src, parts, &mut t);
+                    } else {
+                        rw.make(&self.rules, &p.rewrites, metric);
+                        let actions = p.actions.iter().map(|&(n, a)| (rw.name(n, metric), a));
+                        self.emit(matched, actions, (line, metric), &src, parts, &mut t);
+                    }
                     continue;
                 }
                 match self.rules.route_cached(cache, &probe, metric, line, &mut d) {
@@ -434,8 +469,14 @@ impl RulesRouter {
             match action {
                 Action::Cluster(c) => {
                     t.per_cluster[c] += 1;
-                    self.place(c, name, &mut t.placed);
                     let prefix = self.prefix_of(c, src);
+                    if let Some(dests) = &self.fixed[c] {
+                        for &dest in dests {
+                            parts.push(dest, prefix, line, metric, name);
+                        }
+                        continue;
+                    }
+                    self.place(c, name, &mut t.placed);
                     for &m in &t.placed {
                         if let Some(dest) = self.member_dest[c][m] {
                             parts.push(dest, prefix, line, metric, name);
@@ -465,6 +506,47 @@ impl RulesRouter {
             slot.1.fetch_add(n, Ordering::Relaxed);
         }
         c.add_rules(&t.per_rule);
+    }
+}
+
+/// The names a remembered plan's rewrites make of one line's name, back to back (the
+/// input name itself is not copied: name 0 is the line's own).
+#[derive(Default)]
+struct Rewritten {
+    arena: Vec<u8>,
+    /// `(start, end)` in `arena` of name `k + 1`.
+    names: Vec<(usize, usize)>,
+    scratch: Vec<u8>,
+    locs: Vec<Option<::regex::bytes::CaptureLocations>>,
+}
+
+impl Rewritten {
+    /// Applies `steps` (a plan's rewrites, in order) to `metric`.
+    fn make(&mut self, rules: &Rules, steps: &[u32], metric: &[u8]) {
+        self.arena.clear();
+        self.names.clear();
+        for &step in steps {
+            let start = self.arena.len();
+            match self.names.last() {
+                // The first rewrite reads the line's name: straight into the arena.
+                None => rules.rewrite_step(step, metric, &mut self.locs, &mut self.arena),
+                Some(&(s, e)) => {
+                    self.scratch.clear();
+                    let input = &self.arena[s..e];
+                    rules.rewrite_step(step, input, &mut self.locs, &mut self.scratch);
+                    self.arena.extend_from_slice(&self.scratch);
+                }
+            }
+            self.names.push((start, self.arena.len()));
+        }
+    }
+
+    /// Name `n` of the plan: 0 is `metric`, `k` what rewrite `k` made.
+    fn name<'a>(&'a self, n: u32, metric: &'a [u8]) -> &'a [u8] {
+        match (n as usize).checked_sub(1).and_then(|k| self.names.get(k)) {
+            Some(&(s, e)) => &self.arena[s..e],
+            None => metric,
+        }
     }
 }
 
@@ -587,5 +669,90 @@ mod tests {
         assert_eq!(&out[2].data[..], b"a 1 1\nc 3 3\n", "two runs, in order");
         let points: Vec<u64> = out.iter().map(|p| p.points).collect();
         assert_eq!(points, vec![3, 3, 2]);
+    }
+
+    /// Names made of a configuration's own words, so its rules and rewrites apply.
+    fn names_for(conf: &str) -> Vec<String> {
+        let mut words: Vec<&str> = conf
+            .split(|c: char| !c.is_ascii_alphanumeric() && c != '_')
+            .filter(|w| !w.is_empty() && w.len() < 20)
+            .collect();
+        words.sort_unstable();
+        words.dedup();
+        let mut out = Vec::new();
+        for (i, a) in words.iter().enumerate() {
+            for b in words.iter().skip(i % 5).step_by(3).take(12) {
+                out.push(format!("{a}.{b}.x{i}"));
+                out.push(format!("{a}.{}.{b}", i % 10));
+                out.push(format!("{}.{a}.{b}", words[(i * 7) % words.len()]));
+            }
+        }
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
+    /// The same batch routed cold (every name decided by the rules) and then twice warm
+    /// (replayed from the decision cache, rewrites made again on each line's own name)
+    /// gives byte-identical parts, for every fixture configuration and the benchmark's.
+    #[test]
+    fn replayed_decisions_route_exactly_as_the_rules_do() {
+        let root = env!("CARGO_MANIFEST_DIR");
+        let mut files: Vec<std::path::PathBuf> = ["own", "carbon-c-relay"]
+            .iter()
+            .flat_map(|d| std::fs::read_dir(format!("{root}/tests/fixtures/rules/{d}")).unwrap())
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "conf"))
+            .collect();
+        files.push(format!("{root}/benches/rules-50.conf").into());
+        let (mut routed, mut rewritten, mut cached) = (0usize, 0usize, 0usize);
+        for f in files {
+            let text = std::fs::read_to_string(&f)
+                .unwrap()
+                .replace("SINK", "127.0.0.1:1");
+            let Ok(rules) = Rules::from_str("t.conf", &text) else {
+                continue; // includes relative to another directory
+            };
+            if rules.cache().is_none() {
+                continue; // literal rules only: nothing is replayed
+            }
+            cached += 1;
+            let names = names_for(&text);
+            let plain: String = names.iter().map(|n| format!("{n} 1 2\n")).collect();
+            let (batch, _) = Batch::from_plaintext(plain.into_bytes(), None);
+            let rules = Arc::new(rules);
+            let dests = rules.tcp_members();
+            let router = RulesRouter::new(rules.clone(), &dests, Arc::new(RouteCounters::new([])));
+            let rounds: Vec<Vec<(usize, Vec<u8>, u64)>> = (0..3)
+                .map(|_| {
+                    let mut out = Vec::new();
+                    router.route(&batch, &mut out);
+                    out.iter()
+                        .map(|p| (p.dest, p.data.to_vec(), p.points))
+                        .collect()
+                })
+                .collect();
+            assert_eq!(rounds[0], rounds[1], "{}: first replay", f.display());
+            assert_eq!(rounds[0], rounds[2], "{}: second replay", f.display());
+            routed += rounds[0].iter().map(|p| p.2 as usize).sum::<usize>();
+            let names_out: usize = rounds[0]
+                .iter()
+                .flat_map(|p| p.1.split(|&b| b == b'\n'))
+                .filter(|l| !l.is_empty() && !plain_names_contain(&names, l))
+                .count();
+            rewritten += names_out;
+        }
+        assert!(cached >= 5, "{cached} configurations with a decision cache");
+        assert!(routed > 5_000, "{routed} lines routed per round");
+        assert!(
+            rewritten > 100,
+            "{rewritten} lines sent under a rewritten name"
+        );
+    }
+
+    fn plain_names_contain(names: &[String], line: &[u8]) -> bool {
+        let name = line.split(|&b| b == b' ').next().unwrap_or(line);
+        std::str::from_utf8(name)
+            .is_ok_and(|n| names.binary_search_by(|x| x.as_str().cmp(n)).is_ok())
     }
 }
