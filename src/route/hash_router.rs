@@ -150,34 +150,133 @@ impl Router for HashRouter {
         // resend window — multiplying memory by the unevenness.
         let stride = self.replication.min(self.members);
         let placed = self.place(batch, stride);
-        let mut bufs: Vec<Vec<u8>> = placed
-            .bytes
-            .iter()
-            .map(|&n| Vec::with_capacity(n))
-            .collect();
+        let mut runs: Vec<Vec<Run>> = vec![Vec::new(); self.members];
         let lines = batch
             .lines()
             .zip(placed.owners_of_line.chunks_exact(stride));
+        let mut at = 0;
         for ((line, _), line_owners) in lines {
+            let end = at + line.len();
             for &i in line_owners.iter().filter(|&&i| i != u32::MAX) {
-                bufs[i as usize].extend_from_slice(line);
+                let r = &mut runs[i as usize];
+                match r.last_mut() {
+                    Some(last) if last.end == at => {
+                        last.end = end;
+                        last.points += 1;
+                    }
+                    _ => r.push(Run {
+                        start: at,
+                        end,
+                        points: 1,
+                    }),
+                }
             }
+            at = end;
         }
-        for (dest, (buf, points)) in bufs.into_iter().zip(placed.counts).enumerate() {
-            if points > 0 {
-                out.push(RoutedPart {
-                    dest,
-                    data: Bytes::from(buf),
-                    points,
-                });
+        let data = batch.data();
+        for (dest, runs) in runs.iter().enumerate() {
+            let bytes = placed.bytes[dest];
+            if runs.is_empty() {
+                continue;
             }
+            if let [r] = runs.as_slice() {
+                if 2 * bytes >= data.len() {
+                    // Most of the batch in one stretch: a slice of the batch's own buffer,
+                    // as broadcast shares it.
+                    out.push(RoutedPart {
+                        dest,
+                        data: data.slice(r.start..r.end),
+                        points: r.points,
+                    });
+                    continue;
+                }
+            }
+            let mut buf = Vec::with_capacity(bytes);
+            for r in runs {
+                buf.extend_from_slice(&data[r.start..r.end]);
+            }
+            out.push(RoutedPart {
+                dest,
+                data: Bytes::from(buf),
+                points: placed.counts[dest],
+            });
         }
     }
+}
+
+/// Consecutive lines of a batch going to one destination: `data[start..end]`. A
+/// destination's share is copied a run at a time (one copy per run, not per line:
+/// neighbours often share an owner, and an uneven ring — graphite-carbon's for
+/// instance-less members of one host — sends nearly everything to one member) into one
+/// buffer of exactly its size, so a small share never keeps a whole batch alive in a
+/// queue and a resend window. A share that is one run of at least half the batch is a
+/// slice of the batch's buffer instead. One part per destination: admission reserves
+/// each part against the destination's queue as a whole.
+#[derive(Clone, Copy)]
+struct Run {
+    start: usize,
+    end: usize,
+    points: u64,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What a router hands out for each destination, concatenated in order, is exactly
+    /// what appending line by line to each owner gives; only a destination holding at
+    /// least half the batch in one run gets a slice of the batch's buffer, every other
+    /// share is one copied buffer.
+    #[test]
+    fn parts_are_the_owners_lines_in_order_and_share_only_a_large_share() {
+        let even = "127.0.0.1:2104:a,127.0.0.1:2204:b,127.0.0.1:2304:c";
+        // Instance-less members of one host: graphite-carbon's ring gives nearly
+        // everything to the first.
+        let uneven = "127.0.0.1:2001,127.0.0.1:2002,127.0.0.1:2003";
+        let text: String = (0..3000).map(|i| format!("m.x{i}.y 1 2\n")).collect();
+        let (batch, _) = Batch::from_plaintext(text.into_bytes(), None);
+        let mut shared_dests = 0;
+        for (list, replication) in [(even, 1), (even, 2), (uneven, 1), (uneven, 3)] {
+            let members = DestAddr::parse_list(list).unwrap();
+            let router = HashRouter::new(HashKind::CarbonCh, &members, replication);
+            let mut want = vec![Vec::new(); members.len()];
+            let mut owners = Vec::new();
+            for (line, metric) in batch.lines() {
+                router.owners(metric, &mut owners);
+                for &o in &owners {
+                    want[o].extend_from_slice(line);
+                }
+            }
+            let mut parts = Vec::new();
+            router.route(&batch, &mut parts);
+            for (d, want) in want.iter().enumerate() {
+                let mine: Vec<&RoutedPart> = parts.iter().filter(|p| p.dest == d).collect();
+                let got: Vec<u8> = mine.iter().flat_map(|p| p.data.iter().copied()).collect();
+                assert_eq!(&got, want, "{list} x{replication} dest {d}");
+                let points: u64 = mine.iter().map(|p| p.points).sum();
+                let lines = want.iter().filter(|&&b| b == b'\n').count() as u64;
+                assert_eq!(points, lines, "{list} x{replication} dest {d}");
+                for p in &mine {
+                    assert_eq!(
+                        p.points as usize,
+                        p.data.iter().filter(|&&b| b == b'\n').count()
+                    );
+                }
+                let inside =
+                    |p: &&RoutedPart| batch.data().as_ptr_range().contains(&p.data.as_ptr());
+                assert!(mine.len() <= 1, "one part per destination");
+                if mine.iter().any(inside) {
+                    shared_dests += 1;
+                    assert!(
+                        2 * want.len() >= batch.data().len(),
+                        "a small share is copied"
+                    );
+                }
+            }
+        }
+        // uneven x3: every member gets the whole batch, one run each.
+        assert!(shared_dests >= 3, "{shared_dests} destinations got slices");
+    }
 
     #[test]
     fn every_line_goes_to_exactly_its_owners() {

@@ -25,7 +25,7 @@
 //! hash-routing gateway's CPU); with eight such sets are vanishingly rare.
 
 use std::alloc::{alloc_zeroed, Layout};
-use std::hash::BuildHasher;
+use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -115,7 +115,11 @@ impl PosCache {
     /// table was a quarter of a hash-routing gateway's CPU).
     #[inline]
     pub fn locate(&self, metric: &[u8]) -> Probe {
-        let hash = self.seed.hash_one(metric);
+        // One `write` of the bytes, not `hash_one`: the slice's `Hash` would first
+        // hash its length too (a prefix only a sequence of slices needs).
+        let mut h = self.seed.build_hasher();
+        h.write(metric);
+        let hash = h.finish();
         // `shift` is 1 to 63, so `hash >> shift` < sets.
         let set = self.base + (hash >> self.shift) as usize;
         prefetch(&self.sets[set]);
