@@ -650,6 +650,55 @@ fn data_part<'a>(metric: &[u8], line: &'a [u8]) -> &'a [u8] {
     &rest[..end]
 }
 
+/// What the decision-cache tests share: the configurations they run and names built
+/// from each configuration's own words.
+#[cfg(test)]
+pub(crate) mod testing {
+    /// Every fixture configuration and the benchmark's, as `(path, text)` with `SINK`
+    /// made an address; files that include others are left to the include tests.
+    pub fn configs() -> Vec<(std::path::PathBuf, String)> {
+        let root = env!("CARGO_MANIFEST_DIR");
+        let mut files: Vec<std::path::PathBuf> = ["own", "carbon-c-relay"]
+            .iter()
+            .flat_map(|d| std::fs::read_dir(format!("{root}/tests/fixtures/rules/{d}")).unwrap())
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "conf"))
+            .collect();
+        files.push(format!("{root}/benches/rules-50.conf").into());
+        files
+            .into_iter()
+            .map(|f| {
+                let text = std::fs::read_to_string(&f)
+                    .unwrap()
+                    .replace("SINK", "127.0.0.1:1");
+                (f, text)
+            })
+            .collect()
+    }
+
+    /// Distinct names made of the configuration's own words, so its rules, rewrites and
+    /// fall-through all get exercised.
+    pub fn names(conf: &str) -> Vec<String> {
+        let mut words: Vec<&str> = conf
+            .split(|c: char| !c.is_ascii_alphanumeric() && c != '_')
+            .filter(|w| !w.is_empty() && w.len() < 20)
+            .collect();
+        words.sort_unstable();
+        words.dedup();
+        let mut out = Vec::new();
+        for (i, a) in words.iter().enumerate() {
+            for b in words.iter().skip(i % 5).step_by(3).take(12) {
+                out.push(format!("{a}.{b}.x{i}"));
+                out.push(format!("{a}.{}.{b}", i % 10));
+                out.push(format!("{}.{a}.{b}", words[(i * 7) % words.len()]));
+            }
+        }
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -144,25 +144,6 @@ impl DecisionCache {
 mod tests {
     use super::super::{Decision, Rules};
 
-    /// Names made of the configuration's own words, so rules, rewrites and fall-through
-    /// all get exercised.
-    fn names(conf: &str) -> Vec<String> {
-        let mut words: Vec<&str> = conf
-            .split(|c: char| !c.is_ascii_alphanumeric() && c != '_')
-            .filter(|w| !w.is_empty() && w.len() < 20)
-            .collect();
-        words.sort_unstable();
-        words.dedup();
-        let mut out = Vec::new();
-        for (i, a) in words.iter().enumerate() {
-            for b in words.iter().skip(i % 7).step_by(5).take(8) {
-                out.push(format!("{a}.{b}.x{i}"));
-                out.push(format!("{a}.{}.{b}", i % 10));
-            }
-        }
-        out
-    }
-
     /// Every action with its name, and the rule outcomes.
     type Decided = (Vec<(Vec<u8>, super::Action)>, Vec<(usize, super::Outcome)>);
 
@@ -176,26 +157,15 @@ mod tests {
     /// `validate` tests.
     #[test]
     fn replayed_plans_give_the_rules_own_decisions() {
-        let root = env!("CARGO_MANIFEST_DIR");
-        let mut files: Vec<std::path::PathBuf> = ["own", "carbon-c-relay"]
-            .iter()
-            .flat_map(|d| std::fs::read_dir(format!("{root}/tests/fixtures/rules/{d}")).unwrap())
-            .map(|e| e.unwrap().path())
-            .filter(|p| p.extension().is_some_and(|x| x == "conf"))
-            .collect();
-        files.push(format!("{root}/benches/rules-50.conf").into());
         let (mut compared, mut hits) = (0, 0);
-        for f in files {
-            let text = std::fs::read_to_string(&f)
-                .unwrap()
-                .replace("SINK", "127.0.0.1:1");
+        for (f, text) in super::super::testing::configs() {
             let Ok(rules) = Rules::from_str("t.conf", &text) else {
                 continue; // includes relative to another directory
             };
             let cache = super::DecisionCache::new(1 << 16);
             let (mut plain, mut cached) = (Decision::default(), Decision::default());
             for round in 0..2 {
-                for name in names(&text) {
+                for name in super::super::testing::names(&text) {
                     for line in [format!("{name} 1 2"), format!("{name} x 2")] {
                         rules.route_into(name.as_bytes(), line.as_bytes(), &mut plain);
                         let probe = cache.locate(name.as_bytes());

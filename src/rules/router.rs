@@ -671,45 +671,13 @@ mod tests {
         assert_eq!(points, vec![3, 3, 2]);
     }
 
-    /// Names made of a configuration's own words, so its rules and rewrites apply.
-    fn names_for(conf: &str) -> Vec<String> {
-        let mut words: Vec<&str> = conf
-            .split(|c: char| !c.is_ascii_alphanumeric() && c != '_')
-            .filter(|w| !w.is_empty() && w.len() < 20)
-            .collect();
-        words.sort_unstable();
-        words.dedup();
-        let mut out = Vec::new();
-        for (i, a) in words.iter().enumerate() {
-            for b in words.iter().skip(i % 5).step_by(3).take(12) {
-                out.push(format!("{a}.{b}.x{i}"));
-                out.push(format!("{a}.{}.{b}", i % 10));
-                out.push(format!("{}.{a}.{b}", words[(i * 7) % words.len()]));
-            }
-        }
-        out.sort_unstable();
-        out.dedup();
-        out
-    }
-
     /// The same batch routed cold (every name decided by the rules) and then twice warm
     /// (replayed from the decision cache, rewrites made again on each line's own name)
     /// gives byte-identical parts, for every fixture configuration and the benchmark's.
     #[test]
     fn replayed_decisions_route_exactly_as_the_rules_do() {
-        let root = env!("CARGO_MANIFEST_DIR");
-        let mut files: Vec<std::path::PathBuf> = ["own", "carbon-c-relay"]
-            .iter()
-            .flat_map(|d| std::fs::read_dir(format!("{root}/tests/fixtures/rules/{d}")).unwrap())
-            .map(|e| e.unwrap().path())
-            .filter(|p| p.extension().is_some_and(|x| x == "conf"))
-            .collect();
-        files.push(format!("{root}/benches/rules-50.conf").into());
         let (mut routed, mut rewritten, mut cached) = (0usize, 0usize, 0usize);
-        for f in files {
-            let text = std::fs::read_to_string(&f)
-                .unwrap()
-                .replace("SINK", "127.0.0.1:1");
+        for (f, text) in crate::rules::testing::configs() {
             let Ok(rules) = Rules::from_str("t.conf", &text) else {
                 continue; // includes relative to another directory
             };
@@ -717,7 +685,7 @@ mod tests {
                 continue; // literal rules only: nothing is replayed
             }
             cached += 1;
-            let names = names_for(&text);
+            let names = crate::rules::testing::names(&text);
             let plain: String = names.iter().map(|n| format!("{n} 1 2\n")).collect();
             let (batch, _) = Batch::from_plaintext(plain.into_bytes(), None);
             let rules = Arc::new(rules);
