@@ -76,8 +76,8 @@ impl HashRouter {
     fn place(&self, batch: &Batch, stride: usize) -> Placement {
         let mut p = Placement {
             owners_of_line: Vec::with_capacity(batch.len() * stride),
-            bytes: vec![0usize; self.members],
-            counts: vec![0u64; self.members],
+            shares: vec![Share::default(); self.members],
+            line: 0,
         };
         let mut owners = Vec::with_capacity(self.replication);
         let cache = self.cache.as_ref().filter(|c| !c.skip_batch());
@@ -117,8 +117,34 @@ impl HashRouter {
 /// Where the lines of one batch go (see [`HashRouter::place`]).
 struct Placement {
     owners_of_line: Vec<u32>,
-    bytes: Vec<usize>,
-    counts: Vec<u64>,
+    /// Per destination, in one allocation (the routing path's allocation count per
+    /// batch is bounded by a test).
+    shares: Vec<Share>,
+    /// Index of the line being recorded.
+    line: usize,
+}
+
+/// What one destination gets of a batch.
+#[derive(Clone, Copy)]
+struct Share {
+    bytes: usize,
+    count: u64,
+    /// Stretches of consecutive lines: the exact size of its run list in the second
+    /// pass, so that list is one allocation of what it needs.
+    runs: usize,
+    /// The index of the line just after its last one.
+    next_line: usize,
+}
+
+impl Default for Share {
+    fn default() -> Self {
+        Share {
+            bytes: 0,
+            count: 0,
+            runs: 0,
+            next_line: usize::MAX,
+        }
+    }
 }
 
 impl Placement {
@@ -127,13 +153,17 @@ impl Placement {
         for k in 0..stride {
             match owners.get(k) {
                 Some(&i) => {
-                    self.bytes[i] += len;
-                    self.counts[i] += 1;
+                    let share = &mut self.shares[i];
+                    share.bytes += len;
+                    share.count += 1;
+                    share.runs += usize::from(share.next_line != self.line);
+                    share.next_line = self.line + 1;
                     self.owners_of_line.push(i as u32);
                 }
                 None => self.owners_of_line.push(u32::MAX),
             }
         }
+        self.line += 1;
     }
 }
 
@@ -150,7 +180,13 @@ impl Router for HashRouter {
         // resend window — multiplying memory by the unevenness.
         let stride = self.replication.min(self.members);
         let placed = self.place(batch, stride);
-        let mut runs: Vec<Vec<Run>> = vec![Vec::new(); self.members];
+        // Each destination's run list allocated once at its exact length (counted in
+        // the first pass), not regrown per batch.
+        let mut runs: Vec<Vec<Run>> = placed
+            .shares
+            .iter()
+            .map(|s| Vec::with_capacity(s.runs))
+            .collect();
         let lines = batch
             .lines()
             .zip(placed.owners_of_line.chunks_exact(stride));
@@ -175,7 +211,7 @@ impl Router for HashRouter {
         }
         let data = batch.data();
         for (dest, runs) in runs.iter().enumerate() {
-            let bytes = placed.bytes[dest];
+            let bytes = placed.shares[dest].bytes;
             if runs.is_empty() {
                 continue;
             }
@@ -198,7 +234,7 @@ impl Router for HashRouter {
             out.push(RoutedPart {
                 dest,
                 data: Bytes::from(buf),
-                points: placed.counts[dest],
+                points: placed.shares[dest].count,
             });
         }
     }
