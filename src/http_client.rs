@@ -176,7 +176,15 @@ pub fn reqwest_client_with(
     identity: Option<Identity<'_>>,
     configure: impl FnOnce(reqwest::ClientBuilder) -> reqwest::ClientBuilder,
 ) -> Result<reqwest::Client, ClientError> {
-    let tls = tls_config_with(extra_ca, identity)?;
+    reqwest_client_on(tls_config_with(extra_ca, identity)?, configure)
+}
+
+/// A reqwest client over a finished TLS configuration (kept by the caller too, e.g.
+/// for [`probe_tls`]).
+pub fn reqwest_client_on(
+    tls: rustls::ClientConfig,
+    configure: impl FnOnce(reqwest::ClientBuilder) -> reqwest::ClientBuilder,
+) -> Result<reqwest::Client, ClientError> {
     configure(
         reqwest::Client::builder()
             .tls_backend_preconfigured(tls)
@@ -265,13 +273,20 @@ impl ServerCertVerifier for PinnedOrWebPki {
 /// One line naming why a request to `url` failed: the TLS cause when there is one (with
 /// what to do about it), else the error and its causes joined with `: `.
 pub fn describe(e: &reqwest::Error) -> String {
+    explained(e).unwrap_or_else(|| chain(e))
+}
+
+/// [`describe`]'s explanation, or `None` when the error holds no cause we can name
+/// (e.g. hyper's `connection was not ready` when the server's TLS alert arrived after
+/// the client had finished its side of the handshake: see [`probe_tls`]).
+pub fn explained(e: &reqwest::Error) -> Option<String> {
     let url = e
         .url()
         .map(|u| u.as_str().trim_end_matches('/').to_string());
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = cur {
         if let Some(cause) = tls_cause(err).and_then(|t| explain(t, url.as_deref())) {
-            return cause;
+            return Some(cause);
         }
         if let Some(h) = err.downcast_ref::<hyper::Error>() {
             if h.is_parse() && url.as_deref().is_some_and(|u| u.starts_with("http://")) {
@@ -280,14 +295,55 @@ pub fn describe(e: &reqwest::Error) -> String {
                     .unwrap_or("")
                     .replacen("http://", "https://", 1);
                 let base = https.rsplit_once('/').map_or(https.as_str(), |(b, _)| b);
-                return format!(
+                return Some(format!(
                     "the gateway did not answer HTTP (is it an HTTPS port?): use -gateway={base} ({h})"
-                );
+                ));
             }
         }
         cur = err.source();
     }
-    chain(e)
+    None
+}
+
+/// Why a TLS session with `url`'s server fails, found by opening one, closing it at
+/// once (close_notify, no request) and reading to the end; `None` when the session
+/// closes cleanly, the address is not `https://`, or nothing answers within `timeout`.
+///
+/// In TLS 1.3 the client's handshake is over before the server has checked the client's
+/// certificate, so a refusal (`certificate required`, `unknown CA`) is an alert that
+/// arrives afterwards. A pooled HTTP client that loses that race sees only a closed
+/// connection; reading the session to its end always sees the alert.
+pub async fn probe_tls(
+    config: Arc<rustls::ClientConfig>,
+    url: &str,
+    timeout: Duration,
+) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let parsed = reqwest::Url::parse(url).ok()?;
+    if parsed.scheme() != "https" {
+        return None;
+    }
+    let host = parsed.host_str()?.trim_matches(|c| c == '[' || c == ']');
+    let port = parsed.port_or_known_default()?;
+    let name = ServerName::try_from(host.to_string()).ok()?;
+    let cause = |e: &std::io::Error| tls_cause(e).and_then(|t| explain(t, Some(url)));
+    let session = async {
+        let tcp = tokio::net::TcpStream::connect((host, port)).await.ok()?;
+        let connector = tokio_rustls::TlsConnector::from(config);
+        let mut tls = match connector.connect(name, tcp).await {
+            Ok(t) => t,
+            Err(e) => return cause(&e),
+        };
+        if let Err(e) = tls.shutdown().await {
+            return cause(&e);
+        }
+        let mut rest = Vec::new();
+        match tls.read_to_end(&mut rest).await {
+            Ok(_) => None,
+            Err(e) => cause(&e),
+        }
+    };
+    tokio::time::timeout(timeout, session).await.ok().flatten()
 }
 
 /// The rustls error inside `err`, directly or wrapped in `io::Error`s (hyper-rustls wraps

@@ -159,7 +159,8 @@ async fn connect(config: &ProxyConfig) -> Result<Arc<Gateway>, DaemonError> {
         (Some(cert), Some(key)) => Some(crate::http_client::Identity { cert, key }),
         _ => None,
     };
-    let client = crate::http_client::reqwest_client_with(config.cert.as_deref(), identity, |b| {
+    let tls = crate::http_client::tls_config_with(config.cert.as_deref(), identity)?;
+    let client = crate::http_client::reqwest_client_on(tls.clone(), |b| {
         b.http1_only()
             .pool_max_idle_per_host(workers)
             .pool_idle_timeout(Duration::from_secs(90))
@@ -169,8 +170,9 @@ async fn connect(config: &ProxyConfig) -> Result<Arc<Gateway>, DaemonError> {
         config.compression,
         config.compression_level,
     ));
-    let gateway = Gateway::with_compressor(
+    let gateway = Gateway::with_tls(
         client,
+        Arc::new(tls),
         base.clone(),
         config.api_key.clone(),
         config.verbose,
@@ -188,7 +190,7 @@ async fn connect(config: &ProxyConfig) -> Result<Arc<Gateway>, DaemonError> {
             // queue (and spool) is more useful: workers retry until the gateway is up.
             Err(e) => tracing::warn!(
                 "Gateway {base} unreachable at start ({}); batches are queued and retried",
-                crate::http_client::describe(&e)
+                gateway.describe(&e).await
             ),
         }
     }

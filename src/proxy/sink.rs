@@ -82,6 +82,9 @@ pub struct Gateway {
     verbose: bool,
     /// What batches are sealed with; learns from the gateway's `Accept-Encoding`.
     compressor: Arc<Compressor>,
+    /// The client's TLS configuration, to find the cause of a failure the HTTP client
+    /// could not name ([`crate::http_client::probe_tls`]).
+    tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 /// Short text of a response body for logs (the gateway's messages are one line).
@@ -138,6 +141,17 @@ impl Gateway {
         verbose: bool,
         compressor: Arc<Compressor>,
     ) -> Arc<Gateway> {
+        Self::build(client, base, key, verbose, compressor, None)
+    }
+
+    fn build(
+        client: reqwest::Client,
+        base: String,
+        key: String,
+        verbose: bool,
+        compressor: Arc<Compressor>,
+        tls: Option<Arc<rustls::ClientConfig>>,
+    ) -> Arc<Gateway> {
         Arc::new(Gateway {
             client,
             base,
@@ -146,7 +160,39 @@ impl Gateway {
             stats: SinkStats::default(),
             verbose,
             compressor,
+            tls,
         })
+    }
+
+    /// Like [`Gateway::with_compressor`], with the TLS configuration of `client`, used to
+    /// explain failures the HTTP client reports without a cause.
+    pub fn with_tls(
+        client: reqwest::Client,
+        tls: Arc<rustls::ClientConfig>,
+        base: String,
+        key: String,
+        verbose: bool,
+        compressor: Arc<Compressor>,
+    ) -> Arc<Gateway> {
+        Self::build(client, base, key, verbose, compressor, Some(tls))
+    }
+
+    /// One line naming why a request failed: [`crate::http_client::describe`], and when
+    /// that finds no cause on an HTTPS gateway, what a TLS session of its own finds.
+    pub async fn describe(&self, e: &reqwest::Error) -> String {
+        if let Some(why) = crate::http_client::explained(e) {
+            return why;
+        }
+        let raw = crate::http_client::chain(e);
+        match &self.tls {
+            Some(tls) if !e.is_timeout() => {
+                match crate::http_client::probe_tls(tls.clone(), &self.base, PROBE_TIMEOUT).await {
+                    Some(cause) => format!("{cause} ({raw})"),
+                    None => raw,
+                }
+            }
+            _ => raw,
+        }
     }
 
     /// The compression choice shared with the batcher.
@@ -195,7 +241,7 @@ impl Gateway {
             Ok(r) => r,
             Err(e) => {
                 return Outcome::Retry {
-                    why: error_chain(&e),
+                    why: self.describe(&e).await,
                     after: None,
                 }
             }
@@ -213,7 +259,7 @@ impl Gateway {
                     // The answer was 200; a body cut short does not change that.
                     String::new()
                 } else {
-                    error_chain(&e)
+                    self.describe(&e).await
                 }
             }
         };
@@ -289,7 +335,10 @@ impl Gateway {
                         self.base,
                         pending()
                     ),
-                    Err(e) => tracing::warn!("Key check against {} failed: {}", self.base, error_chain(&e)),
+                    Err(e) => {
+                        let why = self.describe(&e).await;
+                        tracing::warn!("Key check against {} failed: {why}", self.base)
+                    }
                 }
             }
         }
@@ -455,10 +504,8 @@ fn line_count(b: &[u8]) -> u64 {
     memchr::memchr_iter(b'\n', b).count() as u64
 }
 
-/// One line: the TLS cause when there is one, else the error with its causes.
-fn error_chain(e: &reqwest::Error) -> String {
-    crate::http_client::describe(e)
-}
+/// How long [`Gateway::describe`]'s own TLS session may take.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 
 #[cfg(test)]
 mod tests {

@@ -649,6 +649,49 @@ fn tls_failures_name_their_cause_at_start_and_on_retries() {
     assert_eq!(sink.lines(), Vec::<String>::new());
 }
 
+/// The proxy's own TLS session (used when the HTTP client reports a failure without a
+/// cause: in TLS 1.3 a refused client certificate is an alert after the handshake, and a
+/// pooled client can lose the race and see only `connection was not ready`) reads each
+/// refusal to its end and names it; a session the server accepts names nothing.
+#[tokio::test]
+async fn the_tls_probe_names_each_refusal_and_nothing_when_accepted() {
+    use polymur::http_client::{probe_tls, tls_config_with, Identity};
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path(), "ca");
+    let other = Pki::new(dir.path(), "other");
+    let (cert, key) = pki.server();
+    let (client_cert, client_key) = pki.leaf("proxy", "extendedKeyUsage=clientAuth", 2);
+    let sink = LineSink::start();
+    let (_gw, https) = https_gateway(&sink.addr(), &cert, &key, &["-client-ca", &pki.ca()]);
+    let url = format!("https://127.0.0.1:{https}");
+    let ca = std::path::PathBuf::from(pki.ca());
+    let probe = |config: rustls::ClientConfig, url: String| async move {
+        probe_tls(Arc::new(config), &url, secs(5)).await
+    };
+    let without = tls_config_with(Some(&ca), None).unwrap();
+    let why = probe(without, url.clone()).await;
+    assert_eq!(
+        why.as_deref(),
+        Some("TLS: the gateway requires a client certificate: give -client-cert and -client-key")
+    );
+    let identity = Identity {
+        cert: std::path::Path::new(&client_cert),
+        key: std::path::Path::new(&client_key),
+    };
+    let with = tls_config_with(Some(&ca), Some(identity)).unwrap();
+    assert_eq!(probe(with, url.clone()).await, None);
+    let wrong_ca = tls_config_with(Some(std::path::Path::new(&other.ca())), None).unwrap();
+    let why = probe(wrong_ca, url.clone()).await.unwrap_or_default();
+    assert!(why.contains("unknown issuer"), "{why}");
+    // Not https: nothing to probe.
+    let plain = tls_config_with(Some(&ca), None).unwrap();
+    assert_eq!(
+        probe(plain, format!("http://127.0.0.1:{https}")).await,
+        None
+    );
+    assert_eq!(sink.lines(), Vec::<String>::new());
+}
+
 const RELAY: &str = env!("CARGO_BIN_EXE_polymur");
 
 /// A TLS client config trusting `ca`, presenting `identity` (cert, key) when given.
