@@ -53,6 +53,9 @@ const MAX_IOV: usize = 64;
 /// enough to cover a full local send buffer plus the receiver's receive buffer (Linux
 /// autotunes them up to 4 MiB and 6 MiB).
 pub const RESEND_WINDOW: usize = 16 << 20;
+/// A resend window at most this large is not trimmed to what the connection holds
+/// ([`Pending::trim`]): the two socket queries are not worth it for less.
+const TRIM_FROM: usize = 1 << 20;
 /// Chunks kept in the resend window at most: many tiny chunks (a destination that
 /// gets a few lines per batch) must not pin their buffers' memory.
 pub const RESEND_CHUNKS: usize = 1024;
@@ -122,6 +125,25 @@ impl Pending {
         {
             let old = self.recent.pop_front().expect("not empty");
             self.recent_bytes -= old.data.len();
+        }
+    }
+
+    /// Drops the oldest chunks the destination can no longer lose: those wholly before
+    /// the last `keep` bytes, `keep` being what [`unacked::at_risk`] says is at risk now.
+    ///
+    /// Sound because a byte that is neither unacknowledged nor held by the peer now can
+    /// never be again: whatever is at risk at a later break was at risk now or written
+    /// since, and the window keeps both (what was at risk now, and every later write). So
+    /// the window follows what the connection really holds instead of a fixed
+    /// [`RESEND_WINDOW`] per destination (16 MiB each, copied shares under hash-route:
+    /// three destinations kept 48 MiB for a receiver that kept up).
+    fn trim(&mut self, keep: usize) {
+        while let Some(front) = self.recent.front() {
+            if self.recent_bytes - front.data.len() < keep {
+                break;
+            }
+            self.recent_bytes -= front.data.len();
+            self.recent.pop_front();
         }
     }
 
@@ -844,6 +866,11 @@ async fn write_pending(
                 left = 0;
             }
         }
+        if pending.recent_bytes > TRIM_FROM {
+            if let Some(keep) = unacked::at_risk(stream.tcp(), pending.max_window) {
+                pending.trim(keep + stream.tls_slack());
+            }
+        }
     }
     // TLS: what rustls could not pass on to the socket yet must not wait for the next
     // batch (plain TCP has nothing to flush).
@@ -954,6 +981,130 @@ mod tests {
         assert_eq!(p.front_off, 6, "restarts at \"b\"");
         assert_eq!(p.items.len(), 1, "the older chunk is not re-sent");
         assert_eq!(p.pos, 14);
+    }
+
+    #[test]
+    fn trimming_keeps_the_newest_whole_chunks_that_cover_the_bytes_at_risk() {
+        let mut p = pending();
+        for c in ["a 1 1\n", "bb 1 1\n", "ccc 1 1\n", "dddd 1 1\n"] {
+            p.remember(chunk(c));
+        }
+        let total = p.recent_bytes;
+        p.trim(total);
+        assert_eq!(p.recent.len(), 4, "everything at risk: nothing dropped");
+        // 10 bytes at risk: "dddd 1 1\n" (9) is not enough, "ccc 1 1\n" is needed too.
+        p.trim(10);
+        let kept: Vec<&[u8]> = p.recent.iter().map(|c| &c.data[..]).collect();
+        assert_eq!(kept, [&b"ccc 1 1\n"[..], &b"dddd 1 1\n"[..]]);
+        assert_eq!(p.recent_bytes, 17);
+        p.trim(9);
+        assert_eq!(p.recent.len(), 1);
+        assert_eq!(p.recent_bytes, 9);
+    }
+
+    fn shared() -> DestShared {
+        DestShared {
+            name: "test".into(),
+            cap: u64::MAX,
+            queued: std::sync::atomic::AtomicU64::new(0),
+            spool: None,
+            spool_error: None,
+            overflow: super::super::Overflow::Refuse,
+            drop_log: Default::default(),
+            stats: Default::default(),
+        }
+    }
+
+    /// Writes `chunks` chunks of `size` bytes through `write_pending` to a real peer.
+    async fn write_through(
+        conn: &mut Conn,
+        p: &mut Pending,
+        dest: &DestShared,
+        chunks: usize,
+        size: usize,
+    ) {
+        let line = "trim.test.metric 1 1700000000\n";
+        let body: String = line.repeat(size / line.len());
+        for _ in 0..chunks {
+            queue(p, &body);
+            write_pending(conn, p, dest).await.unwrap();
+        }
+    }
+
+    /// On a real connection the window follows what the peer may not have: a peer that
+    /// reads everything leaves little of 48 MiB written; a peer that reads nothing leaves
+    /// every byte it holds in the window (16 MiB written: all of it, at most the cap).
+    #[tokio::test]
+    async fn the_resend_window_follows_what_the_connection_holds() {
+        use tokio::io::AsyncReadExt;
+        let dest = shared();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        // A reader that keeps up.
+        let reader = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut buf = vec![0u8; 1 << 20];
+            let mut n = 0usize;
+            loop {
+                match s.read(&mut buf).await.unwrap() {
+                    0 => return n,
+                    k => n += k,
+                }
+            }
+        });
+        let mut conn = Conn::Plain(TcpStream::connect(addr).await.unwrap());
+        let mut p = pending();
+        write_through(&mut conn, &mut p, &dest, 48, 1 << 20).await;
+        let written = p.pos as usize;
+        let kept = p.recent_bytes;
+        drop(conn);
+        assert_eq!(reader.await.unwrap(), written);
+        assert!(
+            kept < RESEND_WINDOW / 2,
+            "a peer that keeps up: {kept} bytes kept of {written} written"
+        );
+
+        // A peer that accepts and reads nothing: all it holds stays at risk.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let stalled = tokio::spawn(async move {
+            let (s, _) = listener.accept().await.unwrap();
+            let _ = rx.await;
+            drop(s);
+        });
+        let mut conn = Conn::Plain(TcpStream::connect(addr).await.unwrap());
+        let mut p = pending();
+        // As much as the two kernels take (a write that would block ends the loop).
+        let line = "trim.test.metric 1 1700000000\n";
+        let body: String = line.repeat((256 << 10) / line.len());
+        let mut written = 0usize;
+        for _ in 0..64 {
+            queue(&mut p, &body);
+            match tokio::time::timeout(
+                Duration::from_millis(300),
+                write_pending(&mut conn, &mut p, &dest),
+            )
+            .await
+            {
+                Ok(r) => {
+                    r.unwrap();
+                    written = p.pos as usize;
+                }
+                Err(_) => break,
+            }
+        }
+        assert!(
+            written > 2 * TRIM_FROM,
+            "the kernels took only {written} bytes"
+        );
+        assert!(
+            p.recent_bytes >= written.min(RESEND_WINDOW - (256 << 10)),
+            "a peer that read nothing: {} bytes kept of {written} written",
+            p.recent_bytes
+        );
+        let _ = tx.send(());
+        stalled.await.unwrap();
     }
 
     #[test]

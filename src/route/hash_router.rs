@@ -92,21 +92,24 @@ impl HashRouter {
             return p;
         };
         let (mut hits, mut evictions, mut lines) = (0u64, 0u64, batch.lines());
-        loop {
-            let mut chunk: [Option<(usize, &[u8], Probe)>; AHEAD] = [None; AHEAD];
-            for (slot, (line, metric)) in chunk.iter_mut().zip(lines.by_ref()) {
-                *slot = Some((line.len(), metric, cache.locate(metric)));
+        // A software pipeline: line i is resolved while line i + AHEAD's set is being
+        // fetched, so every lookup has AHEAD lines' worth of work to hide its miss behind
+        // (in chunks of AHEAD, the first lines of each chunk had little).
+        let mut queue: [Option<(usize, &[u8], Probe)>; AHEAD] = [None; AHEAD];
+        for (slot, (line, metric)) in queue.iter_mut().zip(lines.by_ref()) {
+            *slot = Some((line.len(), metric, cache.locate(metric)));
+        }
+        let mut head = 0;
+        while let Some((len, metric, probe)) = queue[head].take() {
+            if let Some((line, next)) = lines.next() {
+                queue[head] = Some((line.len(), next, cache.locate(next)));
             }
-            if chunk[0].is_none() {
-                break;
-            }
-            for (len, metric, probe) in chunk.iter().flatten() {
-                let (pos, how) = self.position(cache, probe, metric);
-                hits += u64::from(how == Outcome::Hit);
-                evictions += u64::from(how == Outcome::Evicted);
-                self.ring.lookup_at(pos, self.replication, &mut owners);
-                p.record(&owners, stride, *len);
-            }
+            head = (head + 1) % AHEAD;
+            let (pos, how) = self.position(cache, &probe, metric);
+            hits += u64::from(how == Outcome::Hit);
+            evictions += u64::from(how == Outcome::Evicted);
+            self.ring.lookup_at(pos, self.replication, &mut owners);
+            p.record(&owners, stride, len);
         }
         pos_cache::count(hits, batch.len() as u64 - hits);
         cache.learn(hits, evictions, batch.len() as u64);
