@@ -87,9 +87,19 @@ impl Batcher {
         full
     }
 
+    /// Takes the full batch out. It waits in the memory queue as it is (up to
+    /// `-queue-cap` × 100 points, 3.3 M with the default: hundreds of MiB), so its buffer
+    /// must not carry the spare half a doubling `Vec` leaves (measured: 120 bytes of RSS
+    /// per queued 76-byte line): the next batch starts at about this one's size, and a
+    /// buffer that still grew past it is shrunk.
     fn take(cur: &mut Current) -> Raw {
+        let len = cur.buf.len();
+        let mut buf = std::mem::replace(&mut cur.buf, Vec::with_capacity(len + len / 16));
+        if buf.capacity() > len + len / 8 {
+            buf.shrink_to_fit();
+        }
         let raw = Raw {
-            buf: std::mem::take(&mut cur.buf),
+            buf,
             lines: cur.lines,
         };
         cur.lines = 0;
@@ -237,6 +247,28 @@ mod tests {
         b.flush_if_due(Duration::ZERO, false).await;
         assert_eq!(&hold.next().unwrap().data[..], b"d 4 4\ne 5 5\n");
         assert_eq!(dest.queued(), 5);
+    }
+
+    /// Batches filled a few lines at a time keep at most an eighth of spare capacity
+    /// (a doubling buffer kept up to half of it, for as long as the batch was queued).
+    #[tokio::test]
+    async fn full_batches_carry_little_spare_capacity() {
+        let (_hold, dest) = held(1_000_000);
+        let b = Batcher::new(1000, dest, Arc::new(Stats::default()));
+        let mut taken = Vec::new();
+        for i in 0..5000 {
+            let text: String = (0..7)
+                .map(|j| format!("servers.host{i}.metric{j}.with.a.longer.name {j} 1700000000\n"))
+                .collect();
+            let (batch, _) = Batch::from_plaintext(text.into_bytes(), None);
+            taken.extend(b.append(&batch));
+        }
+        assert!(taken.len() >= 30, "{} batches", taken.len());
+        for raw in &taken {
+            let (len, cap) = (raw.buf.len(), raw.buf.capacity());
+            assert_eq!(raw.lines, 1000);
+            assert!(cap <= len + len / 8, "{len} bytes in a buffer of {cap}");
+        }
     }
 
     #[tokio::test]
