@@ -537,34 +537,6 @@ where
     block_on(program, common.threads, run())
 }
 
-/// glibc's malloc returns freed memory above the heap's top to the kernel once more
-/// than its trim threshold is free there, and serves requests above its mmap
-/// threshold from fresh mappings. Both start small (128 KiB) and the dynamic rule only
-/// raises them to the largest block freed so far: with the pipeline's batch-sized
-/// buffers (hundreds of KiB, freed soon after) nearly every batch handed pages back and
-/// faulted them in again, zeroed — measured on the gateway bench, 595 000 minor faults
-/// in 8 s against 2 800 with the thresholds below, and 12 % of its CPU. Requests up to
-/// 4 MiB now come from the heap, and up to 8 MiB of free heap top is kept (per arena);
-/// `malloc_trim` after a key reload still returns everything free. An operator's own
-/// `GLIBC_TUNABLES` or `MALLOC_*_THRESHOLD_` wins: then nothing is set here.
-fn tune_allocator() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        let set_by_env = std::env::vars_os().any(|(k, _)| {
-            let k = k.to_string_lossy();
-            k == "GLIBC_TUNABLES" || (k.starts_with("MALLOC_") && k.ends_with("_THRESHOLD_"))
-        });
-        if !set_by_env {
-            // SAFETY: mallopt only changes malloc's parameters; it is called before the
-            // runtime's threads start, and any value is valid for these two.
-            unsafe {
-                libc::mallopt(libc::M_MMAP_THRESHOLD, 4 << 20);
-                libc::mallopt(libc::M_TRIM_THRESHOLD, 8 << 20);
-            }
-        }
-    }
-}
-
 /// Runs a daemon's `run` future on a multi-threaded runtime of `threads` workers
 /// (`-threads`; 0: one per core); an error is logged and printed
 /// (`<program>: <error>`) and becomes exit code 1.
@@ -573,7 +545,7 @@ pub fn block_on(
     threads: usize,
     run: impl Future<Output = Result<(), DaemonError>>,
 ) -> std::process::ExitCode {
-    tune_allocator();
+    crate::memory::tune_allocator();
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     builder.enable_all();
     if threads > 0 {

@@ -59,6 +59,7 @@ pub mod ingest;
 pub mod keys;
 pub mod line;
 pub mod logging;
+pub mod memory;
 pub mod net;
 pub mod notify;
 pub mod pipeline;

@@ -148,6 +148,9 @@ pub struct DestShared {
     cap: u64,
     /// Points admitted to the memory queue and not yet written out.
     queued: AtomicU64,
+    /// The memory queue's high-water mark: once a large queue has drained, the memory
+    /// its batches held goes back to the system ([`crate::memory::QueuePeak`]).
+    peak: crate::memory::QueuePeak,
     /// The disk spool, with `-spool-dir` (TCP destinations only).
     spool: Option<Arc<Spool>>,
     /// Why `-spool-dir` was given and the spool could not be opened.
@@ -202,15 +205,20 @@ impl DestShared {
 
     /// Called by the writer once `points` have left the queue.
     pub fn written(&self, points: u64) {
-        self.queued.fetch_sub(points, Ordering::AcqRel);
+        self.left_queue(points);
         self.stats.sent.fetch_add(points, Ordering::Relaxed);
         space_freed().notify_waiters();
+    }
+
+    fn left_queue(&self, points: u64) {
+        let before = self.queued.fetch_sub(points, Ordering::AcqRel);
+        self.peak.fell_to(before.saturating_sub(points));
     }
 
     /// Called by a writer for `points` of the memory queue settled without being sent
     /// (refused for good by the receiver, or moved to the spool).
     pub fn dequeued(&self, points: u64) {
-        self.queued.fetch_sub(points, Ordering::AcqRel);
+        self.left_queue(points);
         space_freed().notify_waiters();
     }
 }
@@ -287,6 +295,7 @@ impl Destination {
             name,
             cap: config.queue_cap,
             queued: AtomicU64::new(0),
+            peak: Default::default(),
             spool,
             spool_error,
             overflow: config.overflow,
@@ -356,6 +365,7 @@ impl Destination {
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| {
                 (q < self.cap).then_some(q + points)
             })
+            .inspect(|q| self.peak.rose_to(q + points))
             .is_ok()
     }
 
@@ -417,7 +427,8 @@ impl Destination {
     /// (the last one at shutdown): the overshoot is bounded by that batch, and the
     /// writer's drain spools or counts it like any other.
     pub fn push_forced(&self, chunk: Chunk) {
-        self.queued.fetch_add(chunk.points, Ordering::AcqRel);
+        let q = self.queued.fetch_add(chunk.points, Ordering::AcqRel);
+        self.peak.rose_to(q + chunk.points);
         self.push(chunk);
     }
 

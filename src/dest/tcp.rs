@@ -1007,6 +1007,7 @@ mod tests {
             name: "test".into(),
             cap: u64::MAX,
             queued: std::sync::atomic::AtomicU64::new(0),
+            peak: Default::default(),
             spool: None,
             spool_error: None,
             overflow: super::super::Overflow::Refuse,

@@ -32,7 +32,7 @@ fn apply(
     match loaded {
         Ok(Some(set)) => {
             let (new, removed) = cache.replace(set);
-            release_freed_memory();
+            crate::memory::release_freed_memory();
             tracing::info!("API keys refreshed: {new} new, {removed} removed");
             cache.note_sync(true);
             true
@@ -93,18 +93,5 @@ pub async fn run<R: StoreReader>(
         if reader.sync(store.as_ref()).await {
             backoff = Duration::from_secs(1);
         }
-    }
-}
-
-/// Hands the memory of the previous key set and of the parse back to the system. A
-/// reload of 100 000 keys frees some 20 MB in whichever thread's malloc arena it ran
-/// on; glibc keeps it, so each reload on another worker thread raised RSS
-/// (docs/BENCHMARKS.md, "Memory, churn, keys and threads"). One trim per applied change costs about a
-/// millisecond, next to the 150 ms of the reload.
-fn release_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only returns free heap pages to the kernel.
-    unsafe {
-        libc::malloc_trim(0);
     }
 }

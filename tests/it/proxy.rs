@@ -779,3 +779,70 @@ fn full_queue_without_spool_applies_backpressure_and_loses_nothing() {
     assert_eq!(sink.wait_idle(millis(500), secs(5)), sent.len());
     assert_eq!(sorted(sink.lines()), sorted(sent));
 }
+
+/// Resident memory of `pid`, in bytes.
+fn rss(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<u64>().ok())
+        .unwrap()
+        << 10
+}
+
+fn queued_points(admin: &str) -> u64 {
+    http_get(admin, "/metrics", &[])
+        .ok()
+        .and_then(|r| {
+            r.body
+                .lines()
+                .find(|l| l.starts_with("polymur_proxy_queue_points "))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<f64>().ok())
+        })
+        .map_or(0, |v| v as u64)
+}
+
+/// A proxy whose gateway was down held what its clients sent in memory; once the queue
+/// has drained, that memory goes back to the system instead of keeping the proxy at its
+/// high-water mark for good (glibc keeps freed memory in its arenas).
+#[test]
+fn memory_goes_back_once_a_large_queue_has_drained() {
+    let sink = LineSink::start();
+    let port = free_port();
+    let p = proxy(&format!("http://127.0.0.1:{port}"), &["-api-key", "123"]);
+    let n = 800_000;
+    let text: String = (0..n)
+        .map(|i| format!("drain.test.series{i:07}.with.a.long.enough.name {i} 1700000000\n"))
+        .collect();
+    send_lines(&p.listen, &text).unwrap();
+    drop(text);
+    assert!(
+        wait_until(secs(60), || queued_points(&p.admin) >= n as u64),
+        "queued {} of {n}: {}",
+        queued_points(&p.admin),
+        p.proc.all_output()
+    );
+    let full = rss(p.proc.pid());
+    assert!(
+        full > 40 << 20,
+        "a full queue of {n} points in {} MiB",
+        full >> 20
+    );
+    let _gw = gateway_on(port, &sink.addr(), &["-outgoing-queue-cap=1000000"]);
+    assert!(
+        sink.wait_count(n, secs(90)),
+        "{} of {n} arrived: {}",
+        sink.count(),
+        p.proc.all_output()
+    );
+    assert!(
+        wait_until(secs(10), || rss(p.proc.pid()) < full / 2),
+        "RSS {} MiB after draining, {} MiB with the queue full",
+        rss(p.proc.pid()) >> 20,
+        full >> 20
+    );
+    assert_eq!(queued_points(&p.admin), 0);
+}
