@@ -13,6 +13,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::time::Instant;
 
+use super::compression::Compressor;
 use crate::batch::Batch;
 use crate::dest::{space_freed, Admission, Chunk, Destination};
 use crate::plaintext::{Full, Intake, Offer, Prepared};
@@ -36,6 +37,18 @@ pub struct Batcher {
     /// The gateway (or, with `-console-out`, the console).
     dest: Arc<Destination>,
     stats: Arc<Stats>,
+    /// Seals (compresses) what goes to the memory queue ([`Self::sealing`]).
+    sealer: Option<Arc<Compressor>>,
+    /// One permit per batch being sealed at once: the offering connection goes on
+    /// reading while its batch is compressed on the blocking pool, and waits only when
+    /// every permit is taken.
+    sealing_now: Arc<tokio::sync::Semaphore>,
+    sealing_permits: u32,
+}
+
+/// Batches compressed at once (on the blocking pool) by [`Batcher::seal`]: one per core.
+fn sealing_permits() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get().clamp(1, 16))
 }
 
 /// A full batch taken out of [`Current`], not yet compressed.
@@ -52,7 +65,20 @@ impl Batcher {
             flush_size: flush_size.max(1),
             dest,
             stats,
+            sealer: None,
+            sealing_now: Arc::new(tokio::sync::Semaphore::new(sealing_permits())),
+            sealing_permits: sealing_permits() as u32,
         }
+    }
+
+    /// Batches admitted to the memory queue are compressed with `compressor` first, so
+    /// they wait there at their wire size (about 13 bytes per point instead of 76: the
+    /// default queue of 3.3 M points took some 500 MiB of RSS as plain lines). Batches
+    /// that go to the spool stay plain lines, the spool's one format; the writer unseals a
+    /// memory batch that must go there, or be split after a 413.
+    pub fn sealing(mut self, compressor: Arc<Compressor>) -> Self {
+        self.sealer = Some(compressor);
+        self
     }
 
     fn lock(&self) -> MutexGuard<'_, Current> {
@@ -132,6 +158,7 @@ impl Batcher {
                     }
                     _ => {}
                 },
+                Some(Admission::Memory) => return self.seal_for_memory(chunk).await,
                 Some(admission) => return self.dest.deliver(chunk, admission),
                 None if force => return self.dest.push_forced(chunk),
                 None => {}
@@ -170,6 +197,45 @@ impl Batcher {
 /// Gzip as the gateway expects it (one member, level 6 like Go's gzip.Writer).
 pub fn gzip(data: &[u8]) -> Vec<u8> {
     super::compression::gzip(data, super::compression::GZIP_DEFAULT_LEVEL)
+}
+
+impl Batcher {
+    /// Delivers `chunk`, admitted to the memory queue, compressed when sealing is on: on
+    /// the blocking pool, while the caller goes on (it waits only for a free permit). A
+    /// compression that fails or panics delivers the plain lines instead (the writer
+    /// takes both): the reservation is always used.
+    async fn seal_for_memory(&self, chunk: Chunk) {
+        let Some(compressor) = self.sealer.clone() else {
+            return self.dest.deliver(chunk, Admission::Memory);
+        };
+        let permit = self
+            .sealing_now
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed");
+        let dest = self.dest.clone();
+        tokio::task::spawn_blocking(move || {
+            let sealed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                compressor.compress(&chunk.data)
+            }));
+            let chunk = match sealed {
+                Ok(sealed) => Chunk {
+                    data: Bytes::from(sealed),
+                    points: chunk.points,
+                },
+                Err(_) => chunk,
+            };
+            dest.deliver(chunk, Admission::Memory);
+            drop(permit);
+        });
+    }
+
+    /// Waits until every batch being sealed is in the memory queue: at shutdown, before
+    /// the destination drains.
+    pub async fn sealed(&self) {
+        drop(self.sealing_now.acquire_many(self.sealing_permits).await);
+    }
 }
 
 impl Intake for Batcher {
@@ -269,6 +335,39 @@ mod tests {
             assert_eq!(raw.lines, 1000);
             assert!(cap <= len + len / 8, "{len} bytes in a buffer of {cap}");
         }
+    }
+
+    /// With sealing, what reaches the memory queue is compressed, unseals to exactly the
+    /// lines offered, in batches of the flush size; `sealed` returns once all are queued.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sealed_batches_unseal_to_the_lines_offered() {
+        use crate::proxy::compression::{is_sealed, unseal, CompressionFlag};
+        let (hold, dest) = held(1_000_000);
+        let compressor = Arc::new(Compressor::new(CompressionFlag::Gzip, None));
+        let b = Batcher::new(100, dest.clone(), Arc::new(Stats::default())).sealing(compressor);
+        let text: String = (0..1000)
+            .map(|i| format!("sealed.m{i} {i} 1700000000\n"))
+            .collect();
+        let (batch, _) = Batch::from_plaintext(text.clone().into_bytes(), None);
+        b.offer(&batch, &mut Default::default()).await.unwrap();
+        b.sealed().await;
+        let mut lines = Vec::new();
+        while let Some(c) = hold.next() {
+            assert!(is_sealed(&c.data), "a memory batch is compressed");
+            assert_eq!(c.points, 100);
+            let plain = unseal(&c.data).unwrap();
+            lines.extend(
+                String::from_utf8(plain)
+                    .unwrap()
+                    .lines()
+                    .map(str::to_string),
+            );
+        }
+        lines.sort();
+        let mut want: Vec<String> = text.lines().map(str::to_string).collect();
+        want.sort();
+        assert_eq!(lines, want);
+        assert_eq!(dest.queued(), 1000);
     }
 
     #[tokio::test]

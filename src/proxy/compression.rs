@@ -153,6 +153,31 @@ impl Compressor {
     }
 }
 
+/// Whether a record is a sealed (compressed) batch rather than plain lines: gzip's or
+/// zstd's magic. The batcher seals what it admits to the memory queue, and the spool and
+/// a 413 split need plain lines back ([`unseal`]). Plain records are lines that passed
+/// validation, and no valid line starts with a control byte (gzip: 0x1f) or with `(`
+/// and a UTF-8 continuation byte (zstd: 0x28 0xb5), so the magic cannot be a line.
+pub fn is_sealed(data: &[u8]) -> bool {
+    data.starts_with(&[0x1f, 0x8b]) || data.starts_with(&[0x28, 0xb5, 0x2f, 0xfd])
+}
+
+/// Largest plain batch [`unseal`] restores (batches are `-flush-size` lines; this only
+/// bounds a damaged record's claim).
+const UNSEAL_MAX: usize = 1 << 30;
+
+/// The lines of a sealed batch.
+pub fn unseal(data: &[u8]) -> Result<Vec<u8>, String> {
+    use crate::ingest::encoding::Encoding;
+    let encoding = match Codec::of(data) {
+        Codec::Zstd => Encoding::Zstd,
+        Codec::Gzip => Encoding::Gzip,
+    };
+    encoding
+        .decode(data, UNSEAL_MAX)
+        .map_err(|e| format!("a sealed batch does not decompress: {e}"))
+}
+
 /// gzip as the gateway expects it: one member (level clamped to 0..=9).
 pub fn gzip(data: &[u8], level: i32) -> Vec<u8> {
     let level = flate2::Compression::new(level.clamp(0, 9) as u32);

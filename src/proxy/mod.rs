@@ -52,11 +52,11 @@ pub async fn run(config: ProxyConfig) -> Result<(), DaemonError> {
         return Err(DaemonError::config(format!("-spool-dir: {e}")));
     }
     let stats = Arc::new(Stats::default());
-    let batcher = Arc::new(Batcher::new(
-        config.flush_size as usize,
-        dest.clone(),
-        stats.clone(),
-    ));
+    let batcher = Batcher::new(config.flush_size as usize, dest.clone(), stats.clone());
+    let batcher = Arc::new(match config.console_out {
+        true => batcher,
+        false => batcher.sealing(gateway.compressor()),
+    });
     if !config.console_out {
         let d = dest.clone();
         tokio::spawn(gateway.clone().watch_key(
@@ -111,6 +111,7 @@ pub async fn run(config: ProxyConfig) -> Result<(), DaemonError> {
     tracing::info!("Shutting down: closing the listener, batching what clients sent");
     listeners.close().await;
     parts.batcher.flush_if_due(Duration::ZERO, true).await;
+    parts.batcher.sealed().await;
     if !config.console_out {
         tracing::info!(
             "Sending queued batches to the gateway (up to {:?})",

@@ -22,7 +22,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::watch;
 
-use super::compression::{Codec, Compressor};
+use super::compression::{is_sealed, unseal, Codec, Compressor};
 use crate::shutdown::Shutdown;
 
 /// The header carrying the API key (the old proxy spelled it `X-polymur-key`; header
@@ -344,7 +344,8 @@ impl Gateway {
         }
     }
 
-    /// Compresses one batch of lines and delivers it, retrying as the module doc says.
+    /// Delivers one batch (sealed by the batcher, or plain lines from the spool, then
+    /// compressed here), retrying as the module doc says.
     /// Ends when the gateway took it ([`Settled::Delivered`]) or refused it for good
     /// ([`Settled::Rejected`], logged and counted). With a spool (`spool`), once `drain`
     /// fired a batch that fails is handed back ([`Settled::GaveBack`]): it is safer on
@@ -358,13 +359,18 @@ impl Gateway {
         spool: bool,
         mut drain: Shutdown,
     ) -> Settled {
-        let compressor = self.compressor.clone();
-        let raw = lines.clone();
-        let body = match tokio::task::spawn_blocking(move || compressor.compress(&raw)).await {
-            Ok(b) => Bytes::from(b),
-            Err(e) => {
-                tracing::error!("Compressing a batch of {points} points failed: {e}");
-                return Settled::GaveBack;
+        // A memory batch was sealed by the batcher; a spool record is plain lines.
+        let body = if is_sealed(&lines) {
+            lines.clone()
+        } else {
+            let compressor = self.compressor.clone();
+            let raw = lines.clone();
+            match tokio::task::spawn_blocking(move || compressor.compress(&raw)).await {
+                Ok(b) => Bytes::from(b),
+                Err(e) => {
+                    tracing::error!("Compressing a batch of {points} points failed: {e}");
+                    return Settled::GaveBack;
+                }
             }
         };
         let mut attempt = 0u32;
@@ -432,6 +438,23 @@ impl Gateway {
         spool: bool,
         drain: Shutdown,
     ) -> Settled {
+        let lines = if is_sealed(&lines) {
+            let sealed = lines.clone();
+            match tokio::task::spawn_blocking(move || unseal(&sealed)).await {
+                Ok(Ok(plain)) => Bytes::from(plain),
+                Ok(Err(e)) => {
+                    self.stats.rejected.fetch_add(points, Ordering::Relaxed);
+                    tracing::error!(
+                        "Gateway {} rejected a batch of {points} points ({why}) and {e}; it is dropped",
+                        self.base
+                    );
+                    return Settled::Rejected;
+                }
+                Err(_) => return Settled::GaveBack,
+            }
+        } else {
+            lines
+        };
         let Some((first, second)) = split_lines(&lines) else {
             self.stats.rejected.fetch_add(points, Ordering::Relaxed);
             tracing::error!(

@@ -3,14 +3,18 @@
 //! and recovery as every Graphite destination (`-spool-dir/gateway/seg-*.spool`).
 //!
 //! # What a record is
-//! One record (memory chunk or spool record) is one batch of `-flush-size` lines (or what
-//! `-flush-interval` cut), **before** compression. The spool's format is "whole
-//! `\n`-terminated lines with a CRC", and its recovery counts lost points from line ends, so
-//! an uncompressed batch is a record like any other: no second format, no second set of
-//! recovery rules. The body is gzip'ed when it is sent ([`Gateway::deliver`], milliseconds
-//! on the blocking pool), so a spool written before a change of codec still replays, and
-//! the writer still POSTs whole batches, never a split one. The price is disk: a spooled
-//! batch takes its plaintext size (about 8 times its gzip size), bounded by `-spool-max-bytes`.
+//! One record is one batch of `-flush-size` lines (or what `-flush-interval` cut). In the
+//! spool it is stored **before** compression: the spool's format is "whole `\n`-terminated
+//! lines with a CRC", and its recovery counts lost points from line ends, so an uncompressed
+//! batch is a record like any other: no second format, no second set of recovery rules, and
+//! a spool written before a change of codec still replays. The price is disk: a spooled
+//! batch takes its plaintext size (about 8 times its gzip size), bounded by
+//! `-spool-max-bytes`. In the memory queue a batch waits **sealed** (compressed by the
+//! batcher when it was admitted, [`super::compression::is_sealed`]): 3.3 M points of the
+//! default `-queue-cap` are some 45 MB that way instead of 250 MB of lines. A spool record
+//! is compressed when it is sent ([`Gateway::deliver`], milliseconds on the blocking pool);
+//! a memory batch that has to go to the spool (at shutdown) is decompressed first. The
+//! writer POSTs whole batches, never a split one, unless the gateway answers 413.
 //!
 //! # `-workers` and the cursor
 //! Up to `-workers` batches are in flight at once, memory queue first (those are the oldest,
@@ -35,6 +39,7 @@ use std::time::Duration;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
+use super::compression::{is_sealed, unseal};
 use super::sink::{Gateway, Settled};
 use crate::dest::spool::{self, Spool, SpoolPos};
 use crate::dest::writer::{Queue, Writer, WriterTask};
@@ -112,6 +117,23 @@ impl Cursor {
             upto = self.0.pop_front().map(|(p, _)| p);
         }
         upto
+    }
+}
+
+/// `chunk` as plain lines: unsealed (on the blocking pool) when the batcher compressed it.
+async fn plain(chunk: Chunk) -> Result<Chunk, (u64, String)> {
+    if !is_sealed(&chunk.data) {
+        return Ok(chunk);
+    }
+    let points = chunk.points;
+    let sealed = chunk.data;
+    match tokio::task::spawn_blocking(move || unseal(&sealed)).await {
+        Ok(Ok(lines)) => Ok(Chunk {
+            data: lines.into(),
+            points,
+        }),
+        Ok(Err(e)) => Err((points, e)),
+        Err(e) => Err((points, e.to_string())),
     }
 }
 
@@ -325,9 +347,19 @@ impl Flight {
             return;
         };
         let mut failed = 0;
-        for c in &chunks {
+        for c in chunks {
+            // The spool holds plain lines: a memory batch sealed by the batcher is
+            // decompressed again first.
+            let c = match plain(c).await {
+                Ok(c) => c,
+                Err((points, e)) => {
+                    tracing::error!("A batch of {points} points cannot be spooled: {e}");
+                    failed += points;
+                    continue;
+                }
+            };
             spool.reserve_forced(spool::record_size(c.data.len()));
-            if !matches!(spool.append(c).await, Ok(Ok(()))) {
+            if !matches!(spool.append(&c).await, Ok(Ok(()))) {
                 failed += c.points;
             }
         }

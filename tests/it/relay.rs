@@ -357,3 +357,71 @@ fn metrics_flush_sends_self_metrics_to_the_destinations() {
         "{lines:?}"
     );
 }
+
+/// Resident memory of `pid`, in bytes.
+fn rss(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<u64>().ok())
+        .unwrap()
+        << 10
+}
+
+/// Points in the relay's memory queues (`polymur_destination_queue_points`, summed).
+fn queued_points(admin: &str) -> u64 {
+    http_get(admin, "/metrics", &[]).map_or(0, |r| {
+        r.body
+            .lines()
+            .filter(|l| l.starts_with("polymur_destination_queue_points"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>() as u64
+    })
+}
+
+/// A relay whose destination was down held what its clients sent in its memory queue;
+/// once that queue has drained, the memory goes back to the system instead of keeping
+/// the relay at its high-water mark (glibc keeps freed memory in its arenas).
+#[test]
+fn memory_goes_back_once_a_large_queue_has_drained() {
+    let port = free_port();
+    let dest = format!("127.0.0.1:{port}");
+    let r = relay_env(
+        &["-destinations", &dest, "-outgoing-queue-cap=2000000"],
+        &[],
+    );
+    let n = 800_000;
+    let text: String = (0..n)
+        .map(|i| format!("drain.test.series{i:07}.with.a.long.enough.name {i} 1700000000\n"))
+        .collect();
+    send_lines(&r.listen, &text).unwrap();
+    drop(text);
+    assert!(
+        wait_until(secs(60), || queued_points(&r.admin) >= n as u64),
+        "queued {} of {n}: {}",
+        queued_points(&r.admin),
+        r.proc.all_output()
+    );
+    let full = rss(r.proc.pid());
+    assert!(
+        full > 40 << 20,
+        "a full queue of {n} points in {} MiB",
+        full >> 20
+    );
+    let sink = LineSink::start_on(port);
+    assert!(
+        sink.wait_count(n, secs(60)),
+        "{} of {n} arrived: {}",
+        sink.count(),
+        r.proc.all_output()
+    );
+    assert!(
+        wait_until(secs(10), || rss(r.proc.pid()) < full / 2),
+        "RSS {} MiB after draining, {} MiB with the queue full",
+        rss(r.proc.pid()) >> 20,
+        full >> 20
+    );
+    assert_eq!(queued_points(&r.admin), 0);
+}
