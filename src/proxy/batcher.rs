@@ -1,8 +1,9 @@
 //! Groups the lines of all client connections into batches of `-flush-size` lines
 //! (or whatever arrived within `-flush-interval`) and admits each to the proxy's one
-//! destination (the gateway writer, or the console), which compresses it (gzip or zstd,
-//! see [`super::compression`]) when it sends it, so a spooled batch can go out in
-//! whatever the gateway takes by then.
+//! destination (the gateway writer, or the console). A batch admitted to the memory queue
+//! is compressed first (sealed, gzip or zstd, see [`super::compression`]) and waits there
+//! at its wire size; a batch admitted to the spool stays plain lines and is compressed
+//! when it is sent, so a spooled batch can go out in whatever the gateway takes by then.
 //! The gateway checks the key and decompresses once per batch, so big batches are what
 //! make the remote link cheap.
 
