@@ -92,6 +92,13 @@ const MAX_RETRY_PAUSE: Duration = Duration::from_millis(200);
 /// At shutdown, how long a connection may keep offering a refused batch, and how long
 /// the source waits for its connections to finish.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// At shutdown a connection is still read for up to this long, until its client pauses
+/// for [`DRAIN_IDLE`]: what a client wrote before the signal sits in the kernel's buffer,
+/// and for the client it was sent (a restart used to drop it: 100 000 of 200 000 lines
+/// written just before a SIGTERM). Complete lines read this way are delivered as usual.
+const DRAIN_READ: Duration = Duration::from_secs(2);
+/// See [`DRAIN_READ`].
+const DRAIN_IDLE: Duration = Duration::from_millis(100);
 /// A TLS client must finish its handshake within this time.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -226,16 +233,33 @@ impl PlaintextSource {
         let mut buf: Vec<u8> = Vec::new();
         // True while discarding the rest of an over-long line.
         let mut skipping = false;
+        // Set at shutdown: until then the client's bytes are still read (see DRAIN_READ).
+        let mut draining: Option<tokio::time::Instant> = None;
         loop {
             let scan_from = buf.len();
-            let filled = tokio::select! {
-                f = stream.fill(&mut buf, READ_CHUNK, self.config.idle_timeout) => f,
-                // Complete lines were handed over already; what is left is a partial line.
-                _ = shutdown.recv() => break,
+            let filled = match draining {
+                None => tokio::select! {
+                    f = stream.fill(&mut buf, READ_CHUNK, self.config.idle_timeout) => f,
+                    _ = shutdown.recv() => {
+                        draining = Some(tokio::time::Instant::now() + DRAIN_READ);
+                        continue;
+                    }
+                },
+                Some(until) => {
+                    let left = until.saturating_duration_since(tokio::time::Instant::now());
+                    if left.is_zero() {
+                        // What is left is a partial line or what came after the window.
+                        break;
+                    }
+                    stream
+                        .fill(&mut buf, READ_CHUNK, Some(DRAIN_IDLE.min(left)))
+                        .await
+                }
             };
             let (eof, failed) = match filled {
                 Filled::Data => (false, false),
                 Filled::Eof => (true, false),
+                Filled::Idle if draining.is_some() => break,
                 Filled::Idle => {
                     tracing::debug!("Closing idle connection from {peer}");
                     break;

@@ -859,3 +859,36 @@ fn a_queue_of_sealed_batches_costs_its_wire_size_and_delivers_everything() {
     assert_eq!(got.len(), n, "every point, once");
     assert!(wait_until(secs(5), || queued_points(&p.admin) == 0));
 }
+
+/// SIGTERM straight after a burst, the gateway down: batches still being sealed
+/// (compressed for the memory queue) when the signal arrives reach the queue before it
+/// drains, so all of them are in the spool at exit, and a restarted proxy delivers every
+/// line once the gateway is up.
+#[test]
+fn sigterm_during_a_burst_spools_every_batch_being_sealed() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().join("spool");
+    let spool_arg = spool.to_str().unwrap().to_string();
+    let sink = LineSink::start();
+    let http = free_port();
+    let gw_url = format!("http://127.0.0.1:{http}");
+    let p = proxy(
+        &gw_url,
+        &[
+            "-api-key",
+            "123",
+            "-spool-dir",
+            &spool_arg,
+            "-flush-size",
+            "1000",
+        ],
+    );
+    let sent = lines("burst", 200_000);
+    send_lines(&p.listen, &body(&sent)).unwrap();
+    p.proc.term();
+    assert!(p.proc.wait_exit(secs(60)).is_some_and(|s| s.success()));
+    assert!(!p.proc.has_log("are lost"), "{}", p.proc.all_output());
+    let _gw = gateway_on(http, &sink.addr(), &["-outgoing-queue-cap=1000000"]);
+    let p2 = proxy(&gw_url, &["-api-key", "123", "-spool-dir", &spool_arg]);
+    assert_all_arrive(&sink, &sent, secs(60), &p2.proc);
+}

@@ -425,3 +425,33 @@ fn memory_goes_back_once_a_large_queue_has_drained() {
     );
     assert_eq!(queued_points(&r.admin), 0);
 }
+
+/// SIGTERM straight after a client wrote a burst: what the client wrote before the signal
+/// (sitting in the relay's socket buffer) is still read, and every line reaches the
+/// destination before the relay exits.
+#[test]
+fn sigterm_right_after_a_burst_still_delivers_what_the_client_wrote() {
+    let sink = LineSink::start();
+    let r = relay_env(
+        &["-destinations", &sink.addr(), "-outgoing-queue-cap=1000000"],
+        &[],
+    );
+    let ts = 1_700_000_000;
+    let sent: Vec<String> = (0..1_000_000)
+        .map(|i| format!("burst.m{i} {i} {ts}"))
+        .collect();
+    send_lines(&r.listen, &(sent.join("\n") + "\n")).unwrap();
+    r.proc.term();
+    assert!(
+        r.proc.wait_exit(secs(60)).is_some_and(|s| s.success()),
+        "{}",
+        r.proc.all_output()
+    );
+    assert_eq!(
+        sink.wait_idle(millis(500), secs(10)),
+        sent.len(),
+        "{}",
+        r.proc.all_output()
+    );
+    assert_eq!(sorted(sink.lines()), sorted(sent));
+}
