@@ -44,10 +44,11 @@ pub struct Batcher {
     /// reading while its batch is compressed on the blocking pool, and waits only when
     /// every permit is taken.
     sealing_now: Arc<tokio::sync::Semaphore>,
+    /// All of `sealing_now`'s permits: holding them all means nothing is being sealed.
     sealing_permits: u32,
 }
 
-/// Batches compressed at once (on the blocking pool) by [`Batcher::seal`]: one per core.
+/// Batches compressed at once (on the blocking pool) for the memory queue: one per core.
 fn sealing_permits() -> usize {
     std::thread::available_parallelism().map_or(2, |n| n.get().clamp(1, 16))
 }
@@ -61,14 +62,15 @@ struct Raw {
 impl Batcher {
     /// A batcher sealing every `flush_size` lines into `dest`.
     pub fn new(flush_size: usize, dest: Arc<Destination>, stats: Arc<Stats>) -> Self {
+        let permits = sealing_permits();
         Batcher {
             current: Mutex::new(Current::default()),
             flush_size: flush_size.max(1),
             dest,
             stats,
             sealer: None,
-            sealing_now: Arc::new(tokio::sync::Semaphore::new(sealing_permits())),
-            sealing_permits: sealing_permits() as u32,
+            sealing_now: Arc::new(tokio::sync::Semaphore::new(permits)),
+            sealing_permits: permits as u32,
         }
     }
 
@@ -80,6 +82,43 @@ impl Batcher {
     pub fn sealing(mut self, compressor: Arc<Compressor>) -> Self {
         self.sealer = Some(compressor);
         self
+    }
+
+    /// Delivers `chunk`, admitted to the memory queue, compressed when sealing is on: on
+    /// the blocking pool, while the caller goes on (it waits only for a free permit). A
+    /// compression that fails or panics delivers the plain lines instead (the writer
+    /// takes both): the reservation is always used.
+    async fn seal_for_memory(&self, chunk: Chunk) {
+        let Some(compressor) = self.sealer.clone() else {
+            return self.dest.deliver(chunk, Admission::Memory);
+        };
+        let permit = self
+            .sealing_now
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed");
+        let dest = self.dest.clone();
+        tokio::task::spawn_blocking(move || {
+            let sealed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                compressor.compress(&chunk.data)
+            }));
+            let chunk = match sealed {
+                Ok(sealed) => Chunk {
+                    data: Bytes::from(sealed),
+                    points: chunk.points,
+                },
+                Err(_) => chunk,
+            };
+            dest.deliver(chunk, Admission::Memory);
+            drop(permit);
+        });
+    }
+
+    /// Waits until every batch being sealed is in the memory queue: at shutdown, before
+    /// the destination drains.
+    pub async fn sealed(&self) {
+        drop(self.sealing_now.acquire_many(self.sealing_permits).await);
     }
 
     fn lock(&self) -> MutexGuard<'_, Current> {
@@ -114,11 +153,11 @@ impl Batcher {
         full
     }
 
-    /// Takes the full batch out. It waits in the memory queue as it is (up to
-    /// `-queue-cap` × 100 points, 3.3 M with the default: hundreds of MiB), so its buffer
-    /// must not carry the spare half a doubling `Vec` leaves (measured: 120 bytes of RSS
-    /// per queued 76-byte line): the next batch starts at about this one's size, and a
-    /// buffer that still grew past it is shrunk.
+    /// Takes the full batch out. Its buffer must not carry the spare half a doubling
+    /// `Vec` leaves, as long as it lives as it is: until it is sealed, in the memory queue
+    /// with `-console-out`, or on its way to the spool (before sealing, plain batches in the
+    /// queue took 120 bytes of RSS per 76-byte line). The next batch starts at about this
+    /// one's size, and a buffer that still grew past it is shrunk.
     fn take(cur: &mut Current) -> Raw {
         let len = cur.buf.len();
         let mut buf = std::mem::replace(&mut cur.buf, Vec::with_capacity(len + len / 16));
@@ -198,45 +237,6 @@ impl Batcher {
 /// Gzip as the gateway expects it (one member, level 6 like Go's gzip.Writer).
 pub fn gzip(data: &[u8]) -> Vec<u8> {
     super::compression::gzip(data, super::compression::GZIP_DEFAULT_LEVEL)
-}
-
-impl Batcher {
-    /// Delivers `chunk`, admitted to the memory queue, compressed when sealing is on: on
-    /// the blocking pool, while the caller goes on (it waits only for a free permit). A
-    /// compression that fails or panics delivers the plain lines instead (the writer
-    /// takes both): the reservation is always used.
-    async fn seal_for_memory(&self, chunk: Chunk) {
-        let Some(compressor) = self.sealer.clone() else {
-            return self.dest.deliver(chunk, Admission::Memory);
-        };
-        let permit = self
-            .sealing_now
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("the semaphore is never closed");
-        let dest = self.dest.clone();
-        tokio::task::spawn_blocking(move || {
-            let sealed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                compressor.compress(&chunk.data)
-            }));
-            let chunk = match sealed {
-                Ok(sealed) => Chunk {
-                    data: Bytes::from(sealed),
-                    points: chunk.points,
-                },
-                Err(_) => chunk,
-            };
-            dest.deliver(chunk, Admission::Memory);
-            drop(permit);
-        });
-    }
-
-    /// Waits until every batch being sealed is in the memory queue: at shutdown, before
-    /// the destination drains.
-    pub async fn sealed(&self) {
-        drop(self.sealing_now.acquire_many(self.sealing_permits).await);
-    }
 }
 
 impl Intake for Batcher {

@@ -3,8 +3,8 @@
 //!
 //! ```text
 //! TCP clients ─► plaintext source ─► Batcher ─► Destination "gateway" ─────────► gateway
-//!                (backpressure when             (memory queue, then -spool-dir;   (writer: gzip,
-//!                 it has no room)                the one spool format)            -workers POSTs, retry)
+//!                (backpressure when  (seals      (memory queue of sealed batches,  (writer: -workers
+//!                 it has no room)     for memory) then -spool-dir of plain lines)   POSTs, retry)
 //! ```
 //! The proxy's sink is a [`crate::dest::Destination`] like the relay's and the gateway's,
 //! with its own writer kind ([`writer`]): one queue, one spool format, one set of recovery
