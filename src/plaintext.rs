@@ -233,7 +233,7 @@ impl PlaintextSource {
         let mut buf: Vec<u8> = Vec::new();
         // True while discarding the rest of an over-long line.
         let mut skipping = false;
-        // Set at shutdown: until then the client's bytes are still read (see DRAIN_READ).
+        // Set at shutdown: the end of the read that follows it (see DRAIN_READ).
         let mut draining: Option<tokio::time::Instant> = None;
         loop {
             let scan_from = buf.len();

@@ -178,6 +178,18 @@ pub fn unseal(data: &[u8]) -> Result<Vec<u8>, String> {
         .map_err(|e| format!("a sealed batch does not decompress: {e}"))
 }
 
+/// `data` as plain lines: itself when it is not sealed, else decompressed on the blocking
+/// pool (for the spool, which holds plain lines, and for a split after a 413).
+pub async fn plain_lines(data: Bytes) -> Result<Bytes, String> {
+    if !is_sealed(&data) {
+        return Ok(data);
+    }
+    match tokio::task::spawn_blocking(move || unseal(&data)).await {
+        Ok(lines) => lines.map(Bytes::from),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// gzip as the gateway expects it: one member (level clamped to 0..=9).
 pub fn gzip(data: &[u8], level: i32) -> Vec<u8> {
     let level = flate2::Compression::new(level.clamp(0, 9) as u32);

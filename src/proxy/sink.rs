@@ -22,7 +22,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::watch;
 
-use super::compression::{is_sealed, unseal, Codec, Compressor};
+use super::compression::{is_sealed, plain_lines, Codec, Compressor};
 use crate::shutdown::Shutdown;
 
 /// The header carrying the API key (the old proxy spelled it `X-polymur-key`; header
@@ -438,22 +438,16 @@ impl Gateway {
         spool: bool,
         drain: Shutdown,
     ) -> Settled {
-        let lines = if is_sealed(&lines) {
-            let sealed = lines.clone();
-            match tokio::task::spawn_blocking(move || unseal(&sealed)).await {
-                Ok(Ok(plain)) => Bytes::from(plain),
-                Ok(Err(e)) => {
-                    self.stats.rejected.fetch_add(points, Ordering::Relaxed);
-                    tracing::error!(
-                        "Gateway {} rejected a batch of {points} points ({why}) and {e}; it is dropped",
-                        self.base
-                    );
-                    return Settled::Rejected;
-                }
-                Err(_) => return Settled::GaveBack,
+        let lines = match plain_lines(lines).await {
+            Ok(lines) => lines,
+            Err(e) => {
+                self.stats.rejected.fetch_add(points, Ordering::Relaxed);
+                tracing::error!(
+                    "Gateway {} rejected a batch of {points} points ({why}) and {e}; it is dropped",
+                    self.base
+                );
+                return Settled::Rejected;
             }
-        } else {
-            lines
         };
         let Some((first, second)) = split_lines(&lines) else {
             self.stats.rejected.fetch_add(points, Ordering::Relaxed);

@@ -39,7 +39,7 @@ use std::time::Duration;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use super::compression::{is_sealed, unseal};
+use super::compression::plain_lines;
 use super::sink::{Gateway, Settled};
 use crate::dest::spool::{self, Spool, SpoolPos};
 use crate::dest::writer::{Queue, Writer, WriterTask};
@@ -117,23 +117,6 @@ impl Cursor {
             upto = self.0.pop_front().map(|(p, _)| p);
         }
         upto
-    }
-}
-
-/// `chunk` as plain lines: unsealed (on the blocking pool) when the batcher compressed it.
-async fn plain(chunk: Chunk) -> Result<Chunk, (u64, String)> {
-    if !is_sealed(&chunk.data) {
-        return Ok(chunk);
-    }
-    let points = chunk.points;
-    let sealed = chunk.data;
-    match tokio::task::spawn_blocking(move || unseal(&sealed)).await {
-        Ok(Ok(lines)) => Ok(Chunk {
-            data: lines.into(),
-            points,
-        }),
-        Ok(Err(e)) => Err((points, e)),
-        Err(e) => Err((points, e.to_string())),
     }
 }
 
@@ -350,11 +333,14 @@ impl Flight {
         for c in chunks {
             // The spool holds plain lines: a memory batch sealed by the batcher is
             // decompressed again first.
-            let c = match plain(c).await {
-                Ok(c) => c,
-                Err((points, e)) => {
-                    tracing::error!("A batch of {points} points cannot be spooled: {e}");
-                    failed += points;
+            let c = match plain_lines(c.data).await {
+                Ok(data) => Chunk {
+                    data,
+                    points: c.points,
+                },
+                Err(e) => {
+                    tracing::error!("A batch of {} points cannot be spooled: {e}", c.points);
+                    failed += c.points;
                     continue;
                 }
             };

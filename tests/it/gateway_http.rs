@@ -203,7 +203,7 @@ fn gzip_bomb_gets_413_with_bounded_memory_and_the_gateway_stays_up() {
     liar[n - 4..].copy_from_slice(&(2u32 << 30).to_le_bytes());
     let r = http_post(&gw.http, "/ingest", &[KEY], liar);
     assert_eq!((r.status, r.body.as_str()), (400, "Batch Malformed\n"));
-    let peak = peak_rss(gw.proc.pid());
+    let peak = gw.proc.peak_rss();
     assert!(peak < 400 << 20, "peak RSS {} MiB", peak >> 20);
     let after = lines("after.bomb", 5);
     let r = http_post(&gw.http, "/ingest", &[KEY], batch(&after));
@@ -241,17 +241,6 @@ fn body_and_batch_limits_answer_413() {
     );
     assert!(sink.wait_count(10, secs(10)));
     assert_eq!(sink.wait_idle(millis(300), secs(3)), 10);
-}
-
-fn peak_rss(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse::<u64>().ok())
-        .unwrap()
-        * 1024
 }
 
 #[test]

@@ -183,26 +183,45 @@ fn gateway_down_for_ten_seconds_loses_nothing() {
     assert_all_arrive(&sink, &expected, secs(30), &p.proc);
 }
 
+/// A proxy with a spool under a scratch directory, its gateway not started yet (on
+/// `http`, forwarding to `sink` once [`gateway_on`] starts it).
+struct SpoolingProxy {
+    _dir: tempfile::TempDir,
+    spool: std::path::PathBuf,
+    sink: LineSink,
+    http: u16,
+    gw_url: String,
+}
+
+impl SpoolingProxy {
+    fn new() -> SpoolingProxy {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = dir.path().join("spool");
+        let http = free_port();
+        SpoolingProxy {
+            spool,
+            _dir: dir,
+            sink: LineSink::start(),
+            http,
+            gw_url: format!("http://127.0.0.1:{http}"),
+        }
+    }
+
+    /// A proxy on this spool with `-api-key 123` and `extra`.
+    fn start(&self, extra: &[&str]) -> Proxy {
+        let spool = self.spool.to_str().unwrap();
+        let mut args = vec!["-api-key", "123", "-spool-dir", spool];
+        args.extend_from_slice(extra);
+        proxy(&self.gw_url, &args)
+    }
+}
+
 #[test]
 fn spooled_batches_survive_a_proxy_restart() {
-    let dir = tempfile::tempdir().unwrap();
-    let spool = dir.path().join("spool");
-    let spool_arg = spool.to_str().unwrap().to_string();
-    let sink = LineSink::start();
-    let http = free_port();
-    let gw_url = format!("http://127.0.0.1:{http}");
+    let setup = SpoolingProxy::new();
+    let (spool, sink, http) = (setup.spool.clone(), &setup.sink, setup.http);
     // The gateway is down from the start: the proxy starts anyway and queues.
-    let p = proxy(
-        &gw_url,
-        &[
-            "-api-key",
-            "123",
-            "-spool-dir",
-            &spool_arg,
-            "-queue-cap",
-            "1",
-        ],
-    );
+    let p = setup.start(&["-queue-cap", "1"]);
     let sent = lines("spool", 1000);
     send_lines(&p.listen, &body(&sent)).unwrap();
     assert!(
@@ -245,8 +264,8 @@ fn spooled_batches_survive_a_proxy_restart() {
     );
 
     let _gw = gateway_on(http, &sink.addr(), &[]);
-    let p2 = proxy(&gw_url, &["-api-key", "123", "-spool-dir", &spool_arg]);
-    assert_all_arrive(&sink, &sent, secs(30), &p2.proc);
+    let p2 = setup.start(&[]);
+    assert_all_arrive(sink, &sent, secs(30), &p2.proc);
     // Delivered segments are deleted once the cursor is past them.
     assert!(
         wait_until(secs(10), || {
@@ -791,31 +810,6 @@ fn full_queue_without_spool_applies_backpressure_and_loses_nothing() {
     assert_eq!(sorted(sink.lines()), sorted(sent));
 }
 
-/// Resident memory of `pid`, in bytes.
-fn rss(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|kb| kb.parse::<u64>().ok())
-        .unwrap()
-        << 10
-}
-
-fn queued_points(admin: &str) -> u64 {
-    http_get(admin, "/metrics", &[])
-        .ok()
-        .and_then(|r| {
-            r.body
-                .lines()
-                .find(|l| l.starts_with("polymur_proxy_queue_points "))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse::<f64>().ok())
-        })
-        .map_or(0, |v| v as u64)
-}
-
 /// A proxy whose gateway is down keeps what its clients send in its memory queue at wire
 /// size (sealed: compressed when admitted), not as plain lines: 1.2 M queued points grow
 /// its RSS by less than half their 80 MB of text (plain, they grew it by more than that). Once the gateway is back every point
@@ -825,7 +819,7 @@ fn a_queue_of_sealed_batches_costs_its_wire_size_and_delivers_everything() {
     let sink = LineSink::start();
     let port = free_port();
     let p = proxy(&format!("http://127.0.0.1:{port}"), &["-api-key", "123"]);
-    let base = rss(p.proc.pid());
+    let base = p.proc.rss();
     let n = 1_200_000;
     let text: String = (0..n)
         .map(|i| format!("drain.test.series{i:07}.with.a.long.enough.name {i} 1700000000\n"))
@@ -834,12 +828,13 @@ fn a_queue_of_sealed_batches_costs_its_wire_size_and_delivers_everything() {
     send_lines(&p.listen, &text).unwrap();
     drop(text);
     assert!(
-        wait_until(secs(60), || queued_points(&p.admin) >= n as u64),
+        wait_until(secs(60), || metric(&p.admin, "polymur_proxy_queue_points")
+            >= n as u64),
         "queued {} of {n}: {}",
-        queued_points(&p.admin),
+        metric(&p.admin, "polymur_proxy_queue_points"),
         p.proc.all_output()
     );
-    let grown = rss(p.proc.pid()).saturating_sub(base);
+    let grown = p.proc.rss().saturating_sub(base);
     assert!(
         grown < plain / 2,
         "{n} queued points grew RSS by {} MiB ({} MiB of lines)",
@@ -857,7 +852,10 @@ fn a_queue_of_sealed_batches_costs_its_wire_size_and_delivers_everything() {
     got.sort();
     got.dedup();
     assert_eq!(got.len(), n, "every point, once");
-    assert!(wait_until(secs(5), || queued_points(&p.admin) == 0));
+    assert!(wait_until(secs(5), || metric(
+        &p.admin,
+        "polymur_proxy_queue_points"
+    ) == 0));
 }
 
 /// SIGTERM straight after a burst, the gateway down: batches still being sealed
@@ -866,29 +864,18 @@ fn a_queue_of_sealed_batches_costs_its_wire_size_and_delivers_everything() {
 /// line once the gateway is up.
 #[test]
 fn sigterm_during_a_burst_spools_every_batch_being_sealed() {
-    let dir = tempfile::tempdir().unwrap();
-    let spool = dir.path().join("spool");
-    let spool_arg = spool.to_str().unwrap().to_string();
-    let sink = LineSink::start();
-    let http = free_port();
-    let gw_url = format!("http://127.0.0.1:{http}");
-    let p = proxy(
-        &gw_url,
-        &[
-            "-api-key",
-            "123",
-            "-spool-dir",
-            &spool_arg,
-            "-flush-size",
-            "1000",
-        ],
-    );
+    let setup = SpoolingProxy::new();
+    let p = setup.start(&["-flush-size", "1000"]);
     let sent = lines("burst", 200_000);
     send_lines(&p.listen, &body(&sent)).unwrap();
     p.proc.term();
     assert!(p.proc.wait_exit(secs(60)).is_some_and(|s| s.success()));
     assert!(!p.proc.has_log("are lost"), "{}", p.proc.all_output());
-    let _gw = gateway_on(http, &sink.addr(), &["-outgoing-queue-cap=1000000"]);
-    let p2 = proxy(&gw_url, &["-api-key", "123", "-spool-dir", &spool_arg]);
-    assert_all_arrive(&sink, &sent, secs(60), &p2.proc);
+    let _gw = gateway_on(
+        setup.http,
+        &setup.sink.addr(),
+        &["-outgoing-queue-cap=1000000"],
+    );
+    let p2 = setup.start(&[]);
+    assert_all_arrive(&setup.sink, &sent, secs(60), &p2.proc);
 }

@@ -358,18 +358,6 @@ fn metrics_flush_sends_self_metrics_to_the_destinations() {
     );
 }
 
-/// Resident memory of `pid`, in bytes.
-fn rss(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|kb| kb.parse::<u64>().ok())
-        .unwrap()
-        << 10
-}
-
 /// Points in the relay's memory queues (`polymur_destination_queue_points`, summed).
 fn queued_points(admin: &str) -> u64 {
     http_get(admin, "/metrics", &[]).map_or(0, |r| {
@@ -404,7 +392,7 @@ fn memory_goes_back_once_a_large_queue_has_drained() {
         queued_points(&r.admin),
         r.proc.all_output()
     );
-    let full = rss(r.proc.pid());
+    let full = r.proc.rss();
     assert!(
         full > 40 << 20,
         "a full queue of {n} points in {} MiB",
@@ -418,9 +406,9 @@ fn memory_goes_back_once_a_large_queue_has_drained() {
         r.proc.all_output()
     );
     assert!(
-        wait_until(secs(10), || rss(r.proc.pid()) < full / 2),
+        wait_until(secs(10), || r.proc.rss() < full / 2),
         "RSS {} MiB after draining, {} MiB with the queue full",
-        rss(r.proc.pid()) >> 20,
+        r.proc.rss() >> 20,
         full >> 20
     );
     assert_eq!(queued_points(&r.admin), 0);

@@ -41,17 +41,6 @@ fn zst_streamed(data: &[u8]) -> Vec<u8> {
     e.finish().unwrap()
 }
 
-fn peak_rss(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse::<u64>().ok())
-        .unwrap()
-        * 1024
-}
-
 #[test]
 fn ping_advertises_zstd_and_gzip_with_the_original_body() {
     let gw = Gateway::start(&["-dev-mode"]);
@@ -155,7 +144,7 @@ fn zstd_bomb_gets_413_with_bounded_memory_and_the_gateway_stays_up() {
             assert_eq!((r.status, r.body.as_str()), (413, "Batch Too Large\n"));
         }
     }
-    let peak = peak_rss(gw.proc.pid());
+    let peak = gw.proc.peak_rss();
     eprintln!("zstd bombs: gateway peak RSS {} MiB", peak >> 20);
     assert!(peak < 400 << 20, "peak RSS {} MiB", peak >> 20);
     let after = lines("after.bomb", 5);

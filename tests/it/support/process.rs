@@ -170,6 +170,28 @@ impl Proc {
         self.pid
     }
 
+    /// Resident memory now (`VmRSS`), in bytes.
+    pub fn rss(&self) -> u64 {
+        self.status_bytes("VmRSS:")
+    }
+
+    /// Peak resident memory so far (`VmHWM`), in bytes.
+    pub fn peak_rss(&self) -> u64 {
+        self.status_bytes("VmHWM:")
+    }
+
+    /// A `kB` field of `/proc/PID/status`, in bytes.
+    fn status_bytes(&self, field: &str) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid)).unwrap();
+        let kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix(field))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {field} in /proc/{}/status", self.pid));
+        kib << 10
+    }
+
     fn contains(out: &Output, needle: &str) -> bool {
         out.stderr.iter().any(|l| l.contains(needle))
             || out.stdout.iter().any(|l| l.contains(needle))
