@@ -14,7 +14,8 @@
 //!   read buffer. A receiver that keeps up costs only the fixed part;
 //! - processed by the peer: never re-sent.
 //!
-//! Elsewhere than Linux the first figure is unknown and the whole window is re-sent.
+//! Elsewhere than Linux the first figure is unknown, before Linux 6.2 the peer's window is,
+//! and then the whole window is kept and re-sent.
 //!
 //! Over TLS (`-destination-tls`) the kernel counts ciphertext, and the writer counts
 //! plaintext as written once rustls took it. Every record carries its plaintext plus a
@@ -51,9 +52,17 @@ pub const PEER_ALLOWANCE: usize = 128 << 10;
 /// on this connection, see [`peer_window`]) and [`PEER_ALLOWANCE`]. `None` when the kernel
 /// cannot tell (then everything is re-sent).
 pub fn at_risk(stream: &TcpStream, max_window: u32) -> Option<usize> {
-    let unacked = unacknowledged(stream)?;
-    let held = peer_window(stream).map_or(0, |w| 4 * max_window.saturating_sub(w) as usize);
-    Some(unacked + held + PEER_ALLOWANCE)
+    at_risk_from(unacknowledged(stream), peer_window(stream), max_window)
+}
+
+/// [`at_risk`] from the kernel's two figures. Both are needed: without the peer's window
+/// (Linux before 6.2) what a receiver that fell behind holds in its kernel queue is unknown,
+/// and can be megabytes (its buffer grows to `tcp_rmem`'s maximum while it keeps up), all lost
+/// when it is killed; so then the whole resend window is kept and re-sent, as elsewhere than
+/// Linux.
+fn at_risk_from(unacked: Option<usize>, window: Option<u32>, max_window: u32) -> Option<usize> {
+    let held = 4 * max_window.saturating_sub(window?) as usize;
+    Some(unacked? + held + PEER_ALLOWANCE)
 }
 
 /// The receive window the peer last advertised (`tcpi_snd_wnd`, Linux 6.2 and later;
@@ -104,4 +113,24 @@ pub fn unacknowledged(stream: &TcpStream) -> Option<usize> {
 #[cfg(not(target_os = "linux"))]
 pub fn unacknowledged(_stream: &TcpStream) -> Option<usize> {
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn without_the_peers_window_everything_is_at_risk() {
+        // A kernel without `tcpi_snd_wnd`: the receiver's unread queue is unknown.
+        assert_eq!(at_risk_from(Some(1000), None, 1 << 20), None);
+        assert_eq!(at_risk_from(None, Some(1 << 20), 1 << 20), None);
+        // A receiver that keeps up holds nothing beyond the fixed allowance.
+        assert_eq!(
+            at_risk_from(Some(1000), Some(1 << 20), 1 << 20),
+            Some(1000 + PEER_ALLOWANCE)
+        );
+        // One whose window shrank by 100 KiB may hold four times that.
+        let shrunk = at_risk_from(Some(0), Some((1 << 20) - 100_000), 1 << 20);
+        assert_eq!(shrunk, Some(400_000 + PEER_ALLOWANCE));
+    }
 }

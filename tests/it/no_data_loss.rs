@@ -664,3 +664,138 @@ fn an_unusable_spool_dir_stops_the_daemon_at_start() {
         assert_refused_spool(&out, program, "Not a directory");
     }
 }
+
+/// What a destination process that is killed takes with it: the lines it had read (kept
+/// here as processed) survive, its kernel receive queue is discarded (`SO_LINGER` 0 makes the
+/// close a reset, as the kernel does for a SIGKILLed process with unread data).
+struct Lagging {
+    processed: Arc<Mutex<Vec<String>>>,
+    stall: Arc<AtomicBool>,
+    kill: Arc<AtomicBool>,
+    reader: std::thread::JoinHandle<()>,
+}
+
+impl Lagging {
+    /// Accepts one connection on `port` and reads it as fast as it can (so the kernel grows
+    /// its receive buffer) until `stall` is set, then reads nothing until `kill`.
+    fn start(port: u16) -> Lagging {
+        use std::io::Read;
+        let listener = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+        let processed = Arc::new(Mutex::new(Vec::new()));
+        let stall = Arc::new(AtomicBool::new(false));
+        let kill = Arc::new(AtomicBool::new(false));
+        let reader = {
+            let (processed, stall, kill) = (processed.clone(), stall.clone(), kill.clone());
+            std::thread::spawn(move || {
+                let (mut s, _) = listener.accept().unwrap();
+                drop(listener);
+                s.set_read_timeout(Some(millis(50))).unwrap();
+                let (mut buf, mut partial) = (vec![0u8; 64 << 10], Vec::new());
+                while !kill.load(Ordering::SeqCst) {
+                    if stall.load(Ordering::SeqCst) {
+                        std::thread::sleep(millis(10));
+                        continue;
+                    }
+                    let n = match s.read(&mut buf) {
+                        Ok(0) => break,
+                        Ok(n) => n,
+                        Err(_) => continue,
+                    };
+                    partial.extend_from_slice(&buf[..n]);
+                    let end = partial
+                        .iter()
+                        .rposition(|&b| b == b'\n')
+                        .map_or(0, |i| i + 1);
+                    let text = String::from_utf8_lossy(&partial[..end]).into_owned();
+                    processed
+                        .lock()
+                        .unwrap()
+                        .extend(text.lines().map(str::to_string));
+                    partial.drain(..end);
+                }
+                let linger = libc::linger {
+                    l_onoff: 1,
+                    l_linger: 0,
+                };
+                use std::os::fd::AsRawFd;
+                // SAFETY: a live socket and a linger struct of the right size.
+                unsafe {
+                    libc::setsockopt(
+                        s.as_raw_fd(),
+                        libc::SOL_SOCKET,
+                        libc::SO_LINGER,
+                        &linger as *const libc::linger as *const libc::c_void,
+                        std::mem::size_of::<libc::linger>() as libc::socklen_t,
+                    );
+                }
+            })
+        };
+        Lagging {
+            processed,
+            stall,
+            kill,
+            reader,
+        }
+    }
+
+    fn processed(&self) -> usize {
+        self.processed.lock().unwrap().len()
+    }
+}
+
+#[test]
+fn a_destination_killed_after_it_fell_behind_loses_nothing_it_had_not_read() {
+    let port = free_port();
+    let lagging = Lagging::start(port);
+    let gw = gateway(&["-destinations", &format!("127.0.0.1:{port}")]);
+    let sent = Arc::new(Mutex::new(Vec::new()));
+    let client = {
+        let (sent, http) = (sent.clone(), gw.http.clone());
+        std::thread::spawn(move || {
+            for i in 0..400 {
+                let l = lines(&format!("lag{i}"), 2000);
+                let mut tries = 0;
+                loop {
+                    match post(&http, &l) {
+                        Some(200) => break,
+                        Some(503) if tries < 2400 => {
+                            tries += 1;
+                            std::thread::sleep(millis(25));
+                        }
+                        other => panic!("batch {i}: {other:?}"),
+                    }
+                }
+                sent.lock().unwrap().extend(l);
+            }
+        })
+    };
+    assert!(
+        wait_until(secs(30), || lagging.processed() >= 200_000),
+        "stream did not start"
+    );
+    lagging.stall.store(true, Ordering::SeqCst);
+    // The destination stops reading: its kernel queue fills while the gateway keeps writing.
+    std::thread::sleep(millis(1500));
+    lagging.kill.store(true, Ordering::SeqCst);
+    lagging.reader.join().unwrap();
+    let processed = lagging.processed.lock().unwrap().clone();
+    std::thread::sleep(millis(300));
+    let sink = LineSink::start_on(port);
+    client.join().unwrap();
+    let sent = sent.lock().unwrap().clone();
+    let mut left = Vec::new();
+    wait_until(secs(60), || {
+        let mut got = sink.lines();
+        got.extend(processed.iter().cloned());
+        left = missing(&sent, &got);
+        left.is_empty()
+    });
+    assert!(
+        left.is_empty(),
+        "{} of {} acknowledged lines lost (the destination had processed {}), e.g. {:?}",
+        left.len(),
+        sent.len(),
+        processed.len(),
+        left.first()
+    );
+}
