@@ -21,6 +21,7 @@ use crate::batch::Batch;
 use crate::dest::DestAddr;
 use crate::route::counters::RouteCounters;
 use crate::route::hash_router::HashRouter;
+use crate::route::pos_cache::Probe;
 use crate::route::{RoutedPart, Router};
 use crate::rules::ast::{ClusterKind, Member};
 use crate::rules::plan::Lookup;
@@ -373,8 +374,8 @@ impl RulesRouter {
     }
 
     /// The full decision per line: rewrites, matches, validate, blackhole — replayed from
-    /// the decision cache for a name seen before. Names are located [`RUN`] at a time
-    /// before the first is decided, so the run's table misses overlap (the prefetch in
+    /// the decision cache for a name seen before. Names are located [`RUN`] lines ahead
+    /// of their decision, so the table misses overlap with the work (the prefetch in
     /// [`PosCache::locate`](crate::route::pos_cache::PosCache::locate)).
     fn route_rules(&self, batch: &Batch, parts: &mut Parts) {
         let mut d = Decision::default();
@@ -390,41 +391,41 @@ impl RulesRouter {
         let (mut hits, mut evictions) = (0u64, 0u64);
         let mut rw = Rewritten::default();
         let mut lines = batch.lines();
-        let mut run = Vec::with_capacity(RUN);
-        loop {
-            run.clear();
-            run.extend(
-                lines
-                    .by_ref()
-                    .take(RUN)
-                    .map(|(l, m)| (l, m, cache.locate(m))),
-            );
-            if run.is_empty() {
-                break;
+        // A software pipeline, as in the hash router: line i is decided while line
+        // i + RUN's set is being fetched, so every lookup has RUN lines' worth of work
+        // to hide its miss behind (in chunks of RUN, a chunk's first lines had little).
+        type Ahead<'b> = Option<(&'b [u8], &'b [u8], Probe)>;
+        let mut queue: [Ahead<'_>; RUN] = [None; RUN];
+        for (slot, (line, metric)) in queue.iter_mut().zip(lines.by_ref()) {
+            *slot = Some((line, metric, cache.locate(metric)));
+        }
+        let mut head = 0;
+        while let Some((line, metric, probe)) = queue[head].take() {
+            if let Some((next_line, next)) = lines.next() {
+                queue[head] = Some((next_line, next, cache.locate(next)));
             }
-            for &(line, metric, probe) in &run {
-                // A remembered plan needs no Decision: its rewrites make the names
-                // (none: every action is on `metric`), its actions and outcomes follow.
-                if let Some(p) = cache.find(&probe) {
-                    hits += 1;
-                    let matched = p.matched.iter().map(|&(r, o)| (r as usize, o));
-                    if p.rewrites.is_empty() {
-                        let actions = p.actions.iter().map(|&(_, a)| (metric, a));
-                        self.emit(matched, actions, (line, metric), &src, parts, &mut t);
-                    } else {
-                        rw.make(&self.rules, &p.rewrites, metric);
-                        let actions = p.actions.iter().map(|&(n, a)| (rw.name(n, metric), a));
-                        self.emit(matched, actions, (line, metric), &src, parts, &mut t);
-                    }
-                    continue;
+            head = (head + 1) % RUN;
+            // A remembered plan needs no Decision: its rewrites make the names
+            // (none: every action is on `metric`), its actions and outcomes follow.
+            if let Some(p) = cache.find(&probe) {
+                hits += 1;
+                let matched = p.matched.iter().map(|&(r, o)| (r as usize, o));
+                if p.rewrites.is_empty() {
+                    let actions = p.actions.iter().map(|&(_, a)| (metric, a));
+                    self.emit(matched, actions, (line, metric), &src, parts, &mut t);
+                } else {
+                    rw.make(&self.rules, &p.rewrites, metric);
+                    let actions = p.actions.iter().map(|&(n, a)| (rw.name(n, metric), a));
+                    self.emit(matched, actions, (line, metric), &src, parts, &mut t);
                 }
-                match self.rules.route_cached(cache, &probe, metric, line, &mut d) {
-                    Lookup::Hit => hits += 1,
-                    Lookup::Stored(true) => evictions += 1,
-                    _ => {}
-                }
-                self.emit_decision(&d, (line, metric), &src, parts, &mut t);
+                continue;
             }
+            match self.rules.route_cached(cache, &probe, metric, line, &mut d) {
+                Lookup::Hit => hits += 1,
+                Lookup::Stored(true) => evictions += 1,
+                _ => {}
+            }
+            self.emit_decision(&d, (line, metric), &src, parts, &mut t);
         }
         cache.learn(hits, evictions, batch.len() as u64);
         self.add(t);
@@ -550,7 +551,7 @@ impl Rewritten {
     }
 }
 
-/// Names located ahead of the first lookup of a run.
+/// How many lines ahead of its decision a name is located.
 const RUN: usize = 16;
 
 /// One batch's counts, and the placement buffer its lines reuse.
