@@ -182,6 +182,7 @@ impl RoutingDaemon {
         crate::route::pos_cache::configure(flags.hash_cache_entries);
         let (destinations, rules, make_router) = rules_config::start(
             flags.config.as_ref(),
+            flags.max_line_bytes,
             flag_dests,
             ring,
             flags.replication_factor.into(),
@@ -314,12 +315,13 @@ impl RoutingDaemon {
         // the process, and `systemctl reload` (ExecReload=kill -HUP) must never do that.
         let file = self.flags.destinations_file.clone();
         let config = self.flags.config.clone();
+        let line_limit = self.flags.max_line_bytes;
         let rules = self.rules.clone();
         let (registry, flag) = (self.registry.clone(), self.flags.destinations.clone());
         crate::signals::on_hup(self.workers_shutdown(), move || {
             let source_step = reload.as_mut().map(|r| r());
             if let Some(config) = &config {
-                rules_config::reload(&registry, &rules, config);
+                rules_config::reload(&registry, &rules, config, line_limit);
             } else if let Some(file) = &file {
                 destinations::reload(&registry, &flag, file);
             } else if source_step.is_none() {
@@ -396,7 +398,7 @@ pub fn routing_core(
 /// `-route-test`: the routing dry run over stdin/stdout (see [`dry_run`]).
 pub fn route_test(program: &str, flags: &PipelineFlags) -> std::process::ExitCode {
     if let Some(path) = &flags.config {
-        return route_test_rules(program, path);
+        return route_test_rules(program, path, flags.max_line_bytes);
     }
     let dests = match DestAddr::parse_list(&flags.destinations) {
         Ok(d) => d,
@@ -422,9 +424,13 @@ pub fn route_test(program: &str, flags: &PipelineFlags) -> std::process::ExitCod
 
 /// `-route-test -config FILE`: [`crate::rules::dry_run`] for each stdin line (a full
 /// line, or a bare name).
-fn route_test_rules(program: &str, path: &std::path::Path) -> std::process::ExitCode {
+fn route_test_rules(
+    program: &str,
+    path: &std::path::Path,
+    line_limit: usize,
+) -> std::process::ExitCode {
     use std::io::{BufRead, Write};
-    let rules = match rules_config::load(path) {
+    let rules = match rules_config::load(path, line_limit) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("{program}: -config {e}");

@@ -147,6 +147,17 @@ fn is_blank(b: u8) -> bool {
     b == b' ' || b == b'\t'
 }
 
+/// True when `name` can stand as a metric path in a line carbon-cache takes: not
+/// empty, no blank, control byte or DEL, valid UTF-8 without Unicode whitespace (the
+/// same rules [`parse`] applies to a received line's metric). For names this process
+/// made (a routing rule's rewrite), which no received line has checked.
+pub fn valid_name(name: &[u8]) -> bool {
+    let (len, high) = first_special(name);
+    !name.is_empty()
+        && len == name.len()
+        && (!high || std::str::from_utf8(name).is_ok_and(|n| !n.chars().any(char::is_whitespace)))
+}
+
 /// Validates one line (without its `\n`). Leading blanks and trailing blanks or
 /// `\r` (CRLF senders) are tolerated and excluded from the returned range.
 ///
@@ -708,6 +719,34 @@ mod tests {
                 l[i] = b;
                 assert_eq!(parse(&l), reference_parse(&l), "{:?}", l);
             }
+        }
+    }
+
+    #[test]
+    fn valid_names_are_what_parse_takes_as_a_metric() {
+        for name in [
+            "a",
+            "a.b.c",
+            "caf\u{e9}.x",
+            "a;tag=v",
+            "x".repeat(20_000).as_str(),
+        ] {
+            assert!(valid_name(name.as_bytes()), "{name:?}");
+            let line = format!("{name} 1 2");
+            assert!(parse(line.as_bytes()).is_ok(), "{name:?}");
+        }
+        let bad: [&[u8]; 8] = [
+            b"",
+            b"a b",
+            b"a\tb",
+            b"a\nb",
+            b"a\x00",
+            b"a\x7f",
+            b"\xff\xfe",
+            "a\u{a0}b".as_bytes(),
+        ];
+        for name in bad {
+            assert!(!valid_name(name), "{name:?}");
         }
     }
 

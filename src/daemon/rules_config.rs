@@ -49,9 +49,12 @@ impl Loaded {
 pub type Current = Arc<ArcSwap<Loaded>>;
 
 /// Reads and checks `-config FILE`: every error names the file, line and column, or
-/// what the daemon cannot do with a section it parsed.
-pub fn load(path: &Path) -> Result<Rules, String> {
-    let rules = Rules::load(path).map_err(|e| e.to_string())?;
+/// what the daemon cannot do with a section it parsed. `line_limit` is `-max-line-bytes`
+/// (what a rewrite may not make a name as long as).
+pub fn load(path: &Path, line_limit: usize) -> Result<Rules, String> {
+    let rules = Rules::load(path)
+        .map_err(|e| e.to_string())?
+        .with_line_limit(line_limit);
     if let Some(l) = rules.config.listen.first() {
         return Err(format!(
             "{}: the listen section cannot be mapped: polymur listens where -listen-addr says (the gateway also -listen-http-port / -listen-https-port); remove the section and use those flags",
@@ -95,17 +98,19 @@ fn check_files(rules: &Rules) -> Result<(), String> {
 
 /// [`load`], and its `file` clusters' paths opened ([`check_files`]): what a daemon runs
 /// (`-route-test` only loads, and creates no file).
-fn load_to_run(path: &Path) -> Result<Rules, String> {
-    let rules = load(path)?;
+fn load_to_run(path: &Path, line_limit: usize) -> Result<Rules, String> {
+    let rules = load(path, line_limit)?;
     check_files(&rules)?;
     Ok(rules)
 }
 
 /// The routing at start: the file's rules, or `-destinations` as the default cluster.
 /// Returns the destinations to start and the router factory over them. `all_dynamic`
-/// (`-hash-failover` with `-config`) makes every hash cluster `dynamic`.
+/// (`-hash-failover` with `-config`) makes every hash cluster `dynamic`; `line_limit` is
+/// `-max-line-bytes` (see [`load`]).
 pub fn start(
     config: Option<&PathBuf>,
+    line_limit: usize,
     flag_dests: Vec<DestAddr>,
     ring: Option<HashKind>,
     replication: usize,
@@ -137,7 +142,8 @@ pub fn start(
             "-config: the destinations are the clusters of the file; drop -destinations and -destinations-file",
         ));
     }
-    let rules = load_to_run(path).map_err(|e| DaemonError::config(format!("-config {e}")))?;
+    let rules =
+        load_to_run(path, line_limit).map_err(|e| DaemonError::config(format!("-config {e}")))?;
     let dests = rules.tcp_members();
     let current: Current = Arc::new(ArcSwap::from_pointee(Loaded::new(rules)));
     let cur = current.clone();
@@ -184,10 +190,10 @@ pub fn start_files(registry: &Registry, current: &Current) -> usize {
 /// SIGHUP with `-config`: the new file replaces the running rules and destinations in
 /// one topology swap, or — when it does not load — nothing changes and the error is
 /// logged with its file, line and column.
-pub fn reload(registry: &Registry, current: &Current, path: &Path) {
+pub fn reload(registry: &Registry, current: &Current, path: &Path, line_limit: usize) {
     // Whether or not the file loads: logrotate moved the files away and sent SIGHUP.
     crate::dest::file::reopen_all();
-    match load_to_run(path) {
+    match load_to_run(path, line_limit) {
         Ok(rules) => {
             let dests = rules.tcp_members();
             registry.set_sinks(file_writers(&rules));
@@ -241,6 +247,13 @@ impl crate::admin::http::AdminExtra for RulesStatus {
             "Lines a validate clause dropped.",
             c.dropped.load(Relaxed),
         );
+        single(
+            out,
+            "polymur_route_rewrite_invalid_total",
+            "counter",
+            "Lines dropped because a rewrite made a name no carbon-cache takes (empty, a blank or control byte, or -max-line-bytes long).",
+            c.invalid.load(Relaxed),
+        );
         rule_metrics(out, c);
     }
 
@@ -256,9 +269,11 @@ impl crate::admin::http::AdminExtra for RulesStatus {
         }
         let _ = writeln!(
             out,
-            "<tr><td>blackholed</td><td>{}</td></tr>\n<tr><td>dropped by validate</td><td>{}</td></tr>\n</table>",
+            "<tr><td>blackholed</td><td>{}</td></tr>\n<tr><td>dropped by validate</td><td>{}</td></tr>\n\
+             <tr><td>dropped: a rewrite made an invalid name</td><td>{}</td></tr>\n</table>",
             c.blackholed.load(Relaxed),
-            c.dropped.load(Relaxed)
+            c.dropped.load(Relaxed),
+            c.invalid.load(Relaxed)
         );
         let rules = c.rule_counts();
         if rules.is_empty() {

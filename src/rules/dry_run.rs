@@ -36,7 +36,7 @@ pub fn dry_run(rules: &Rules, input_line: &str) -> Vec<String> {
             Action::Blackhole => {
                 g.2.get_or_insert("blackhole");
             }
-            Action::Drop { .. } => {
+            Action::Drop { .. } | Action::Invalid => {
                 g.2.get_or_insert("drop");
             }
         }

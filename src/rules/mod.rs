@@ -65,6 +65,10 @@ pub enum Action {
     Blackhole,
     /// A `validate` failed (`log`: the line is also logged).
     Drop { log: bool },
+    /// A rewrite made a name no carbon-cache takes ([`crate::line::valid_name`], or as
+    /// long as the line limit): the line goes no further (deliberately unlike
+    /// carbon-c-relay, which sends it on).
+    Invalid,
 }
 
 /// What one `match` rule did with a line, for the per-rule counters.
@@ -195,6 +199,8 @@ pub struct Rules {
     /// regex (literal rules cost less than a lookup).
     cache: std::sync::OnceLock<plan::DecisionCache>,
     has_regex: bool,
+    /// `-max-line-bytes`: a rewritten name this long or longer is [`Action::Invalid`].
+    line_limit: usize,
 }
 
 impl Rules {
@@ -232,7 +238,14 @@ impl Rules {
             prefilter: Prefilter::new(&[None]),
             cache: std::sync::OnceLock::new(),
             has_regex: false,
+            line_limit: crate::line::CARBON_MAX_LINE_BYTES,
         }
+    }
+
+    /// The rules with `-max-line-bytes` as the limit a rewritten name must stay under.
+    pub fn with_line_limit(mut self, line_limit: usize) -> Rules {
+        self.line_limit = line_limit;
+        self
     }
 
     /// `Some(c)` when every line goes, unchanged, to cluster `c` and nowhere else (no
@@ -372,6 +385,7 @@ impl Rules {
         Ok(Rules {
             cache: std::sync::OnceLock::new(),
             has_regex,
+            line_limit: crate::line::CARBON_MAX_LINE_BYTES,
             prefilter,
             clusters,
             config,
@@ -508,6 +522,10 @@ impl Rules {
                     let start = d.arena.len();
                     d.arena.extend_from_slice(&d.scratch);
                     d.names.push((start, d.arena.len()));
+                    if d.scratch.len() >= self.line_limit || !crate::line::valid_name(&d.scratch) {
+                        d.actions.push((d.names.len() - 1, Action::Invalid));
+                        break;
+                    }
                     cache.invalidate();
                     // The rules after this one see the new name.
                     self.prefilter.candidates(&d.scratch, i + 1, &mut cands);

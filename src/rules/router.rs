@@ -485,6 +485,12 @@ impl RulesRouter {
                     }
                 }
                 Action::Blackhole => t.blackholed += 1,
+                Action::Invalid => {
+                    t.invalid += 1;
+                    if t.invalid_example.is_empty() {
+                        t.invalid_example = name.to_vec();
+                    }
+                }
                 Action::Drop { log } => {
                     t.dropped += 1;
                     if log {
@@ -503,6 +509,10 @@ impl RulesRouter {
         let c = &self.counters;
         c.blackholed.fetch_add(t.blackholed, Ordering::Relaxed);
         c.dropped.fetch_add(t.dropped, Ordering::Relaxed);
+        if t.invalid > 0 {
+            c.invalid.fetch_add(t.invalid, Ordering::Relaxed);
+            c.note_invalid(&t.invalid_example);
+        }
         for (slot, n) in c.cluster_lines.iter().zip(t.per_cluster) {
             slot.1.fetch_add(n, Ordering::Relaxed);
         }
@@ -558,6 +568,9 @@ const RUN: usize = 16;
 struct Tally {
     blackholed: u64,
     dropped: u64,
+    invalid: u64,
+    /// The first name of the batch a rewrite made invalid (for the log).
+    invalid_example: Vec<u8>,
     per_cluster: Vec<u64>,
     per_rule: Vec<[u64; 3]>,
     placed: Vec<usize>,
@@ -568,6 +581,8 @@ impl Tally {
         Tally {
             blackholed: 0,
             dropped: 0,
+            invalid: 0,
+            invalid_example: Vec::new(),
             per_cluster: vec![0; clusters],
             per_rule: vec![[0; 3]; rules],
             placed: Vec::new(),

@@ -395,3 +395,77 @@ fn the_gateway_writes_file_ip_lines_with_the_http_peer() {
         ]
     );
 }
+
+/// A rewrite can make a name no carbon-cache takes: empty, with a blank (carbon would see
+/// four fields), or so long the line passes carbon's 16 384 bytes (carbon-cache drops the
+/// connection on such a line). carbon-c-relay sends those on; polymur drops them, counts
+/// them, logs one example, and delivers every other line; `-route-test` says `drop`.
+#[test]
+fn a_rewrite_that_makes_an_invalid_name_drops_only_that_line_and_counts_it() {
+    let sink = LineSink::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "cluster tcp forward {};\n\
+         rewrite ^sp\\.(.*)$ into \"has space.\\1\";\n\
+         rewrite ^em\\.(.*)$ into \\1;\n\
+         rewrite ^big\\.(.*)$ into \\1\\1\\1\\1\\1\\1\\1\\1\\1\\1\\1\\1\\1\\1\\1\\1\\1\\1\\1\\1;\n\
+         rewrite ^ok\\.(.*)$ into fine.\\1;\n\
+         match * send to tcp;\n",
+        sink.addr()
+    );
+    let path = write_config(&dir, "invalid.conf", &config);
+    let r = relay_on(&path);
+    let ts = now_ts();
+    let long = "x".repeat(1000);
+    let mut body = String::new();
+    let mut want = Vec::new();
+    for i in 0..20 {
+        body.push_str(&format!(
+            "sp.a{i} 1 {ts}\nem. {i} {ts}\nbig.{long}{i} 1 {ts}\nok.m{i} {i} {ts}\nplain.m{i} {i} {ts}\n"
+        ));
+        want.push(format!("fine.m{i} {i} {ts}"));
+        want.push(format!("plain.m{i} {i} {ts}"));
+    }
+    // Twice: the second pass replays the remembered decisions.
+    send_lines(&r.listen, &body).unwrap();
+    send_lines(&r.listen, &body).unwrap();
+    want.extend(want.clone());
+    assert!(
+        sink.wait_count(want.len(), secs(20)),
+        "{}",
+        r.proc.all_output()
+    );
+    assert_eq!(sink.wait_idle(millis(500), secs(5)), want.len());
+    let mut got = sink.lines();
+    got.sort();
+    want.sort();
+    assert_eq!(got, want, "only the lines whose names stay valid arrive");
+    let m = http_get(&r.admin, "/metrics", &[]).unwrap().body;
+    assert!(
+        m.contains("polymur_route_rewrite_invalid_total 120"),
+        "3 x 20 x 2 lines counted:\n{m}"
+    );
+    assert!(
+        r.proc.wait_log("which no carbon-cache takes", secs(5)),
+        "{}",
+        r.proc.all_output()
+    );
+
+    let (p, mut stdin) = Proc::spawn_with_stdin(RELAY, &["-route-test", "-config", &path], &[]);
+    stdin
+        .write_all(format!("sp.a 1 2\nem. 1 2\nbig.{long} 1 2\nok.a 1 2\n").as_bytes())
+        .unwrap();
+    drop(stdin);
+    assert!(p.wait_exit(secs(20)).is_some_and(|s| s.success()));
+    let out = p.stdout_lines();
+    assert_eq!(out.len(), 4, "{out:?}");
+    // Inside quotes a backslash escapes the next character, as in carbon-c-relay.
+    assert_eq!(out[0], "sp.a\thas space.1\tdrop");
+    assert_eq!(out[1], "em.\t\tdrop");
+    assert!(
+        out[2].ends_with("\tdrop") && out[2].len() > 20_000,
+        "{}",
+        &out[2][..80]
+    );
+    assert_eq!(out[3], format!("ok.a\tfine.a\t{}", sink.addr()));
+}
