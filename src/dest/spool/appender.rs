@@ -164,11 +164,15 @@ impl Appender {
     /// the front) are published, and the error that stopped the rest.
     fn write_group(&mut self, group: &[Append]) -> (usize, Option<io::Error>) {
         let mut ok = 0;
+        let mut deleted = self.live_deleted();
         for (i, m) in group.iter().enumerate() {
             let size = record_size(m.data.len());
             let roll = match &self.live {
                 None => true,
-                Some(l) => l.len > MAGIC_LEN && l.len + size > self.seg_bytes,
+                Some(l) => {
+                    std::mem::take(&mut deleted)
+                        || l.len > MAGIC_LEN && l.len + size > self.seg_bytes
+                }
             };
             if roll {
                 if let Err(e) = self.publish() {
@@ -237,6 +241,27 @@ impl Appender {
         }
     }
 
+    /// True when the live segment's file was deleted (by hand: the daemon deletes only
+    /// delivered segments, never the live one). What it holds is still read back through
+    /// the readers' handle; new records go to a new segment, so that a restart finds them.
+    fn live_deleted(&self) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        let Some(live) = &self.live else {
+            return false;
+        };
+        let gone = live.w.get_ref().metadata().is_ok_and(|m| m.nlink() == 0);
+        if gone {
+            tracing::warn!(
+                "Spool for destination {}: {} was deleted while in use; its records are \
+                 still delivered from the open file (a restart before then loses them), new \
+                 ones go to a new segment",
+                self.name,
+                segment_path(&self.dir, live.seq).display()
+            );
+        }
+        gone
+    }
+
     /// Flushes the live segment (and syncs it with `-durable`), then makes it readable.
     fn publish(&mut self) -> io::Result<()> {
         if let Some(live) = self.live.as_mut() {
@@ -267,9 +292,18 @@ impl Appender {
         let path = segment_path(&self.dir, seq);
         let file = OpenOptions::new()
             .create_new(true)
+            .read(true)
             .write(true)
             .open(&path)
             .map_err(|e| with_path(e, &path))?;
+        // The readers' handle (see `Tail::files`); positioned reads share no offset.
+        let read = match file.try_clone() {
+            Ok(f) => Arc::new(f),
+            Err(e) => {
+                let _ = fs::remove_file(&path);
+                return Err(with_path(e, &path));
+            }
+        };
         let started = (|| -> io::Result<BufWriter<File>> {
             let mut w = BufWriter::with_capacity(1 << 20, file);
             w.write_all(SEGMENT_MAGIC)?;
@@ -294,6 +328,7 @@ impl Appender {
             tail.live = Some(seq);
             tail.published = MAGIC_LEN;
             tail.segments.push_back(seq);
+            tail.files.insert(seq, read);
         }
         self.live = Some(Live {
             seq,
@@ -380,6 +415,7 @@ impl Appender {
             }
             tail.segments.pop_front();
             tail.sealed.remove(&s);
+            tail.files.remove(&s);
             let _ = fs::remove_file(segment_path(&self.dir, s));
         }
     }

@@ -88,6 +88,11 @@ struct Tail {
     /// Where gated records start that wait for their producer's decision ([`gate`]):
     /// readers stop before the first one of a segment.
     gates: BTreeSet<SpoolPos>,
+    /// A read handle on every segment in `segments`, opened when the segment was found at
+    /// start or created: a segment deleted by hand while the daemon runs (an operator
+    /// freeing disk space) is still read back to the end, so what was acknowledged is
+    /// delivered. Closed when the segment is deleted as delivered.
+    files: HashMap<u64, Arc<fs::File>>,
 }
 
 /// One destination's spool. See the module documentation.
@@ -143,12 +148,19 @@ impl Spool {
                 dir.display()
             );
         }
+        let mut files = HashMap::new();
+        for &seq in &seqs {
+            let path = format::segment_path(&dir, seq);
+            let file = fs::File::open(&path).map_err(|e| with_path(e, &path))?;
+            files.insert(seq, Arc::new(file));
+        }
         let tail = Arc::new(Mutex::new(Tail {
             segments: seqs.into_iter().collect(),
             live: None,
             published: 0,
             sealed: HashMap::new(),
             gates: BTreeSet::new(),
+            files,
         }));
         let ready = Arc::new(Notify::new());
         let delivered = Arc::new(Mutex::new(start));

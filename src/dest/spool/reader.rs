@@ -5,6 +5,7 @@ use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use bytes::BytesMut;
 
@@ -17,7 +18,7 @@ pub(super) struct Reader {
     pub seq: u64,
     pub offset: u64,
     /// The open segment: sequence, handle, and its readable length once it is complete.
-    pub file: Option<(u64, File, Option<u64>)>,
+    pub file: Option<(u64, Arc<File>, Option<u64>)>,
 }
 
 /// What the reader found at its offset.
@@ -68,7 +69,7 @@ impl Spool {
     /// Moves the reader to the first segment not yet read and opens it: how far it may be
     /// read and whether it is complete. None when there is no segment to read.
     fn position(&self, r: &mut Reader) -> io::Result<Option<(u64, bool)>> {
-        let (live_limit, sealed) = {
+        let (live_limit, sealed, handle) = {
             let tail = self.tail.lock().unwrap_or_else(|e| e.into_inner());
             let Some(&first) = tail.segments.iter().find(|&&s| s >= r.seq) else {
                 return Ok(None);
@@ -95,11 +96,17 @@ impl Spool {
                 (Some(g), Some(l)) => Some(g.min(l)),
                 (g, l) => g.or(l),
             };
-            (open_until, tail.sealed.get(&r.seq).copied())
+            let handle = tail.files.get(&r.seq).cloned();
+            (open_until, tail.sealed.get(&r.seq).copied(), handle)
         };
         if r.file.as_ref().map(|f| f.0) != Some(r.seq) {
-            let path = segment_path(&self.dir, r.seq);
-            let file = File::open(&path).map_err(|e| with_path(e, &path))?;
+            let file = match handle {
+                Some(f) => f,
+                None => {
+                    let path = segment_path(&self.dir, r.seq);
+                    Arc::new(File::open(&path).map_err(|e| with_path(e, &path))?)
+                }
+            };
             r.file = Some((r.seq, file, None));
         }
         if let Some(limit) = live_limit {
