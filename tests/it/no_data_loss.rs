@@ -807,6 +807,24 @@ fn a_destination_killed_after_it_fell_behind_loses_nothing_it_had_not_read() {
 /// name, failed every second for ever, and nothing spooled afterwards arrived either).
 #[test]
 fn spool_segments_deleted_by_hand_while_running_lose_nothing_acknowledged() {
+    spool_deleted_by_hand(|dir| {
+        for seg in segments(dir) {
+            std::fs::remove_file(seg).unwrap();
+        }
+    });
+}
+
+/// The same with the destination's whole spool directory deleted (`rm -rf`): it is made
+/// again, so batches are still acknowledged and delivered (before: every batch after it
+/// was answered 503 until a restart).
+#[test]
+fn a_spool_directory_deleted_by_hand_is_made_again_and_loses_nothing_acknowledged() {
+    spool_deleted_by_hand(|dir| std::fs::remove_dir_all(dir).unwrap());
+}
+
+/// 20 batches spooled, `remove` applied to the destination's spool directory, 20 more,
+/// then the destination comes up: every acknowledged line arrives.
+fn spool_deleted_by_hand(remove: impl Fn(&Path)) {
     let port = free_port();
     let spool = tempfile::tempdir().unwrap();
     let spool_dir = spool.path().to_str().unwrap().to_string();
@@ -828,9 +846,7 @@ fn spool_segments_deleted_by_hand_while_running_lose_nothing_acknowledged() {
     }
     let dir = dest_spool(spool.path(), port);
     assert!(wait_until(secs(10), || !segments(&dir).is_empty()));
-    for seg in segments(&dir) {
-        std::fs::remove_file(seg).unwrap();
-    }
+    remove(&dir);
     for b in 0..20 {
         let l = lines(&format!("after{b}"), 1000);
         assert_eq!(post(&gw.http, &l), Some(200));

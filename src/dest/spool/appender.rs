@@ -290,12 +290,27 @@ impl Appender {
         let seq = self.next_seq;
         self.next_seq += 1;
         let path = segment_path(&self.dir, seq);
-        let file = OpenOptions::new()
-            .create_new(true)
-            .read(true)
-            .write(true)
-            .open(&path)
-            .map_err(|e| with_path(e, &path))?;
+        let create = || {
+            OpenOptions::new()
+                .create_new(true)
+                .read(true)
+                .write(true)
+                .open(&path)
+        };
+        let file = match create() {
+            // The directory was deleted by hand: make it again rather than refuse every
+            // batch until a restart.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                tracing::warn!(
+                    "Spool for destination {}: {} was deleted while in use; making it again",
+                    self.name,
+                    self.dir.display()
+                );
+                fs::create_dir_all(&self.dir).and_then(|_| create())
+            }
+            r => r,
+        }
+        .map_err(|e| with_path(e, &path))?;
         // The readers' handle (see `Tail::files`); positioned reads share no offset.
         let read = match file.try_clone() {
             Ok(f) => Arc::new(f),
