@@ -199,7 +199,10 @@ pub struct Rules {
     /// regex (literal rules cost less than a lookup).
     cache: std::sync::OnceLock<plan::DecisionCache>,
     has_regex: bool,
-    /// `-max-line-bytes`: a rewritten name this long or longer is [`Action::Invalid`].
+    /// `-max-line-bytes`: a rewritten name that leaves no room for a value and a
+    /// timestamp under it is [`Action::Invalid`] (decided by the name alone, so the
+    /// decision can be cached; a line whose long data takes it over the limit after a
+    /// rewrite is left to the destination writer's refusal handling).
     line_limit: usize,
 }
 
@@ -522,7 +525,10 @@ impl Rules {
                     let start = d.arena.len();
                     d.arena.extend_from_slice(&d.scratch);
                     d.names.push((start, d.arena.len()));
-                    if d.scratch.len() >= self.line_limit || !crate::line::valid_name(&d.scratch) {
+                    // The shortest data a line can carry is ` 0 0`: a name that leaves
+                    // less room than that under the limit can only make overlong lines.
+                    if d.scratch.len() + 4 > self.line_limit || !crate::line::valid_name(&d.scratch)
+                    {
                         d.actions.push((d.names.len() - 1, Action::Invalid));
                         break;
                     }
@@ -731,6 +737,41 @@ mod tests {
     }
 
     const CL: &str = "cluster a forward 10.0.0.1;\ncluster b forward 10.0.0.2;\n";
+
+    #[test]
+    fn a_rewrite_to_a_name_carbon_cannot_take_ends_the_line_as_invalid() {
+        let cfg =
+            format!("{CL}match * send to a;\nrewrite ^x\\.(.*) into \\1;\nmatch * send to b;");
+        let r = |limit| {
+            Rules::from_str("t.conf", &cfg)
+                .unwrap()
+                .with_line_limit(limit)
+        };
+        let actions = |rules: &Rules, line: &str| -> Vec<(String, Action)> {
+            let metric = line.split(' ').next().unwrap();
+            let d = rules.route(metric.as_bytes(), line.as_bytes());
+            d.actions()
+                .map(|(n, a)| (String::from_utf8_lossy(n).into_owned(), a))
+                .collect()
+        };
+        // `x.` rewrites to the empty name: what `match *` sent before stands, then it ends.
+        assert_eq!(
+            actions(&r(100), "x. 1 2"),
+            vec![
+                ("x.".into(), Action::Cluster(0)),
+                ("".into(), Action::Invalid)
+            ]
+        );
+        // A 6-byte name leaves room for ` 0 0` under a limit of 10, not under 9.
+        assert_eq!(
+            actions(&r(10), "x.abcdef 1 2")[1],
+            ("abcdef".into(), Action::Cluster(1))
+        );
+        assert_eq!(
+            actions(&r(9), "x.abcdef 1 2")[1],
+            ("abcdef".into(), Action::Invalid)
+        );
+    }
 
     #[test]
     fn fall_through_stop_and_blackhole() {
