@@ -49,6 +49,12 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Chunks gathered into one vectored write (Linux accepts up to 1024 iovecs).
 const MAX_IOV: usize = 64;
+/// An idle writer woken by a chunk smaller than this yields once before writing, so the
+/// small batches of other requests ready at that moment share its write. Measured with
+/// 100-line batches: `writev` per request 1.70 → 1.43, 1.04-1.07x points per CPU-s. A 1 ms
+/// linger instead made it 0.85x: with the default 4096-point queue the queue filled
+/// while the writer slept, and requests waited for room.
+const COALESCE_BELOW: usize = 64 << 10;
 /// Bytes of recently written chunks kept to be written again after a broken connection:
 /// enough to cover a full local send buffer plus the receiver's receive buffer (Linux
 /// autotunes them up to 4 MiB and 6 MiB).
@@ -445,7 +451,15 @@ impl Writer {
                 let spool = self.spool.clone();
                 tokio::select! {
                     c = self.rx.recv() => match c {
-                        Some(c) => self.pending.items.push_back(Item { chunk: c, origin: Origin::Memory }),
+                        Some(c) => {
+                            let small = c.data.len() < COALESCE_BELOW;
+                            self.pending.items.push_back(Item { chunk: c, origin: Origin::Memory });
+                            if small {
+                                // Lets the tasks that are ready (other requests) queue theirs
+                                // first, so they share this write.
+                                tokio::task::yield_now().await;
+                            }
+                        }
                         None => { self.closed = true; continue; }
                     },
                     _ = async { spool.as_ref().expect("guarded").published().await }, if spool.is_some() => continue,
