@@ -1068,16 +1068,26 @@ mod tests {
             }
         });
         let mut conn = Conn::Plain(TcpStream::connect(addr).await.unwrap());
+        // Before Linux 6.2 the kernel does not report the peer's window: nothing is
+        // trimmed then (see `unacked::at_risk`).
+        let knows_window = unacked::peer_window(conn.tcp()).is_some();
         let mut p = pending();
         write_through(&mut conn, &mut p, &dest, 48, 1 << 20).await;
         let written = p.pos as usize;
         let kept = p.recent_bytes;
         drop(conn);
         assert_eq!(reader.await.unwrap(), written);
-        assert!(
-            kept < RESEND_WINDOW / 2,
-            "a peer that keeps up: {kept} bytes kept of {written} written"
-        );
+        if knows_window {
+            assert!(
+                kept < RESEND_WINDOW / 2,
+                "a peer that keeps up: {kept} bytes kept of {written} written"
+            );
+        } else {
+            assert!(
+                kept >= RESEND_WINDOW - (1 << 20),
+                "the peer's window unknown: {kept} bytes kept of {written} written"
+            );
+        }
 
         // A peer that accepts and reads nothing: all it holds stays at risk.
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -27,7 +27,9 @@ pub use http::{
     gunzip, gzip, http_get, http_post, http_post_retrying, https_post, tls_client_config,
     tls_client_config_strict, try_http_request, HttpConn, HttpResponse,
 };
-pub use net::{free_port, send_lines, tcp_request, wait_port, wait_port_closed};
+pub use net::{
+    free_port, kernel_reports_peer_window, send_lines, tcp_request, wait_port, wait_port_closed,
+};
 pub use process::{Proc, RunOutput};
 pub use sink::LineSink;
 pub use tls::TlsFiles;

@@ -124,3 +124,20 @@ pub fn tcp_request(addr: &str, request: &str) -> io::Result<String> {
     stream.read_to_end(&mut out)?;
     Ok(String::from_utf8_lossy(&out).into_owned())
 }
+
+/// Whether this kernel reports the peer's receive window (Linux 6.2 and later). Without
+/// it the daemons keep each destination's whole resend window (16 MiB), so a test of how
+/// much memory goes back must allow for it.
+pub fn kernel_reports_peer_window() -> bool {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .expect("a runtime");
+    rt.block_on(async {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let s = tokio::net::TcpStream::connect(l.local_addr().unwrap())
+            .await
+            .unwrap();
+        polymur::dest::unacked::peer_window(&s).is_some()
+    })
+}
