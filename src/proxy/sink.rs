@@ -187,7 +187,12 @@ impl Gateway {
         match &self.tls {
             Some(tls) if !e.is_timeout() => {
                 match crate::http_client::probe_tls(tls.clone(), &self.base, PROBE_TIMEOUT).await {
-                    Some(cause) => format!("{cause} ({raw})"),
+                    // The same one line as when the request's own error names the cause
+                    // (the pooled request lost the race with the server's alert).
+                    Some(cause) => {
+                        tracing::debug!("Gateway {}: {raw}", self.base);
+                        cause
+                    }
                     None => raw,
                 }
             }
