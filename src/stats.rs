@@ -6,6 +6,30 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use crate::batch::Rejects;
 
+/// Lets a log line through at most once per so many seconds, from any thread, without a
+/// lock: a condition that repeats every batch must not write a line per batch.
+#[derive(Debug, Default)]
+pub struct LogGate {
+    /// Unix second of the last line let through (0: none yet).
+    last: AtomicU64,
+}
+
+impl LogGate {
+    /// True when a line may be logged now: none in the last `secs` seconds (and this
+    /// caller won the race to log it).
+    pub fn allow(&self, secs: u64) -> bool {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let last = self.last.load(Ordering::Relaxed);
+        now >= last + secs
+            && self
+                .last
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+    }
+}
+
 /// Counters updated per batch (never per line), read by logs and admin endpoints.
 #[derive(Debug, Default)]
 pub struct Stats {
@@ -19,8 +43,8 @@ pub struct Stats {
     pub refused: AtomicU64,
     /// Invalid lines by reason ([`crate::line::LineError::index`]).
     pub invalid_by_reason: [AtomicU64; crate::line::LineError::COUNT],
-    /// Unix second of the last invalid-line log, for rate limiting.
-    last_invalid_log: AtomicU64,
+    /// The invalid-line log, at most once per second.
+    invalid_log: LogGate,
 }
 
 impl Stats {
@@ -46,17 +70,7 @@ impl Stats {
             );
             return;
         }
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        let last = self.last_invalid_log.load(Ordering::Relaxed);
-        if now > last
-            && self
-                .last_invalid_log
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
+        if self.invalid_log.allow(1) {
             if let Some((err, sample)) = &rejects.sample {
                 tracing::warn!(
                     "Dropped {} invalid lines from {source}: {err}, e.g. \"{sample}\"",
@@ -95,5 +109,18 @@ impl RateLog {
                 n as f64 / secs
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::LogGate;
+
+    #[test]
+    fn a_log_gate_lets_one_line_through_per_interval() {
+        let gate = LogGate::default();
+        assert!(gate.allow(10), "the first line goes through");
+        assert!(!gate.allow(10), "a second one within 10 s does not");
+        assert!(!gate.allow(10));
     }
 }

@@ -33,7 +33,7 @@ pub mod writer;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
@@ -157,8 +157,8 @@ pub struct DestShared {
     spool_error: Option<String>,
     /// `-overflow`.
     overflow: Overflow,
-    /// Unix second of the last drop log line, and drops since then (`-overflow drop`).
-    drop_log: (AtomicU64, AtomicU64),
+    /// The drop log line (`-overflow drop`), and drops since the last one.
+    drop_log: (crate::stats::LogGate, AtomicU64),
     /// Per-destination counters.
     pub stats: DestStats,
 }
@@ -299,7 +299,7 @@ impl Destination {
             spool,
             spool_error,
             overflow: config.overflow,
-            drop_log: (AtomicU64::new(0), AtomicU64::new(0)),
+            drop_log: Default::default(),
             stats: DestStats::default(),
         });
         let task = match kind.clone() {
@@ -489,18 +489,7 @@ impl Destination {
     fn note_drop(&self, points: u64) {
         self.stats.dropped.fetch_add(points, Ordering::Relaxed);
         let since = self.drop_log.1.fetch_add(points, Ordering::Relaxed) + points;
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        let last = self.drop_log.0.load(Ordering::Relaxed);
-        if now >= last + 5
-            && self
-                .drop_log
-                .0
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
+        if self.drop_log.0.allow(5) {
             self.drop_log.1.fetch_sub(since, Ordering::Relaxed);
             tracing::warn!(
                 "Destination {}: queue and spool full, -overflow drop: dropped {since} points \

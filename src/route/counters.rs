@@ -34,8 +34,8 @@ pub struct RouteCounters {
     pub dropped: AtomicU64,
     /// Lines a rewrite gave a name no carbon-cache takes ([`crate::rules::Action::Invalid`]).
     pub invalid: AtomicU64,
-    /// When [`note_invalid`](Self::note_invalid) last logged (seconds since the epoch).
-    invalid_logged: AtomicU64,
+    /// [`note_invalid`](Self::note_invalid)'s log, at most every 10 s.
+    invalid_log: crate::stats::LogGate,
     /// `match` rules in configuration order ([`with_rules`](Self::with_rules)).
     pub rules: Vec<RuleCounter>,
     /// `slot[rule index]`: the rule's place in `rules` (`usize::MAX` for a rewrite).
@@ -46,16 +46,7 @@ impl RouteCounters {
     /// Logs, at most once per 10 s, that rewrites made invalid names (`example` one of
     /// them): the configuration needs fixing, and each such line is dropped.
     pub fn note_invalid(&self, example: &[u8]) {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        let last = self.invalid_logged.load(Ordering::Relaxed);
-        if (last == 0 || now >= last + 10)
-            && self
-                .invalid_logged
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
+        if self.invalid_log.allow(10) {
             let shown = &example[..example.len().min(200)];
             tracing::warn!(
                 "Routing rules: a rewrite made {:?} ({} bytes), which no carbon-cache takes (empty, \

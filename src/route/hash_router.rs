@@ -11,10 +11,6 @@ use super::{RoutedPart, Router};
 use crate::batch::Batch;
 use crate::dest::DestAddr;
 
-/// Names probed before the first of them is resolved: their cache loads are
-/// independent, so the CPU overlaps their misses instead of waiting for each.
-const AHEAD: usize = 16;
-
 /// Routes by metric name on a [`HashRing`] with `replication` owners per metric.
 pub struct HashRouter {
     ring: HashRing,
@@ -91,20 +87,9 @@ impl HashRouter {
             }
             return p;
         };
-        let (mut hits, mut evictions, mut lines) = (0u64, 0u64, batch.lines());
-        // A software pipeline: line i is resolved while line i + AHEAD's set is being
-        // fetched, so every lookup has AHEAD lines' worth of work to hide its miss behind
-        // (in chunks of AHEAD, the first lines of each chunk had little).
-        let mut queue: [Option<(usize, &[u8], Probe)>; AHEAD] = [None; AHEAD];
-        for (slot, (line, metric)) in queue.iter_mut().zip(lines.by_ref()) {
-            *slot = Some((line.len(), metric, cache.locate(metric)));
-        }
-        let mut head = 0;
-        while let Some((len, metric, probe)) = queue[head].take() {
-            if let Some((line, next)) = lines.next() {
-                queue[head] = Some((line.len(), next, cache.locate(next)));
-            }
-            head = (head + 1) % AHEAD;
+        let (mut hits, mut evictions) = (0u64, 0u64);
+        let lines = batch.lines().map(|(line, metric)| (line.len(), metric));
+        for (len, metric, probe) in cache.pipelined(lines) {
             let (pos, how) = self.position(cache, &probe, metric);
             hits += u64::from(how == Outcome::Hit);
             evictions += u64::from(how == Outcome::Evicted);

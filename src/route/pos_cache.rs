@@ -206,6 +206,55 @@ impl PosCache {
     }
 }
 
+/// Names located before the first of them is resolved ([`PosCache::pipelined`]): their
+/// cache loads are independent, so the CPU overlaps their misses instead of waiting for
+/// each (8 ahead measured 0.94x of 16, 32 ahead 1.00x).
+pub const AHEAD: usize = 16;
+
+impl PosCache {
+    /// `items` (a payload and the name to look up) paired with each name's [`Probe`],
+    /// located [`AHEAD`] items before it is handed out: a software pipeline, so every
+    /// lookup has AHEAD items' worth of work to hide its miss behind (located in chunks
+    /// of AHEAD instead, a chunk's first items had little: 1.07x for the rules router).
+    pub fn pipelined<'b, T: Copy, I: Iterator<Item = (T, &'b [u8])>>(
+        &self,
+        mut items: I,
+    ) -> Pipelined<'_, 'b, T, I> {
+        let mut queue = [None; AHEAD];
+        for (slot, (t, name)) in queue.iter_mut().zip(items.by_ref()) {
+            *slot = Some((t, name, self.locate(name)));
+        }
+        Pipelined {
+            cache: self,
+            items,
+            queue,
+            head: 0,
+        }
+    }
+}
+
+/// See [`PosCache::pipelined`].
+pub struct Pipelined<'c, 'b, T, I> {
+    cache: &'c PosCache,
+    items: I,
+    queue: [Option<(T, &'b [u8], Probe)>; AHEAD],
+    head: usize,
+}
+
+impl<'b, T: Copy, I: Iterator<Item = (T, &'b [u8])>> Iterator for Pipelined<'_, 'b, T, I> {
+    type Item = (T, &'b [u8], Probe);
+
+    #[inline]
+    fn next(&mut self) -> Option<Self::Item> {
+        let out = self.queue[self.head].take()?;
+        if let Some((t, name)) = self.items.next() {
+            self.queue[self.head] = Some((t, name, self.cache.locate(name)));
+        }
+        self.head = (self.head + 1) % AHEAD;
+        Some(out)
+    }
+}
+
 /// Adds one batch's hits and misses to the process counters (once per batch,
 /// never per line: a shared counter per line would cost more than the lookup).
 pub fn count(hits: u64, misses: u64) {

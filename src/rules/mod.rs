@@ -728,7 +728,10 @@ mod tests {
     use super::*;
 
     fn decide(cfg: &str, line: &str) -> Vec<(String, Action)> {
-        let r = Rules::from_str("t.conf", cfg).unwrap();
+        decide_with(&Rules::from_str("t.conf", cfg).unwrap(), line)
+    }
+
+    fn decide_with(r: &Rules, line: &str) -> Vec<(String, Action)> {
         let metric = line.split(' ').next().unwrap();
         r.route(metric.as_bytes(), line.as_bytes())
             .actions()
@@ -747,16 +750,9 @@ mod tests {
                 .unwrap()
                 .with_line_limit(limit)
         };
-        let actions = |rules: &Rules, line: &str| -> Vec<(String, Action)> {
-            let metric = line.split(' ').next().unwrap();
-            let d = rules.route(metric.as_bytes(), line.as_bytes());
-            d.actions()
-                .map(|(n, a)| (String::from_utf8_lossy(n).into_owned(), a))
-                .collect()
-        };
         // `x.` rewrites to the empty name: what `match *` sent before stands, then it ends.
         assert_eq!(
-            actions(&r(100), "x. 1 2"),
+            decide_with(&r(100), "x. 1 2"),
             vec![
                 ("x.".into(), Action::Cluster(0)),
                 ("".into(), Action::Invalid)
@@ -764,11 +760,11 @@ mod tests {
         );
         // A 6-byte name leaves room for ` 0 0` under a limit of 10, not under 9.
         assert_eq!(
-            actions(&r(10), "x.abcdef 1 2")[1],
+            decide_with(&r(10), "x.abcdef 1 2")[1],
             ("abcdef".into(), Action::Cluster(1))
         );
         assert_eq!(
-            actions(&r(9), "x.abcdef 1 2")[1],
+            decide_with(&r(9), "x.abcdef 1 2")[1],
             ("abcdef".into(), Action::Invalid)
         );
     }

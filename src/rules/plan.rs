@@ -117,6 +117,15 @@ impl DecisionCache {
         self.names.locate(name)
     }
 
+    /// [`PosCache::pipelined`] over this cache's names.
+    #[inline]
+    pub fn pipelined<'b, T: Copy, I: Iterator<Item = (T, &'b [u8])>>(
+        &self,
+        items: I,
+    ) -> pos_cache::Pipelined<'_, 'b, T, I> {
+        self.names.pipelined(items)
+    }
+
     /// The plan remembered for the name `probe` located.
     #[inline]
     pub fn find(&self, probe: &pos_cache::Probe) -> Option<&Plan> {

@@ -21,7 +21,6 @@ use crate::batch::Batch;
 use crate::dest::DestAddr;
 use crate::route::counters::RouteCounters;
 use crate::route::hash_router::HashRouter;
-use crate::route::pos_cache::Probe;
 use crate::route::{RoutedPart, Router};
 use crate::rules::ast::{ClusterKind, Member};
 use crate::rules::plan::Lookup;
@@ -376,9 +375,10 @@ impl RulesRouter {
     }
 
     /// The full decision per line: rewrites, matches, validate, blackhole — replayed from
-    /// the decision cache for a name seen before. Names are located [`RUN`] lines ahead
-    /// of their decision, so the table misses overlap with the work (the prefetch in
-    /// [`PosCache::locate`](crate::route::pos_cache::PosCache::locate)).
+    /// the decision cache for a name seen before. Names are located
+    /// [`AHEAD`](crate::route::pos_cache::AHEAD) lines ahead of their decision
+    /// ([`PosCache::pipelined`](crate::route::pos_cache::PosCache::pipelined)), so the
+    /// table misses overlap with the work.
     fn route_rules(&self, batch: &Batch, parts: &mut Parts) {
         let mut d = Decision::default();
         let mut t = Tally::new(self.rules.clusters.len(), self.counters.rules.len());
@@ -392,21 +392,7 @@ impl RulesRouter {
         };
         let (mut hits, mut evictions) = (0u64, 0u64);
         let mut rw = Rewritten::default();
-        let mut lines = batch.lines();
-        // A software pipeline, as in the hash router: line i is decided while line
-        // i + RUN's set is being fetched, so every lookup has RUN lines' worth of work
-        // to hide its miss behind (in chunks of RUN, a chunk's first lines had little).
-        type Ahead<'b> = Option<(&'b [u8], &'b [u8], Probe)>;
-        let mut queue: [Ahead<'_>; RUN] = [None; RUN];
-        for (slot, (line, metric)) in queue.iter_mut().zip(lines.by_ref()) {
-            *slot = Some((line, metric, cache.locate(metric)));
-        }
-        let mut head = 0;
-        while let Some((line, metric, probe)) = queue[head].take() {
-            if let Some((next_line, next)) = lines.next() {
-                queue[head] = Some((next_line, next, cache.locate(next)));
-            }
-            head = (head + 1) % RUN;
+        for (line, metric, probe) in cache.pipelined(batch.lines()) {
             // A remembered plan needs no Decision: its rewrites make the names
             // (none: every action is on `metric`), its actions and outcomes follow.
             if let Some(p) = cache.find(&probe) {
@@ -562,9 +548,6 @@ impl Rewritten {
         }
     }
 }
-
-/// How many lines ahead of its decision a name is located.
-const RUN: usize = 16;
 
 /// One batch's counts, and the placement buffer its lines reuse.
 struct Tally {

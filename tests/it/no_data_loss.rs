@@ -46,6 +46,37 @@ fn missing(sent: &[String], received: &[String]) -> Vec<String> {
     sent.iter().filter(|l| !got.contains(l)).cloned().collect()
 }
 
+/// A client thread posting `batches` batches of `per` lines (`(batches, per)`) named
+/// `<prefix><i>`, each refused one retried as polymur-proxy does: every 25 ms, at most
+/// `tries` times. The returned list holds the lines acknowledged so far.
+fn posting_client(
+    http: &str,
+    prefix: &str,
+    (batches, per): (usize, usize),
+    tries: u32,
+) -> (Arc<Mutex<Vec<String>>>, std::thread::JoinHandle<()>) {
+    let sent = Arc::new(Mutex::new(Vec::new()));
+    let (acked, http, prefix) = (sent.clone(), http.to_string(), prefix.to_string());
+    let client = std::thread::spawn(move || {
+        for i in 0..batches {
+            let l = lines(&format!("{prefix}{i}"), per);
+            let mut left = tries;
+            loop {
+                match post(&http, &l) {
+                    Some(200) => break,
+                    Some(503) if left > 0 => {
+                        left -= 1;
+                        std::thread::sleep(millis(25));
+                    }
+                    other => panic!("batch {i}: {other:?}"),
+                }
+            }
+            acked.lock().unwrap().extend(l);
+        }
+    });
+    (sent, client)
+}
+
 /// Waits until every line of `sent` was received (or `timeout`); returns what is missing.
 fn wait_all(sink: &LineSink, sent: &[String], timeout: std::time::Duration) -> Vec<String> {
     let mut left = Vec::new();
@@ -288,28 +319,7 @@ fn durable_kill9_mid_load_then_restart_delivers_every_acknowledged_line() {
 fn destination_restarted_mid_stream_loses_nothing_and_duplicates_are_counted() {
     let mut sink = LineSink::start();
     let gw = gateway(&["-destinations", &sink.addr()]);
-    let sent = Arc::new(Mutex::new(Vec::new()));
-    let client = {
-        let (sent, http) = (sent.clone(), gw.http.clone());
-        std::thread::spawn(move || {
-            for i in 0..120 {
-                let l = lines(&format!("mid{i}"), 500);
-                // Retry a refused batch as polymur-proxy does (bounded).
-                let mut tries = 0;
-                loop {
-                    match post(&http, &l) {
-                        Some(200) => break,
-                        Some(503) if tries < 600 => {
-                            tries += 1;
-                            std::thread::sleep(millis(25));
-                        }
-                        other => panic!("batch {i}: {other:?}"),
-                    }
-                }
-                sent.lock().unwrap().extend(l);
-            }
-        })
-    };
+    let (sent, client) = posting_client(&gw.http, "mid", (120, 500), 600);
     assert!(sink.wait_count(15_000, secs(30)), "stream did not start");
     sink.stop(); // kills the connection and whatever was in its buffers
     std::thread::sleep(millis(300));
@@ -748,27 +758,7 @@ fn a_destination_killed_after_it_fell_behind_loses_nothing_it_had_not_read() {
     let port = free_port();
     let lagging = Lagging::start(port);
     let gw = gateway(&["-destinations", &format!("127.0.0.1:{port}")]);
-    let sent = Arc::new(Mutex::new(Vec::new()));
-    let client = {
-        let (sent, http) = (sent.clone(), gw.http.clone());
-        std::thread::spawn(move || {
-            for i in 0..400 {
-                let l = lines(&format!("lag{i}"), 2000);
-                let mut tries = 0;
-                loop {
-                    match post(&http, &l) {
-                        Some(200) => break,
-                        Some(503) if tries < 2400 => {
-                            tries += 1;
-                            std::thread::sleep(millis(25));
-                        }
-                        other => panic!("batch {i}: {other:?}"),
-                    }
-                }
-                sent.lock().unwrap().extend(l);
-            }
-        })
-    };
+    let (sent, client) = posting_client(&gw.http, "lag", (400, 2000), 2400);
     assert!(
         wait_until(secs(30), || lagging.processed() >= 200_000),
         "stream did not start"

@@ -100,13 +100,11 @@ impl Spool {
             (open_until, tail.sealed.get(&r.seq).copied(), handle)
         };
         if r.file.as_ref().map(|f| f.0) != Some(r.seq) {
-            let file = match handle {
-                Some(f) => f,
-                None => {
-                    let path = segment_path(&self.dir, r.seq);
-                    Arc::new(File::open(&path).map_err(|e| with_path(e, &path))?)
-                }
-            };
+            // Never opened by name: the file may have been deleted by hand since.
+            let file = handle.ok_or_else(|| {
+                let path = segment_path(&self.dir, r.seq);
+                with_path(io::ErrorKind::NotFound.into(), &path)
+            })?;
             r.file = Some((r.seq, file, None));
         }
         if let Some(limit) = live_limit {
